@@ -1,0 +1,138 @@
+"""What every family's builder shares: argument checks, the conv/norm factory, input and head."""
+
+import dataclasses
+import numbers
+import sys
+
+import keras
+from keras import layers
+
+from reszoo.layers import BatchNorm
+
+# Keras builds, traces and saves functional graphs recursively: ~600+ layer nets
+# (ResNet-1202, pre-act ResNet-1001) overflow Python's default limit of 1000.
+_RECURSION_LIMIT = 20000
+
+
+def ensure_recursion_limit():
+    if sys.getrecursionlimit() < _RECURSION_LIMIT:
+        sys.setrecursionlimit(_RECURSION_LIMIT)
+
+
+def check_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_float(name, value, low, high, high_inclusive=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    ok = low <= value <= high if high_inclusive else low <= value < high
+    if not ok:
+        bracket = "]" if high_inclusive else ")"
+        raise ValueError(f"{name} must be in [{low}, {high}{bracket}, got {value}")
+    return float(value)
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_int_tuple(name, value, length=None):
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{name} must be a sequence of integers, got {value!r}")
+    value = tuple(value)
+    if length is not None and len(value) != length:
+        raise ValueError(f"{name} must have {length} entries, got {len(value)}")
+    for v in value:
+        check_int(name, v, 1)
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerFactory:
+    """Conv, norm and dense layers with the builder-wide hooks: normalisation (``None``
+    removes every BN, for the signal-propagation experiments), BN momentum/epsilon, kernel
+    initializer and regularizer. Convs followed by BN carry no bias, as in the papers."""
+
+    norm: str = "batch"
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    kernel_initializer: object = "he_normal"
+    kernel_regularizer: object = None
+
+    def __post_init__(self):
+        check_choice("norm", self.norm, ("batch", None))
+        check_float("bn_momentum", self.bn_momentum, 0.0, 1.0)
+        if not isinstance(self.bn_epsilon, numbers.Real) or self.bn_epsilon <= 0:
+            raise ValueError(f"bn_epsilon must be a positive number, got {self.bn_epsilon!r}")
+
+    def conv(self, x, filters, kernel_size, strides=1, name=None, use_bias=False):
+        return layers.Conv2D(
+            filters, kernel_size, strides=strides, padding="same", use_bias=use_bias,
+            kernel_initializer=self.kernel_initializer,
+            kernel_regularizer=self.kernel_regularizer, name=name,
+        )(x)
+
+    def bn(self, x, name, zero_init=False):
+        if self.norm is None:
+            return x
+        return BatchNorm(
+            momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+            gamma_initializer="zeros" if zero_init else "ones", name=name,
+        )(x)
+
+    def bn_relu(self, x, name):
+        x = self.bn(x, name=f"{name}_bn")
+        return layers.ReLU(name=f"{name}_relu")(x)
+
+    def dense(self, x, units, activation=None, name=None):
+        mixed = keras.config.dtype_policy().name.startswith("mixed")
+        return layers.Dense(
+            units, activation=activation, kernel_regularizer=self.kernel_regularizer,
+            dtype="float32" if mixed else None, name=name,
+        )(x)
+
+
+def model_input(input_shape, input_tensor, default_shape):
+    """An ``Input`` of ``input_shape`` (default ``default_shape``), or wrap ``input_tensor``."""
+    if input_tensor is not None:
+        if not keras.backend.is_keras_tensor(input_tensor):
+            return layers.Input(tensor=input_tensor, name="input"), input_tensor
+        return input_tensor, input_tensor
+    shape = default_shape if input_shape is None else tuple(input_shape)
+    if len(shape) != 3:
+        raise ValueError(f"input_shape must be (height, width, channels), got {input_shape!r}")
+    for dim in shape[:2]:
+        if dim is not None:
+            check_int("input_shape", dim, 1)
+    check_int("input_shape channels", shape[2], 1)
+    inputs = layers.Input(shape=shape, name="input")
+    return inputs, inputs
+
+
+def head(x, factory, include_top, pooling, num_classes, classifier_activation):
+    """``include_top``: global average pool + dense classifier (logits by default, as in
+    timm; ``classifier_activation="softmax"`` as in keras.applications). Otherwise the
+    feature map, or a pooled vector when ``pooling`` is "avg" or "max"."""
+    if include_top:
+        check_int("num_classes", num_classes, 1)
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        return factory.dense(x, num_classes, activation=classifier_activation, name="fc")
+    check_choice("pooling", pooling, (None, "avg", "max"))
+    if pooling == "avg":
+        return layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if pooling == "max":
+        return layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return x
+
+
+def linear_rates(max_rate, count):
+    """Stochastic-depth drop rates rising linearly to ``max_rate`` at the last of ``count``
+    blocks (Huang et al. 2016, Eq. 4)."""
+    return [max_rate * (i + 1) / count for i in range(count)]

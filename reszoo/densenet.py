@@ -1,0 +1,152 @@
+"""DenseNet and DenseNet-BC: one builder.
+
+Huang, Liu, van der Maaten, Weinberger. Densely Connected Convolutional Networks. CVPR 2017
+(arXiv 1608.06993). Layer l receives the concatenation of all earlier feature maps,
+``x_l = H_l([x_0, ..., x_{l-1}])`` (Eq. 2), with H_l = BN-ReLU-Conv3x3 producing ``k``
+(growth rate) maps; "B" adds a BN-ReLU-Conv1x1 bottleneck of 4k maps, "C" compresses each
+transition by theta. Layer names follow keras.applications.
+"""
+
+import keras
+from keras import layers
+
+from reszoo import common
+
+# ImageNet layouts, Table 1 of Huang et al. (DenseNet-161 is k=48 with a 96-channel stem).
+IMAGENET_BLOCKS = {
+    121: (6, 12, 24, 16),
+    161: (6, 12, 36, 24),
+    169: (6, 12, 32, 32),
+    201: (6, 12, 48, 32),
+    264: (6, 12, 64, 48),
+}
+
+
+def _dropout(x, rate, name):
+    return layers.Dropout(rate, name=name)(x) if rate > 0 else x
+
+
+def dense_layer(x, growth_rate, opts, f, name):
+    """H_l: [BN-ReLU-Conv1x1(4k)]-BN-ReLU-Conv3x3(k), concatenated to its input."""
+    y = x
+    if opts["bottleneck"]:
+        y = f.bn_relu(y, name=f"{name}_0")
+        y = f.conv(y, opts["bottleneck_width"] * growth_rate, 1, name=f"{name}_1_conv")
+        y = _dropout(y, opts["dropout_rate"], name=f"{name}_1_drop")
+        y = f.bn_relu(y, name=f"{name}_1")
+    else:
+        y = f.bn_relu(y, name=f"{name}_0")
+    y = f.conv(y, growth_rate, 3, name=f"{name}_2_conv")
+    y = _dropout(y, opts["dropout_rate"], name=f"{name}_2_drop")
+    return layers.Concatenate(name=f"{name}_concat")([x, y])
+
+
+def transition(x, opts, f, name):
+    """BN-ReLU-Conv1x1(floor(theta * c))-AvgPool2x2 between dense blocks."""
+    filters = int(x.shape[-1] * opts["compression"])
+    x = f.bn_relu(x, name=name)
+    x = f.conv(x, filters, 1, name=f"{name}_conv")
+    x = _dropout(x, opts["dropout_rate"], name=f"{name}_drop")
+    return layers.AveragePooling2D(2, strides=2, name=f"{name}_pool")(x)
+
+
+def _block_layout(depth, blocks, stem, bottleneck):
+    convs = 2 if bottleneck else 1
+    if blocks is not None:
+        blocks = common.check_int_tuple("blocks", blocks)
+        derived = sum(blocks) * convs + len(blocks) + 1
+        if depth is not None and depth != derived:
+            raise ValueError(f"depth={depth} does not match blocks={blocks} ({derived})")
+        return derived, blocks
+    if depth is None:
+        raise ValueError("give depth (or blocks)")
+    depth = common.check_int("depth", depth, 1)
+    if stem == "imagenet":
+        if depth not in IMAGENET_BLOCKS:
+            raise ValueError(
+                f"depth must be one of {sorted(IMAGENET_BLOCKS)} for the ImageNet stem "
+                f"(or give blocks), got {depth}"
+            )
+        return depth, IMAGENET_BLOCKS[depth]
+    per = 3 * convs
+    if depth < per + 4 or (depth - 4) % per:
+        kind = "DenseNet-BC" if bottleneck else "DenseNet"
+        raise ValueError(f"depth must be {per}n+4 for a CIFAR {kind}, got {depth}")
+    return depth, ((depth - 4) // per,) * 3
+
+
+def densenet(
+    depth=None,
+    *,
+    growth_rate=12,
+    blocks=None,
+    bottleneck=False,
+    compression=1.0,
+    bottleneck_width=4,
+    stem="cifar",
+    init_channels=None,
+    dropout_rate=0.0,
+    norm="batch",
+    bn_momentum=0.9,
+    bn_epsilon=1e-5,
+    kernel_initializer="he_normal",
+    kernel_regularizer=None,
+    num_classes=None,
+    input_shape=None,
+    input_tensor=None,
+    include_top=True,
+    pooling=None,
+    classifier_activation=None,
+    name=None,
+):
+    """Build a DenseNet (Huang et al. 2017).
+
+    Args:
+      depth: L. CIFAR stem: 3n+4 (DenseNet) or 6n+4 (DenseNet-BC), three dense blocks of n
+        layers. ImageNet stem: 121, 161, 169, 201 or 264.
+      growth_rate: k, maps each layer adds.
+      blocks: layers per dense block, overriding the depth rules.
+      bottleneck: the "B" 1x1 conv of ``bottleneck_width * k`` maps before each 3x3 conv.
+      compression: theta in (0, 1]; the "C" in BC is 0.5.
+      stem: "cifar" (3x3 conv) or "imagenet" (7x7/2 conv-BN-ReLU + 3x3/2 max pool).
+      init_channels: stem width (default 16 for DenseNet on CIFAR, else 2k).
+      dropout_rate: dropout after each conv but the first (the paper's 0.2 without augmentation).
+      Other args as ``reszoo.resnet.resnet``.
+    """
+    common.check_choice("stem", stem, ("cifar", "imagenet"))
+    growth_rate = common.check_int("growth_rate", growth_rate)
+    bottleneck_width = common.check_int("bottleneck_width", bottleneck_width)
+    compression = common.check_float("compression", compression, 1e-6, 1.0, high_inclusive=True)
+    dropout_rate = common.check_float("dropout_rate", dropout_rate, 0.0, 1.0)
+    depth, blocks = _block_layout(depth, blocks, stem, bottleneck)
+    cifar = stem == "cifar"
+    default_init = 16 if cifar and not bottleneck and compression == 1.0 else 2 * growth_rate
+    init_channels = common.check_int("init_channels", init_channels or default_init)
+    if num_classes is None:
+        num_classes = 10 if cifar else 1000
+    f = common.LayerFactory(norm, bn_momentum, bn_epsilon, kernel_initializer, kernel_regularizer)
+    opts = dict(
+        bottleneck=bottleneck, bottleneck_width=bottleneck_width,
+        compression=compression, dropout_rate=dropout_rate,
+    )
+    common.ensure_recursion_limit()
+
+    inputs, x = common.model_input(input_shape, input_tensor, (32, 32, 3) if cifar else (224, 224, 3))
+    if cifar:
+        x = f.conv(x, init_channels, 3, name="conv1_conv")
+    else:
+        x = f.conv(x, init_channels, 7, 2, name="conv1_conv")
+        x = f.bn_relu(x, name="conv1")
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool1_pool")(x)
+    for s, count in enumerate(blocks):
+        for i in range(count):
+            x = dense_layer(x, growth_rate, opts, f, name=f"conv{s + 2}_block{i + 1}")
+        if s < len(blocks) - 1:
+            x = transition(x, opts, f, name=f"pool{s + 2}")
+    x = f.bn_relu(x, name="post")
+
+    outputs = common.head(x, f, include_top, pooling, num_classes, classifier_activation)
+    if name is None:
+        bc = "_bc" if bottleneck and compression < 1.0 else ""
+        name = f"densenet{bc}{depth}_k{growth_rate}"
+    return keras.Model(inputs, outputs, name=name)

@@ -1,0 +1,221 @@
+"""Plain nets, ResNets and pre-activation ResNets: one builder.
+
+He, Zhang, Ren, Sun. Deep Residual Learning for Image Recognition. CVPR 2016 (arXiv 1512.03385).
+He, Zhang, Ren, Sun. Identity Mappings in Deep Residual Networks. ECCV 2016 (arXiv 1603.05027).
+
+A residual block computes ``y = F(x) + shortcut(x)`` (Eq. 1 and 2 of the first paper); a plain
+block is ``F`` alone. Post-activation applies ReLU after the sum; pre-activation moves BN-ReLU
+to the front of ``F`` and keeps the identity path clean (Eq. 3-4 of the second paper).
+Layer names follow keras.applications: ``conv{stage}_block{i}_{j}_conv``.
+"""
+
+import math
+
+import keras
+from keras import layers
+
+from reszoo import common
+from reszoo.layers import ResidualScale, ZeroPadShortcut
+
+# ImageNet depths, Table 1 of He et al. 2015 (+ ResNet-200 of He et al. 2016).
+IMAGENET_LAYERS = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+    200: ("bottleneck", (3, 24, 36, 3)),
+}
+EXPANSION = {"basic": 1, "bottleneck": 4}
+CONVS_PER_BLOCK = {"basic": 2, "bottleneck": 3}
+
+
+def _branch_convs(block, filters, strides):
+    """(kernel, filters, strides) of the residual function F. Bottlenecks stride on the 3x3
+    conv, as torchvision ("ResNet v1.5")."""
+    if block == "basic":
+        return [(3, filters, strides), (3, filters, 1)]
+    return [(1, filters, 1), (3, filters, strides), (1, filters * EXPANSION[block], 1)]
+
+
+def _shortcut(x, preact_x, out_filters, strides, opts, f, name):
+    """Option A: zero-padded identity; B: 1x1 projection where the shape changes; C:
+    projection everywhere (He et al. 2015, Sec. 4.1). Pre-activation projections read the
+    pre-activated input and carry no BN (He et al. 2016)."""
+    same_shape = strides == 1 and x.shape[-1] == out_filters
+    if opts["shortcut"] != "C" and same_shape:
+        return x
+    if opts["shortcut"] == "A":
+        return ZeroPadShortcut(out_filters, strides, name=f"{name}_0_pad")(x)
+    if opts["preact"]:
+        return f.conv(preact_x, out_filters, 1, strides, name=f"{name}_0_conv")
+    s = f.conv(x, out_filters, 1, strides, name=f"{name}_0_conv")
+    return f.bn(s, name=f"{name}_0_bn")
+
+
+def _merge(shortcut, y, opts, drop_rate, name):
+    if opts["residual_scale"] == "learnable":
+        y = ResidualScale(name=f"{name}_scale")(y)
+    if drop_rate > 0:
+        y = layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1), name=f"{name}_drop_path")(y)
+    x = layers.Add(name=f"{name}_add")([shortcut, y])
+    if opts["residual_scale"] == "sqrt2":
+        x = layers.Rescaling(1.0 / math.sqrt(2.0), name=f"{name}_sqrt2")(x)
+    return x
+
+
+def post_activation_block(x, filters, strides, opts, f, drop_rate, name):
+    """conv-BN-ReLU ... conv-BN, add the shortcut, ReLU (He et al. 2015, Fig. 2 and 5)."""
+    convs = _branch_convs(opts["block"], filters, strides)
+    y = x
+    for j, (kernel, width, stride) in enumerate(convs, start=1):
+        last = j == len(convs)
+        y = f.conv(y, width, kernel, stride, name=f"{name}_{j}_conv")
+        y = f.bn(y, name=f"{name}_{j}_bn", zero_init=last and opts["zero_init_last_bn"])
+        if not last:
+            y = layers.ReLU(name=f"{name}_{j}_relu")(y)
+    if opts["residual"]:
+        shortcut = _shortcut(x, x, convs[-1][1], strides, opts, f, name)
+        y = _merge(shortcut, y, opts, drop_rate, name)
+    return layers.ReLU(name=f"{name}_out")(y)
+
+
+def pre_activation_block(x, filters, strides, opts, f, drop_rate, name):
+    """BN-ReLU-conv ... BN-ReLU-conv, add the untouched shortcut (He et al. 2016, Fig. 4e)."""
+    convs = _branch_convs(opts["block"], filters, strides)
+    preact = f.bn_relu(x, name=f"{name}_preact")
+    y = preact
+    for j, (kernel, width, stride) in enumerate(convs, start=1):
+        if j > 1:
+            y = f.bn(y, name=f"{name}_{j}_bn", zero_init=j == len(convs) and opts["zero_init_last_bn"])
+            y = layers.ReLU(name=f"{name}_{j}_relu")(y)
+        y = f.conv(y, width, kernel, stride, name=f"{name}_{j}_conv")
+    if not opts["residual"]:
+        return y
+    shortcut = _shortcut(x, preact, convs[-1][1], strides, opts, f, name)
+    return _merge(shortcut, y, opts, drop_rate, name)
+
+
+def _stage_layout(depth, block, stem, stage_layers):
+    """Resolve (depth, block, layers) from whichever the caller gave."""
+    if stage_layers is not None:
+        block = block or "basic"
+        stage_layers = common.check_int_tuple("layers", stage_layers)
+        derived = sum(stage_layers) * CONVS_PER_BLOCK[block] + 2
+        if depth is not None and depth != derived:
+            raise ValueError(f"depth={depth} does not match layers={stage_layers} ({derived})")
+        return derived, block, stage_layers
+    if depth is None:
+        raise ValueError("give depth (or layers)")
+    depth = common.check_int("depth", depth, 1)
+    if stem == "imagenet":
+        if depth not in IMAGENET_LAYERS:
+            raise ValueError(
+                f"depth must be one of {sorted(IMAGENET_LAYERS)} for the ImageNet stem "
+                f"(or give layers), got {depth}"
+            )
+        table_block, stage_layers = IMAGENET_LAYERS[depth]
+        if block not in (None, table_block):
+            raise ValueError(f"depth={depth} is a {table_block} net; block={block!r} conflicts")
+        return depth, table_block, stage_layers
+    block = block or "basic"
+    per_block = 3 * CONVS_PER_BLOCK[block]
+    if depth < per_block + 2 or (depth - 2) % per_block:
+        raise ValueError(
+            f"depth must be {per_block}n+2 for a CIFAR {block} net "
+            f"(e.g. {per_block + 2}, {2 * per_block + 2}), got {depth}"
+        )
+    return depth, block, (((depth - 2) // per_block),) * 3
+
+
+def resnet(
+    depth=None,
+    *,
+    block=None,
+    stem="cifar",
+    layers=None,
+    base_width=None,
+    residual=True,
+    preact=False,
+    shortcut=None,
+    residual_scale=None,
+    zero_init_last_bn=False,
+    drop_path_rate=0.0,
+    head_norm=True,
+    norm="batch",
+    bn_momentum=0.9,
+    bn_epsilon=1e-5,
+    kernel_initializer="he_normal",
+    kernel_regularizer=None,
+    num_classes=None,
+    input_shape=None,
+    input_tensor=None,
+    include_top=True,
+    pooling=None,
+    classifier_activation=None,
+    name=None,
+):
+    """Build a plain net, ResNet or pre-activation ResNet.
+
+    Args:
+      depth: weighted layers. CIFAR stem: 6n+2 (basic) or 9n+2 (bottleneck), three stages of
+        n blocks at widths (16, 32, 64) x ``base_width``/16. ImageNet stem: 18/34/50/101/152/200.
+      block: "basic" or "bottleneck" (default: from the depth table, else "basic").
+      stem: "cifar" (3x3 conv, stride 1) or "imagenet" (7x7/2 conv + 3x3/2 max pool).
+      layers: blocks per stage, overriding the depth tables (e.g. (2, 2, 2, 2)).
+      base_width: first stage's width (default 16 for CIFAR, 64 for ImageNet); doubles per stage.
+      residual: False builds the plain twin (no shortcuts).
+      preact: pre-activation blocks (He et al. 2016) with a final BN-ReLU (see head_norm).
+      shortcut: "A", "B" or "C". Default "A" for CIFAR basic nets, "B" otherwise.
+      residual_scale: None, "sqrt2" (sum times 1/sqrt(2)) or "learnable" (branch times a
+        scalar initialised at 0, ReZero/SkipInit).
+      zero_init_last_bn: start each branch's last BN gamma at 0 (Goyal et al. 2017).
+      drop_path_rate: stochastic depth, rising linearly to this rate at the last block.
+      head_norm: pre-activation nets only: the BN-ReLU before pooling. The popular CIFAR
+        PreAct ResNet-18 (kuangliu/pytorch-cifar) leaves it out.
+      norm, bn_momentum, bn_epsilon, kernel_initializer, kernel_regularizer: layer hooks.
+      num_classes, input_shape, input_tensor, include_top, pooling, classifier_activation, name:
+        as in keras.applications.
+    """
+    common.check_choice("stem", stem, ("cifar", "imagenet"))
+    common.check_choice("block", block, (None, "basic", "bottleneck"))
+    depth, block, stage_layers = _stage_layout(depth, block, stem, layers)
+    shortcut = shortcut or ("A" if stem == "cifar" and block == "basic" else "B")
+    common.check_choice("shortcut", shortcut, ("A", "B", "C"))
+    common.check_choice("residual_scale", residual_scale, (None, "sqrt2", "learnable"))
+    drop_path_rate = common.check_float("drop_path_rate", drop_path_rate, 0.0, 1.0)
+    if not residual and (drop_path_rate or residual_scale):
+        raise ValueError("drop_path_rate and residual_scale need residual=True")
+    cifar = stem == "cifar"
+    base_width = common.check_int("base_width", base_width or (16 if cifar else 64))
+    if num_classes is None:
+        num_classes = 10 if cifar else 1000
+    f = common.LayerFactory(norm, bn_momentum, bn_epsilon, kernel_initializer, kernel_regularizer)
+    opts = dict(
+        block=block, residual=residual, preact=preact, shortcut=shortcut,
+        residual_scale=residual_scale, zero_init_last_bn=zero_init_last_bn,
+    )
+    common.ensure_recursion_limit()
+
+    inputs, x = common.model_input(input_shape, input_tensor, (32, 32, 3) if cifar else (224, 224, 3))
+    x = f.conv(x, base_width, 3 if cifar else 7, 1 if cifar else 2, name="conv1_conv")
+    if not preact:
+        x = f.bn_relu(x, name="conv1")
+    if not cifar:
+        x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1_pool")(x)
+
+    block_fn = pre_activation_block if preact else post_activation_block
+    rates = iter(common.linear_rates(drop_path_rate, sum(stage_layers)))
+    for s, count in enumerate(stage_layers):
+        filters = base_width * 2**s
+        for b in range(count):
+            strides = 2 if s > 0 and b == 0 else 1
+            x = block_fn(x, filters, strides, opts, f, next(rates), name=f"conv{s + 2}_block{b + 1}")
+    if preact and head_norm:
+        x = f.bn_relu(x, name="post")
+
+    outputs = common.head(x, f, include_top, pooling, num_classes, classifier_activation)
+    if name is None:
+        kind = ("preact_" if preact else "") + ("resnet" if residual else "plain")
+        name = f"{kind}{depth}"
+    return keras.Model(inputs, outputs, name=name)
