@@ -9,6 +9,8 @@ import inspect
 from reszoo import flops
 
 _REGISTRY = {}
+# Alternative ways to give a net's size: overriding one replaces the others' defaults.
+_LAYOUT_KEYS = {"depth", "layers", "blocks"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +71,11 @@ def create_model(name, **overrides):
             raise ValueError(
                 f"{name}: unknown argument {key!r}{_suggest(key, list(accepted))}"
             )
-    kwargs = {**spec.config, "name": name, **overrides}
-    return spec.builder(**kwargs)
+    config = dict(spec.config)
+    if overrides.keys() & _LAYOUT_KEYS:
+        for key in _LAYOUT_KEYS - overrides.keys():
+            config.pop(key, None)
+    return spec.builder(**{**config, "name": name, **overrides})
 
 
 def model_card(name):

@@ -24,3 +24,13 @@ def registered():
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(0)
+
+
+DEEPEST = ("resnet1202", "preact_resnet1001", "deepest")
+
+
+def pytest_collection_modifyitems(items):
+    """Tests on the ~4,000-layer nets share one xdist worker, so each is built once."""
+    for item in items:
+        if any(name in item.nodeid for name in DEEPEST):
+            item.add_marker(pytest.mark.xdist_group("deepest"))

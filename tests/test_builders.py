@@ -224,3 +224,10 @@ def test_list_models_wildcards_and_family():
 def test_overridden_depth_changes_the_net():
     model = reszoo.create_model("resnet56", depth=32)
     assert reszoo.count_params(model) == 464_154
+
+
+def test_overriding_the_layout_replaces_the_registered_depth():
+    model = reszoo.create_model("resnet50", layers=(1, 1, 1, 1))
+    assert sum(l.name.endswith("_add") for l in model.layers) == 4
+    model = reszoo.create_model("preact_resnet18_cifar", depth=32, block="basic")
+    assert sum(l.name.endswith("_add") for l in model.layers) == 3 * 5

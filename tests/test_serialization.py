@@ -37,36 +37,46 @@ JAX_SCRIPT = textwrap.dedent("""
     import keras, numpy as np
     assert keras.backend.backend() == "jax"
     import reszoo
+    cases = json.loads(sys.argv[2])
     out = {}
-    for name in sys.argv[2:]:
-        model = keras.saving.load_model(os.path.join(sys.argv[1], name + ".keras"))
-        x = np.load(os.path.join(sys.argv[1], name + ".npy"))
-        fresh = reszoo.create_model(name)
-        fresh(x[:1], training=True)
-        out[name] = {"logits": model.predict(x, verbose=0).tolist(),
-                     "params": reszoo.count_params(fresh)}
+    for key, (name, overrides, shape) in cases.items():
+        model = keras.saving.load_model(os.path.join(sys.argv[1], key + ".keras"))
+        x = np.load(os.path.join(sys.argv[1], key + ".npy"))
+        out[key] = {"logits": model.predict(x, verbose=0).tolist(),
+                    "params": reszoo.count_params(reszoo.create_model(name, **overrides))}
     assert "tensorflow" not in sys.modules, "reszoo imported tensorflow"
     print("RESULT" + json.dumps(out))
 """)
 
+# Every block type, stem and shortcut option, at shallow depths (JAX compiles on first call).
+JAX_CASES = {
+    "post_basic_A": ("resnet20", {}, [32, 32, 3]),
+    "preact_bottleneck_B": ("preact_resnet164", {"depth": 29, "residual_scale": "learnable"}, [32, 32, 3]),
+    "preact_basic_B": ("preact_resnet18_cifar", {}, [32, 32, 3]),
+    "imagenet_bottleneck": ("resnet50", {"layers": [1, 1, 1, 1], "input_shape": [64, 64, 3]}, [64, 64, 3]),
+    "densenet_bc": ("densenet121", {"blocks": [2, 2, 2, 2], "input_shape": [64, 64, 3]}, [64, 64, 3]),
+    "densenet": ("densenet40_k12", {"depth": 13}, [32, 32, 3]),
+}
 
-def test_models_run_on_jax_backend_with_the_same_numbers(tmp_path, registered):
-    names = ["resnet20", "preact_resnet164", "densenet40_k12", "preact_resnet18_cifar"]
+
+def test_models_run_on_jax_backend_with_the_same_numbers(tmp_path):
     expected = {}
-    for name in names:
-        model = registered(name)
-        x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype("float32")
-        model.save(tmp_path / f"{name}.keras")
-        np.save(tmp_path / f"{name}.npy", x)
-        expected[name] = model.predict(x, verbose=0)
+    for key, (name, overrides, shape) in JAX_CASES.items():
+        model = reszoo.create_model(name, **overrides)
+        x = np.random.default_rng(1).normal(size=(2, *shape)).astype("float32")
+        model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.train_on_batch(x, np.arange(2))  # move BN statistics off their defaults
+        model.save(tmp_path / f"{key}.keras")
+        np.save(tmp_path / f"{key}.npy", x)
+        expected[key] = (model.predict(x, verbose=0), reszoo.count_params(model))
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(tmp_path), *names],
+    proc = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(tmp_path), json.dumps(JAX_CASES)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
-    for name in names:
-        assert result[name]["params"] == reszoo.count_params(registered(name))
-        np.testing.assert_allclose(result[name]["logits"], expected[name], rtol=1e-4, atol=1e-4)
+    for key, (logits, params) in expected.items():
+        assert result[key]["params"] == params, key
+        np.testing.assert_allclose(result[key]["logits"], logits, rtol=1e-4, atol=1e-4, err_msg=key)
 
 
 def test_reszoo_does_not_import_tensorflow():
