@@ -12,10 +12,11 @@ setup(
     package_data={"reszoo": ["data/*.npz"]},
     install_requires=["keras>=3.15.1,<4", "numpy"],
     extras_require={
-        "tf": ["tensorflow>=2.21,<2.22", "tensorflow-datasets>=4.9", "absl-py"],
+        "tf": ["tensorflow>=2.21,<2.22", "tensorflow-datasets>=4.9", "tensorboard", "absl-py"],
         "dev": [
             "tensorflow>=2.21,<2.22",
             "tensorflow-datasets>=4.9",
+            "tensorboard",
             "absl-py",
             "jax>=0.10.2",
             "jaxlib>=0.10.2",

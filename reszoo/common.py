@@ -100,11 +100,14 @@ class LayerFactory:
 
 
 def model_input(input_shape, input_tensor, default_shape):
-    """An ``Input`` of ``input_shape`` (default ``default_shape``), or wrap ``input_tensor``."""
+    """``(model inputs, first tensor)``: a new ``Input`` of ``input_shape`` (default
+    ``default_shape``), or, as in keras.applications, the graph that ``input_tensor`` (a
+    Keras tensor, e.g. the output of a preprocessing layer) comes from."""
     if input_tensor is not None:
         if not keras.backend.is_keras_tensor(input_tensor):
-            return layers.Input(tensor=input_tensor, name="input"), input_tensor
-        return input_tensor, input_tensor
+            raise ValueError("input_tensor must be a Keras tensor (from keras.Input or a layer)")
+        sources = keras.utils.get_source_inputs(input_tensor)
+        return (sources[0] if len(sources) == 1 else sources), input_tensor
     shape = default_shape if input_shape is None else tuple(input_shape)
     if len(shape) != 3:
         raise ValueError(f"input_shape must be (height, width, channels), got {input_shape!r}")

@@ -78,11 +78,12 @@ def create_model(name, **overrides):
     return spec.builder(**{**config, "name": name, **overrides})
 
 
-def model_card(name):
+def model_card(name, model=None):
     """Family, depth, parameters, multiply-adds at the default input size, paper and
-    published results of a registered model (its default config)."""
+    published results of a registered model (its default config, or ``model`` if given
+    already built)."""
     spec = get_spec(name)
-    model = create_model(name)
+    model = create_model(name) if model is None else model
     trainable = count_params(model)
     card = {
         "name": name,

@@ -72,6 +72,19 @@ def test_input_tensor_is_used():
     assert model.inputs[0] is inp and model.output_shape == (None, 10)
 
 
+def test_input_tensor_after_a_preprocessing_layer():
+    raw = keras.Input((32, 32, 3))
+    scaled = keras.layers.Rescaling(0.5, name="preprocess")(raw)
+    model = reszoo.create_model("resnet20", input_tensor=scaled)
+    assert model.inputs[0] is raw and model.layers[1].name == "preprocess"
+    x = np.random.rand(2, 32, 32, 3).astype("float32")
+    direct = reszoo.create_model("resnet20")
+    direct.set_weights(model.get_weights())
+    np.testing.assert_allclose(model.predict(x, verbose=0), direct.predict(x * 0.5, verbose=0), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="input_tensor must be a Keras tensor"):
+        reszoo.create_model("resnet20", input_tensor=np.zeros((1, 32, 32, 3)))
+
+
 def _block_model(block_fn, preact, norm="batch", **opts):
     inp = keras.Input((8, 8, 16))
     options = dict(block="basic", residual=True, preact=preact, shortcut="A",

@@ -1,0 +1,205 @@
+"""Datasets for training: the embedded digits, tfds by name, or a folder of images; and the
+tf.data pipelines (stateless augmentation, so a resumed run sees the same batches)."""
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+import reszoo.datasets
+
+_STATS_SAMPLE = 10_000
+_IN_MEMORY_BYTES = 2 * 2**30
+
+
+class DataError(Exception):
+    """A dataset that cannot be found or read; the message says what to do."""
+
+
+@dataclasses.dataclass
+class Data:
+    """Train and test data in raw pixel units. ``train`` is numpy arrays ``(x, y)`` when it
+    fits in memory (exact resume), else an unbatched ``tf.data.Dataset`` (streamed)."""
+
+    name: str
+    train: object
+    test: tf.data.Dataset  # unbatched (float32 image, int32 label)
+    num_train: int
+    num_test: int
+    class_names: list
+    image_shape: tuple
+    mean: np.ndarray  # per channel: travels with the model as its first layer
+    std: np.ndarray
+    default_augment: str
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+
+def load(dataset, data_dir=None, image_size=None, validation_split=0.2, seed=0):
+    if dataset == "digits":
+        return _digits()
+    if dataset == "folder":
+        return _folder(data_dir, image_size or 64, validation_split, seed)
+    return _tfds(dataset, data_dir, image_size)
+
+
+def _stats(images):
+    images = np.asarray(images, "float64")
+    mean = images.mean(axis=(0, 1, 2))
+    std = np.maximum(images.std(axis=(0, 1, 2)), 1e-3)
+    return mean.astype("float32"), std.astype("float32")
+
+
+def _sample_stats(ds):
+    images = np.stack([x for x, _ in ds.take(_STATS_SAMPLE).as_numpy_iterator()])
+    return _stats(images)
+
+
+def _arrays(ds):
+    """An unbatched (image, label) dataset of 8-bit pixels as uint8/int32 numpy arrays."""
+    images, labels = [], []
+    for x, y in ds.as_numpy_iterator():
+        images.append(np.clip(np.round(x), 0, 255).astype("uint8"))
+        labels.append(y)
+    return np.stack(images), np.asarray(labels, "int32")
+
+
+def _as_dataset(x, y):
+    return tf.data.Dataset.from_tensor_slices((x, y.astype("int32"))).map(
+        lambda a, b: (tf.cast(a, "float32"), b))
+
+
+def _digits():
+    (x_train, y_train), (x_test, y_test), names = reszoo.datasets.load_digits()
+    mean, std = _stats(x_train)
+    return Data("digits", (x_train, y_train.astype("int32")), _as_dataset(x_test, y_test),
+                len(y_train), len(y_test), names, x_train.shape[1:], mean, std, "crop")
+
+
+def _folder(data_dir, image_size, validation_split, seed):
+    import keras
+
+    if not data_dir or not os.path.isdir(data_dir):
+        raise DataError(f"--dataset=folder needs --data_dir pointing at a folder of class "
+                        f"sub-folders; {data_dir!r} is not a folder")
+    if not 0 < validation_split < 1:
+        raise DataError(f"--validation_split must be in (0, 1) for a folder, got {validation_split}")
+    try:
+        train, val = keras.utils.image_dataset_from_directory(
+            data_dir, labels="inferred", label_mode="int", color_mode="rgb", batch_size=None,
+            image_size=(image_size, image_size), shuffle=True, seed=seed,
+            validation_split=validation_split, subset="both", verbose=False)
+    except ValueError as err:
+        raise DataError(f"cannot read images from {data_dir}: {err}") from None
+    names = list(train.class_names)
+    if len(names) < 2:
+        raise DataError(f"{data_dir} needs at least two class sub-folders, found {names}")
+    x_train, y_train = _arrays(train)
+    x_val, y_val = _arrays(val)
+    mean, std = _stats(x_train)
+    return Data(os.path.basename(os.path.normpath(data_dir)), (x_train, y_train), _as_dataset(x_val, y_val),
+                len(y_train), len(y_val), names, (image_size, image_size, 3), mean, std, "crop_flip")
+
+
+def _tfds(name, data_dir, image_size):
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(f"unknown dataset {name!r}: use digits, folder, or a tfds name "
+                        "(cifar10, cifar100, imagenet2012, imagenette, ...)") from None
+    splits = builder.info.splits
+    test_split = "test" if "test" in splits else "validation"
+    try:
+        (train, test), info = tfds.load(name, split=["train", test_split], data_dir=data_dir,
+                                        as_supervised=True, with_info=True, download=False)
+    except (AssertionError, FileNotFoundError, tf.errors.NotFoundError) as err:
+        where = data_dir or "~/tensorflow_datasets"
+        raise DataError(
+            f"dataset {name} is not prepared in {where} ({type(err).__name__}); prepare it on a "
+            f"machine with network access (`tfds build {name} --data_dir DIR`) and pass "
+            "--data_dir=DIR") from None
+    shape = info.features["image"].shape
+    if None in shape[:2]:
+        size = image_size or 224
+        resize = lambda x, y: (tf.image.resize(tf.cast(x, "float32"), (size, size)), y)
+        shape = (size, size, shape[2])
+    else:
+        resize = lambda x, y: (tf.cast(x, "float32"), y)
+    cast = lambda x, y: (x, tf.cast(y, "int32"))
+    train = train.map(resize, num_parallel_calls=tf.data.AUTOTUNE).map(cast)
+    test = test.map(resize, num_parallel_calls=tf.data.AUTOTUNE).map(cast)
+    num_train = info.splits["train"].num_examples
+    if num_train * np.prod(shape) <= _IN_MEMORY_BYTES:
+        train = _arrays(train)
+        mean, std = _stats(train[0])
+        num_train = len(train[1])
+        test = test.cache()
+    else:
+        mean, std = _sample_stats(train)
+    augment = "inception" if shape[0] >= 128 else "crop_flip"
+    return Data(name, train, test, num_train, info.splits[test_split].num_examples,
+                info.features["label"].names, tuple(shape), mean, std, augment)
+
+
+def _augment(image, seed, kind, shape):
+    """He et al. 2015 CIFAR augmentation (pad 1/8 of the side, random crop, flip) or the
+    Inception-style random resized crop + flip, with stateless randomness."""
+    height, width, channels = shape
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    if kind in ("crop", "crop_flip"):
+        pad = max(1, height // 8)
+        image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+        image = tf.image.stateless_random_crop(image, shape, seed=seeds[0])
+    elif kind == "inception":
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(image), tf.zeros([1, 0, 4]), seed=seeds[0], min_object_covered=0.08,
+            aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
+            use_image_if_no_bounding_boxes=True)
+        image = tf.image.resize(tf.slice(image, begin, size), (height, width))
+    if kind in ("crop_flip", "inception"):
+        image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
+    return tf.ensure_shape(image, shape)
+
+
+def train_pipeline(data, batch_size, augment, seed, first_epoch, epochs):
+    """Batches for epochs ``first_epoch .. epochs - 1`` with one-hot labels. For in-memory
+    data, epoch e's order and augmentation are stateless functions of (seed, e), so a run
+    resumed at epoch e sees exactly the batches an uninterrupted run would."""
+    kind = data.default_augment if augment == "auto" else augment
+    shape, classes = data.image_shape, data.num_classes
+
+    def prepare(image, label, element_seed):
+        image = tf.cast(image, "float32")
+        if kind != "none":
+            image = _augment(image, element_seed, kind, shape)
+        return image, tf.one_hot(label, classes)
+
+    if isinstance(data.train, tf.data.Dataset):
+        ds = data.train.shuffle(50_000, seed=seed + first_epoch).repeat(epochs - first_epoch)
+        ds = ds.enumerate().map(lambda i, xy: prepare(*xy, tf.stack([tf.cast(seed, tf.int64), i])),
+                                num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        images, labels = (tf.constant(a) for a in data.train)
+        n = data.num_train
+
+        def epoch(e):
+            order = tf.data.Dataset.range(n)
+            return order.map(lambda i: (i, tf.random.experimental.index_shuffle(
+                i, tf.stack([tf.cast(seed, tf.int64), e]), n - 1)))  \
+                .map(lambda i, j: prepare(tf.gather(images, j), tf.gather(labels, j),
+                                          tf.stack([e * 1_000_003 + seed, i])),
+                     num_parallel_calls=tf.data.AUTOTUNE)
+
+        ds = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_pipeline(data, batch_size, drop_remainder=False):
+    classes = data.num_classes
+    ds = data.test.map(lambda x, y: (x, tf.one_hot(y, classes)), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

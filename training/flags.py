@@ -1,0 +1,119 @@
+"""Flags of ``python -m training.train``, their checks, and the papers' recipes."""
+
+import ast
+import sys
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+AUGMENTATIONS = ("auto", "none", "crop", "crop_flip", "inception")
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
+
+# One flag sets a paper's recipe; flags given explicitly win.
+RECIPES = {
+    # He et al. 2015, Sec. 4.2: batch 128, lr 0.1 /10 at 32k and 48k of 64k iterations
+    # (epochs 82/123 of 164 on 50k images), momentum 0.9, wd 1e-4, pad-4 crop + flip.
+    "he2015_cifar": dict(batch_size=128, epochs=164, optimizer="sgd", learning_rate=0.1,
+                         momentum=0.9, nesterov=False, weight_decay=1e-4, lr_schedule="step",
+                         lr_decay_epochs=["82", "123"], lr_decay_rate=0.1, augment="crop_flip",
+                         label_smoothing=0.0),
+    # Huang et al. 2017, Sec. 4.2: batch 64, 300 epochs, lr 0.1 /10 at 50% and 75%,
+    # Nesterov momentum 0.9, wd 1e-4.
+    "huang2017_cifar": dict(batch_size=64, epochs=300, optimizer="sgd", learning_rate=0.1,
+                            momentum=0.9, nesterov=True, weight_decay=1e-4, lr_schedule="step",
+                            lr_decay_epochs=["150", "225"], lr_decay_rate=0.1,
+                            augment="crop_flip", label_smoothing=0.0),
+}
+# He et al. 2015: ResNet-110 (and deeper) warm up at lr 0.01 for about 400 iterations.
+WARMUP_MODELS = ("resnet110", "resnet1202")
+
+
+def define():
+    flags.DEFINE_string("model", "resnet20", "registry name (python -c 'import reszoo; print(reszoo.list_models())')")
+    flags.DEFINE_list("model_args", [], "builder overrides, key=value (e.g. drop_path_rate=0.1,shortcut=B)")
+    flags.DEFINE_string("dataset", "digits", "digits (embedded), folder (see --data_dir), or a tfds name")
+    flags.DEFINE_string("data_dir", None, "tfds data_dir, or the image folder for --dataset=folder")
+    flags.DEFINE_integer("image_size", 0, "resize images to this side (folder and variable-size tfds; 0: default)", lower_bound=0)
+    flags.DEFINE_float("validation_split", 0.2, "fraction of a folder held out for evaluation")
+    flags.DEFINE_string("model_dir", None, "run folder: checkpoints, history, logs, flags (default runs/MODEL-DATASET)")
+    flags.DEFINE_boolean("overwrite", False, "reuse a model_dir that holds a run with different flags")
+    flags.DEFINE_integer("batch_size", 64, "global batch size", lower_bound=1)
+    flags.DEFINE_integer("epochs", 30, "training epochs", lower_bound=1)
+    flags.DEFINE_integer("train_steps", 0, "total steps instead of --epochs (rounded up to whole epochs)", lower_bound=0)
+    flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adamw"], "SGD with momentum, or AdamW")
+    flags.DEFINE_float("learning_rate", 0.1, "peak learning rate (at --lr_batch_base if set)", lower_bound=0.0)
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_boolean("nesterov", False, "Nesterov momentum")
+    flags.DEFINE_float("weight_decay", 5e-4, "on conv/dense kernels only (SGD: L2 as in the papers; AdamW: decoupled)", lower_bound=0.0)
+    flags.DEFINE_enum("lr_schedule", "cosine", ["step", "cosine", "constant"], "learning-rate schedule")
+    flags.DEFINE_list("lr_decay_epochs", [], "step schedule: epochs at which lr is multiplied by --lr_decay_rate")
+    flags.DEFINE_float("lr_decay_rate", 0.1, "step schedule factor", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_float("warmup_epochs", 0.0, "warm-up length in epochs", lower_bound=0.0)
+    flags.DEFINE_enum("warmup", "linear", ["linear", "constant"], "linear ramp, or constant lr/10 (He et al. 2015)")
+    flags.DEFINE_integer("lr_batch_base", 0, "linear scaling: lr *= batch_size / lr_batch_base (0: off)", lower_bound=0)
+    flags.DEFINE_float("label_smoothing", 0.0, "label smoothing", lower_bound=0.0, upper_bound=0.99)
+    flags.DEFINE_enum("augment", "auto", list(AUGMENTATIONS), "auto: crop for digits, crop_flip for CIFAR-size, inception for large images")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "mixed_float16", "mixed_bfloat16"], "compute dtype policy (logits stay float32)")
+    flags.DEFINE_boolean("jit_compile", False, "XLA (off by default: it halves TF's CPU speed here)")
+    flags.DEFINE_integer("steps_per_execution", 1, "train steps per tf.function call", lower_bound=1)
+    flags.DEFINE_enum("distribution_strategy", "default", list(STRATEGIES), "tf.distribute strategy")
+    flags.DEFINE_string("tpu", None, "TPU address for --distribution_strategy=tpu")
+    flags.DEFINE_integer("seed", 0, "random seed (weights, data order, augmentation)", lower_bound=0)
+    flags.DEFINE_boolean("deterministic", False, "deterministic ops: the same flags give the same weights")
+    flags.DEFINE_integer("eval_every", 1, "evaluate every N epochs", lower_bound=1)
+    flags.DEFINE_string("recipe", None, f"paper recipe preset: {', '.join(RECIPES)}")
+    flags.DEFINE_string("init_from", None, "fine-tune: a .keras model to start from (its head is replaced)")
+    flags.DEFINE_string("freeze", "none", "fine-tune: none, backbone, or a stage (e.g. conv3) frozen with all before it")
+    flags.DEFINE_float("backbone_lr_multiplier", 1.0, "fine-tune: backbone lr = lr * this", lower_bound=0.0)
+
+    flags.register_validator("recipe", lambda v: v is None or v in RECIPES,
+                             f"must be one of {', '.join(RECIPES)}")
+    flags.register_validator("lr_decay_epochs", lambda v: all(s.strip().isdigit() for s in v),
+                             "must be a comma-separated list of epochs (integers)")
+    flags.register_validator("model_args", lambda v: all("=" in s for s in v),
+                             "must be key=value pairs")
+    flags.register_validator("validation_split", lambda v: 0.0 < v < 1.0, "must be in (0, 1)")
+    flags.register_multi_flags_validator(
+        ["distribution_strategy", "tpu"], lambda d: d["distribution_strategy"] != "tpu" or d["tpu"] is not None,
+        "--distribution_strategy=tpu needs --tpu=ADDRESS (or 'local')")
+
+
+def apply_recipe():
+    """Fill in the recipe's values for every flag the user did not give."""
+    if not FLAGS.recipe:
+        return
+    values = dict(RECIPES[FLAGS.recipe])
+    if FLAGS.model in WARMUP_MODELS:
+        values.update(warmup_epochs=1.0, warmup="constant")
+    for name, value in values.items():
+        if not FLAGS[name].present:
+            FLAGS[name].value = value
+
+
+def model_args():
+    """--model_args as a dict with Python literals (numbers, booleans, tuples, None)."""
+    args = {}
+    for item in FLAGS.model_args:
+        key, raw = item.split("=", 1)
+        try:
+            args[key.strip()] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            args[key.strip()] = raw
+    return args
+
+
+def parse(argv):
+    """absl parsing, with one line and exit code 2 for a bad flag (not a usage dump)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as err:
+        prog = argv[0].rsplit("/", 1)[-1] if argv else "train"
+        sys.stderr.write(f"{prog}: error: {err}\n")
+        sys.exit(2)
+
+
+def as_dict():
+    """The flags that define a run, for model_dir/flags.json."""
+    names = [f.name for f in FLAGS.get_key_flags_for_module(sys.modules[__name__])]
+    return {name: FLAGS[name].value for name in sorted(names)}
