@@ -6,6 +6,7 @@
     reszoo.model_card("densenet_bc100_k12")["params"]
 """
 
+from reszoo import optim  # noqa: F401  (registers the training schedule and optimizers)
 from reszoo import zoo as _zoo  # noqa: F401  (registers the catalogue)
 from reszoo.densenet import densenet
 from reszoo.layers import BatchNorm, ResidualScale, ZeroPadShortcut

@@ -1,13 +1,12 @@
-"""Regenerate README.md's model table from the registry: ``python scripts/readme_tables.py``.
+"""Regenerate README.md's model and flag tables: ``python scripts/readme_tables.py``.
 
-The table sits between the markers below; tests/test_readme.py fails if it is stale.
+Each table sits between its markers; tests/test_readme.py fails if one is stale.
 """
 
 import os
 import re
 import sys
 
-START, END = "<!-- models:start -->", "<!-- models:end -->"
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
 
@@ -32,11 +31,26 @@ def model_table(build=None):
     return "\n".join(rows)
 
 
-def render(text, table):
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"README.md has no {START} ... {END} block")
-    return pattern.sub(lambda _: f"{START}\n{table}\n{END}", text)
+def flag_table():
+    from training import flags as run_flags
+    import training.train  # noqa: F401  (defines the flags)
+
+    rows = ["| flag | default | meaning |", "|---|---|---|"]
+    for flag in sorted(run_flags.FLAGS.get_key_flags_for_module(run_flags), key=lambda f: f.name):
+        default = flag.default_as_str if flag.default not in (None, [], "") else ""
+        rows.append(f"| `--{flag.name}` | {default.strip(chr(39))} | {flag.help.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+def render(text, tables):
+    """Replace each ``<!-- NAME:start -->...<!-- NAME:end -->`` block with ``tables[NAME]``."""
+    for name, table in tables.items():
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"README.md has no {start} ... {end} block")
+        text = pattern.sub(lambda _: f"{start}\n{table}\n{end}", text)
+    return text
 
 
 if __name__ == "__main__":
@@ -45,5 +59,5 @@ if __name__ == "__main__":
     with open(README) as f:
         text = f.read()
     with open(README, "w") as f:
-        f.write(render(text, model_table()))
+        f.write(render(text, {"models": model_table(), "flags": flag_table()}))
     print(f"updated {README}")

@@ -14,11 +14,11 @@ def _tables_module():
     return module
 
 
-def test_readme_model_table_is_generated_from_the_registry(registered):
+def test_readme_tables_are_generated_from_the_registry_and_flags(registered):
     tables = _tables_module()
     text = (ROOT / "README.md").read_text()
-    assert tables.render(text, tables.model_table(build=registered)) == text, (
-        "README model table is stale: run python scripts/readme_tables.py")
+    fresh = tables.render(text, {"models": tables.model_table(build=registered), "flags": tables.flag_table()})
+    assert fresh == text, "README tables are stale: run python scripts/readme_tables.py"
 
 
 def test_ci_runs_the_readme_test_command():

@@ -112,8 +112,7 @@ def _tfds(name, data_dir, image_size):
     except tfds.core.registered.DatasetNotFoundError:
         raise DataError(f"unknown dataset {name!r}: use digits, folder, or a tfds name "
                         "(cifar10, cifar100, imagenet2012, imagenette, ...)") from None
-    splits = builder.info.splits
-    test_split = "test" if "test" in splits else "validation"
+    test_split = "validation" if "validation" in builder.info.splits else "test"
     try:
         (train, test), info = tfds.load(name, split=["train", test_split], data_dir=data_dir,
                                         as_supervised=True, with_info=True, download=False)
@@ -133,7 +132,7 @@ def _tfds(name, data_dir, image_size):
     cast = lambda x, y: (x, tf.cast(y, "int32"))
     train = train.map(resize, num_parallel_calls=tf.data.AUTOTUNE).map(cast)
     test = test.map(resize, num_parallel_calls=tf.data.AUTOTUNE).map(cast)
-    num_train = info.splits["train"].num_examples
+    num_train, num_test = _count(info, "train", train), _count(info, test_split, test)
     if num_train * np.prod(shape) <= _IN_MEMORY_BYTES:
         train = _arrays(train)
         mean, std = _stats(train[0])
@@ -142,8 +141,15 @@ def _tfds(name, data_dir, image_size):
     else:
         mean, std = _sample_stats(train)
     augment = "inception" if shape[0] >= 128 else "crop_flip"
-    return Data(name, train, test, num_train, info.splits[test_split].num_examples,
-                info.features["label"].names, tuple(shape), mean, std, augment)
+    return Data(name, train, test, num_train, num_test, info.features["label"].names,
+                tuple(shape), mean, std, augment)
+
+
+def _count(info, split, ds):
+    """Examples in a split: from the dataset's metadata, or counted where it has none."""
+    if split in info.splits:
+        return info.splits[split].num_examples
+    return int(ds.reduce(0, lambda count, _: count + 1))
 
 
 def _augment(image, seed, kind, shape):
@@ -188,14 +194,15 @@ def train_pipeline(data, batch_size, augment, seed, first_epoch, epochs):
         n = data.num_train
 
         def epoch(e):
-            order = tf.data.Dataset.range(n)
-            return order.map(lambda i: (i, tf.random.experimental.index_shuffle(
-                i, tf.stack([tf.cast(seed, tf.int64), e]), n - 1)))  \
-                .map(lambda i, j: prepare(tf.gather(images, j), tf.gather(labels, j),
-                                          tf.stack([e * 1_000_003 + seed, i])),
-                     num_parallel_calls=tf.data.AUTOTUNE)
+            order = tf.data.Dataset.range(n).map(lambda i: (i, tf.random.experimental.index_shuffle(
+                i, tf.stack([tf.cast(seed, tf.int64), e]), n - 1)))
+            examples = order.map(
+                lambda i, j: prepare(tf.gather(images, j), tf.gather(labels, j),
+                                     tf.stack([e * 1_000_003 + seed, i])),
+                num_parallel_calls=tf.data.AUTOTUNE)
+            return examples.batch(batch_size, drop_remainder=True)  # batches never span epochs
 
-        ds = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch)
+        return tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch).prefetch(tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 

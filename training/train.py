@@ -11,7 +11,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
+from absl import app, logging  # noqa: E402
 
 from training import flags as run_flags  # noqa: E402
 
@@ -131,7 +131,7 @@ def _lr_multipliers(model):
 
 
 def _compile(keras, model, steps_per_epoch, epochs):
-    from training import optim
+    from reszoo import optim
 
     lr = FLAGS.learning_rate
     if FLAGS.lr_batch_base:
@@ -223,6 +223,7 @@ def main(argv):
     if len(argv) > 1:
         sys.stderr.write(f"train: error: unexpected arguments {argv[1:]}\n")
         sys.exit(2)
+    logging.set_verbosity(logging.ERROR)  # tfds and TF warn through absl; errors are ours
     try:
         run()
     except RunError as err:

@@ -1,10 +1,11 @@
-"""Learning-rate schedules and optimizers of the papers' recipes."""
+"""Learning-rate schedules and optimizers of the papers' recipes (pure Keras; registered so
+that saved training checkpoints load with `import reszoo`)."""
 
 import keras
 from keras import ops
 
 
-@keras.saving.register_keras_serializable(package="reszoo_training")
+@keras.saving.register_keras_serializable(package="reszoo")
 class Schedule(keras.optimizers.schedules.LearningRateSchedule):
     """Step decay (He et al. 2015: lr / 10 at fixed iterations), cosine decay or constant,
     after ``warmup_steps`` of either a linear ramp from 0 or a constant ``warmup_factor * lr``
@@ -69,7 +70,7 @@ def _with_lr_multipliers(base):
             return {**super().get_config(), "lr_multipliers": self.lr_multipliers}
 
     Optimizer.__name__ = base.__name__
-    return keras.saving.register_keras_serializable(package="reszoo_training")(Optimizer)
+    return keras.saving.register_keras_serializable(package="reszoo")(Optimizer)
 
 
 SGD = _with_lr_multipliers(keras.optimizers.SGD)

@@ -1,0 +1,272 @@
+"""training.train: the CLI as users run it (subprocesses), plus its parts in-process."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMALL = ["--model_args=base_width=8", "--batch_size=64"]
+
+
+def train(*args, timeout=600):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "training.train", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _error_lines(proc):
+    return [l for l in proc.stderr.splitlines() if l.startswith("train: error:")]
+
+
+def _weights(path):
+    return keras.saving.load_model(path, compile=False).get_weights()
+
+
+def test_default_run_on_embedded_digits_reaches_95_percent(tmp_path):
+    # The no-flag default is 30 epochs (99.2% measured); 8 epochs must already clear 95%.
+    proc = train("--epochs=8", f"--model_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["test_accuracy"] >= 0.95
+    assert results["model"] == "resnet20" and results["dataset"] == "digits"
+    assert f"test accuracy {results['test_accuracy']:.4f}" in proc.stdout
+    for name in ("last.keras", "best.keras", "history.csv", "flags.json", "logs"):
+        assert (tmp_path / name).exists(), name
+    assert len((tmp_path / "history.csv").read_text().splitlines()) == 1 + 8
+    # The saved model takes raw pixels: its first layer normalises with the digits' statistics.
+    model = keras.saving.load_model(tmp_path / "last.keras", compile=False)
+    assert model.layers[1].name == "preprocess"
+    from reszoo.datasets import load_digits
+    (_, _), (x_test, y_test), _ = load_digits()
+    accuracy = (model.predict(x_test.astype("float32"), verbose=0).argmax(1) == y_test).mean()
+    assert accuracy == pytest.approx(results["test_accuracy"], abs=1e-6)
+
+
+def test_resume_after_kill_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+    flags = [*SMALL, "--epochs=4", "--deterministic", "--seed=3"]
+    straight = train(*flags, f"--model_dir={tmp_path / 'a'}")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    run_dir = tmp_path / "b"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen([sys.executable, "-m", "training.train", *flags, f"--model_dir={run_dir}"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metadata = run_dir / "backup" / "training_metadata.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "results.json").exists()
+
+    resumed = train(*flags, f"--model_dir={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout
+    for a, b in zip(_weights(tmp_path / "a" / "last.keras"), _weights(run_dir / "last.keras")):
+        np.testing.assert_array_equal(a, b)
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert [int(l.split(",")[0]) for l in history[1:]][-1] == 3
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    good = train(*SMALL, "--epochs=2", f"--model_dir={tmp_path}")
+    assert good.returncode == 0, good.stderr[-2000:]
+    last = (tmp_path / "last.keras").read_bytes()
+    backup = (tmp_path / "backup" / "latest.weights.h5").read_bytes()
+    bad = train(*SMALL, "--epochs=4", "--learning_rate=1e30", "--overwrite", f"--model_dir={tmp_path}")
+    assert bad.returncode == 1
+    errors = _error_lines(bad)
+    assert len(errors) == 1 and "NaN in epoch 3" in errors[0] and "(epoch 2)" in errors[0]
+    assert (tmp_path / "last.keras").read_bytes() == last
+    assert (tmp_path / "backup" / "latest.weights.h5").read_bytes() == backup
+
+
+def test_model_dir_of_another_run_is_not_overwritten(tmp_path):
+    assert train(*SMALL, "--epochs=1", f"--model_dir={tmp_path}").returncode == 0
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_file()}
+    proc = train(*SMALL, "--epochs=1", "--learning_rate=0.05", f"--model_dir={tmp_path}")
+    assert proc.returncode == 2
+    assert "holds a run with other flags (learning_rate)" in _error_lines(proc)[0]
+    assert before == {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_file()}
+
+
+def _digit_folder(root, digits):
+    from PIL import Image
+
+    from reszoo.datasets import load_digits
+    (x, y), _, _ = load_digits()
+    for d in digits:
+        os.makedirs(root / f"digit{d}")
+        for i, image in enumerate(x[y == d]):
+            Image.fromarray((image[..., 0] * 15).astype("uint8")).save(root / f"digit{d}" / f"{i}.png")
+    return root
+
+
+def test_fine_tune_to_a_different_set_of_classes(tmp_path):
+    first = _digit_folder(tmp_path / "first", range(5))
+    second = _digit_folder(tmp_path / "second", range(5, 10))
+    common = ["--model_args=base_width=8", "--batch_size=32", "--dataset=folder", "--image_size=8", "--epochs=10"]
+    a = train(*common, f"--data_dir={first}", f"--model_dir={tmp_path / 'a'}")
+    assert a.returncode == 0, a.stderr[-2000:]
+    b = train(*common, f"--data_dir={second}", "--freeze=backbone",
+              f"--init_from={tmp_path / 'a' / 'last.keras'}", f"--model_dir={tmp_path / 'b'}")
+    assert b.returncode == 0, b.stderr[-2000:]
+    old = keras.saving.load_model(tmp_path / "a" / "last.keras", compile=False)
+    new = keras.saving.load_model(tmp_path / "b" / "last.keras", compile=False)
+    assert old.output_shape == (None, 5) and new.output_shape == (None, 5)
+    # Frozen backbone: every weight, BN moving statistics included, is unchanged.
+    for layer in old.layers[:-1]:
+        for w_old, w_new in zip(layer.get_weights(), new.get_layer(layer.name).get_weights()):
+            np.testing.assert_array_equal(w_old, w_new)
+    assert not np.allclose(old.get_layer("fc").get_weights()[0], new.get_layer("fc").get_weights()[0])
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert results["class_names"] == [f"digit{d}" for d in range(5, 10)]
+    assert results["test_accuracy"] > 0.5  # 5 unseen classes on frozen features (61.5% measured)
+
+
+def test_fine_tune_errors_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a model")
+    proc = train(f"--init_from={bad}", "--epochs=1", f"--model_dir={tmp_path / 'x'}")
+    assert proc.returncode == 1 and "cannot load" in _error_lines(proc)[0]
+    proc = train(f"--init_from={tmp_path / 'missing.keras'}", f"--model_dir={tmp_path / 'y'}")
+    assert proc.returncode == 2 and "no such file" in _error_lines(proc)[0]
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(3, name="fc")])
+    model.save(tmp_path / "cifar_shaped.keras")
+    proc = train(f"--init_from={tmp_path / 'cifar_shaped.keras'}", f"--model_dir={tmp_path / 'z'}")
+    assert proc.returncode == 2 and "avg_pool" in _error_lines(proc)[0]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--batch_size=0"], "batch_size"),
+    (["--dataset=cifar10", "--data_dir=/nonexistent/tfds"], "tfds build cifar10"),
+    (["--dataset=no_such_dataset_xyz"], "unknown dataset"),
+    (["--dataset=folder", "--data_dir=/nonexistent"], "not a folder"),
+    (["--model=resnet5"], "did you mean"),
+    (["--model_args=depth=57"], "depth must be 6n+2"),
+    (["--distribution_strategy=multi_worker_mirrored"], "MultiWorkerMirroredStrategy"),
+    (["--freeze=backbone"], "need --init_from"),
+    (["--batch_size=5000"], "larger than the 1438 training images"),
+])
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
+    proc = train(*args, f"--model_dir={tmp_path / 'run'}", timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith(("WARNING", "I0000", "E0000", "W0000"))]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture
+def flags():
+    from training import flags as run_flags
+    import training.train  # noqa: F401  (defines the flags)
+
+    yield run_flags
+    run_flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize("flag", [
+    "--batch_size=0", "--epochs=0", "--train_steps=-1", "--learning_rate=-0.1", "--momentum=1.5",
+    "--weight_decay=-1", "--lr_schedule=linear", "--lr_decay_epochs=ten", "--lr_decay_rate=2",
+    "--warmup_epochs=-1", "--warmup=exp", "--lr_batch_base=-256", "--label_smoothing=1.0",
+    "--augment=mixup", "--dtype=float64", "--distribution_strategy=horovod",
+    "--distribution_strategy=tpu", "--seed=-1", "--eval_every=0", "--recipe=he2099",
+    "--optimizer=lamb", "--model_args=depth", "--validation_split=1.5", "--image_size=-8",
+    "--steps_per_execution=0", "--backbone_lr_multiplier=-1", "--no_such_flag=1",
+])
+def test_every_flag_validator_rejects_a_bad_value(flags, capsys, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        flags.parse(["train", flag])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train: error:")
+
+
+def test_recipe_fills_unset_flags_and_explicit_flags_win(flags):
+    flags.parse(["train", "--recipe=he2015_cifar", "--batch_size=32", "--model=resnet110"])
+    flags.apply_recipe()
+    f = flags.FLAGS
+    assert f.batch_size == 32  # explicit
+    assert (f.epochs, f.learning_rate, f.weight_decay, f.lr_schedule) == (164, 0.1, 1e-4, "step")
+    assert f.lr_decay_epochs == ["82", "123"] and f.augment == "crop_flip"
+    assert (f.warmup_epochs, f.warmup) == (1.0, "constant")  # ResNet-110's warm-up
+
+
+def test_model_args_are_parsed_as_literals(flags):
+    flags.parse(["train", "--model_args=drop_path_rate=0.1,shortcut=B,zero_init_last_bn=True"])
+    assert flags.model_args() == {"drop_path_rate": 0.1, "shortcut": "B", "zero_init_last_bn": True}
+
+
+def test_schedule_step_cosine_and_warmup_values():
+    from reszoo.optim import Schedule
+
+    step = Schedule(0.1, 1000, "step", boundaries=[500, 750], warmup_steps=10, warmup="constant")
+    values = [float(step(s)) for s in (0, 9, 10, 499, 500, 749, 750, 999)]
+    np.testing.assert_allclose(values, [0.01, 0.01, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+    cosine = Schedule(0.2, 110, "cosine", warmup_steps=10)
+    np.testing.assert_allclose([float(cosine(s)) for s in (0, 4, 10, 60, 110)],
+                               [0.02, 0.1, 0.2, 0.1, 0.0], rtol=1e-5, atol=1e-7)
+    assert Schedule.from_config(step.get_config()).get_config() == step.get_config()
+
+
+def test_adamw_decays_kernels_only_and_lr_multipliers_scale_updates():
+    import reszoo
+    from reszoo import optim
+
+    model = reszoo.create_model("resnet20", base_width=4)
+    optimizer = optim.make_optimizer("adamw", 0.1, weight_decay=0.5, model=model)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    optimizer.apply([np.zeros(v.shape, "float32") for v in model.trainable_variables], model.trainable_variables)
+    for v, b in zip(model.trainable_variables, before):
+        if optim.is_kernel(v):
+            np.testing.assert_allclose(v.numpy(), b * (1 - 0.1 * 0.5), rtol=1e-6)
+        else:
+            np.testing.assert_array_equal(v.numpy(), b)
+
+    fc = model.get_layer("fc").kernel
+    sgd = optim.make_optimizer("sgd", 0.1, momentum=0.0, lr_multipliers={fc.path: 0.25})
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    sgd.apply([np.ones(v.shape, "float32") for v in model.trainable_variables], model.trainable_variables)
+    for v, b in zip(model.trainable_variables, before):
+        np.testing.assert_allclose(b - v.numpy(), 0.025 if v is fc else 0.1, rtol=1e-5)
+
+
+def test_tfds_dataset_through_mock_data():
+    import tensorflow_datasets as tfds
+
+    from training import data as data_lib
+
+    with tfds.testing.mock_data(num_examples=96):
+        data = data_lib.load("cifar10")
+        batches = list(data_lib.train_pipeline(data, 32, "auto", 0, 0, 2).as_numpy_iterator())
+    assert data.image_shape == (32, 32, 3) and data.num_classes == 10 and data.num_train == 96
+    assert len(batches) == 6 and batches[0][0].shape == (32, 32, 32, 3) and batches[0][1].shape == (32, 10)
+    assert data.default_augment == "crop_flip"
+    np.testing.assert_allclose(data.mean, data.train[0].reshape(-1, 3).mean(0), rtol=1e-5)
+
+
+def test_epoch_order_is_a_function_of_seed_and_epoch():
+    from training import data as data_lib
+
+    data = data_lib.load("digits")
+    full = list(data_lib.train_pipeline(data, 64, "crop", 5, 0, 3).as_numpy_iterator())
+    tail = list(data_lib.train_pipeline(data, 64, "crop", 5, 1, 3).as_numpy_iterator())
+    per_epoch = data.num_train // 64  # 1438 is not a multiple of 64: batches must not span epochs
+    assert len(full) == 3 * per_epoch and len(tail) == 2 * per_epoch
+    for (xa, ya), (xb, yb) in zip(full[per_epoch:], tail):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    assert not np.array_equal(full[0][1], full[per_epoch][1])  # reshuffled every epoch
+    # The crop augmentation moved pixels: batch images are not the raw digits.
+    assert not any(np.array_equal(full[0][0][0], x) for x in data.train[0][:200].astype("float32"))
