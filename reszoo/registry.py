@@ -5,6 +5,7 @@ import dataclasses
 import difflib
 import fnmatch
 import inspect
+import re
 
 from reszoo import flops
 
@@ -57,8 +58,6 @@ def list_models(pattern="*", family=None):
 
 
 def _natural_key(name):
-    import re
-
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
