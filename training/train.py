@@ -200,7 +200,6 @@ def run():
         callbacks=[
             guard,
             backup,
-            callbacks.SafeModelCheckpoint(os.path.join(model_dir, "last.keras")),
             callbacks.SafeModelCheckpoint(os.path.join(model_dir, "best.keras"), monitor="val_accuracy",
                                           mode="max", save_best_only=True),
             keras.callbacks.CSVLogger(os.path.join(model_dir, "history.csv"), append=True),
@@ -210,6 +209,9 @@ def run():
         raise RunError(f"loss became NaN in epoch {guard.bad_epoch + 1}; stopped. The last good "
                        f"checkpoint (epoch {backup.saved_epoch()}) is in {model_dir}: lower "
                        "--learning_rate or add --warmup_epochs, then re-run to resume")
+    last = os.path.join(model_dir, "last.keras")
+    model.save(last + ".tmp.keras")  # written whole, then renamed: never a half-written model
+    os.replace(last + ".tmp.keras", last)
     results = {"test_" + k: float(v) for k, v in model.evaluate(test, verbose=0, return_dict=True).items()}
     results.update(epochs=epochs, trained_epochs=len(history.epoch), params=reszoo.count_params(model),
                    class_names=data.class_names, dataset=data.name, model=FLAGS.model)
