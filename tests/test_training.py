@@ -16,8 +16,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = ["--model_args=base_width=8", "--batch_size=64"]
 
 
-def train(*args, timeout=600):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+def train(*args, timeout=600, **env):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env}
     return subprocess.run([sys.executable, "-m", "training.train", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -119,7 +119,7 @@ def test_fine_tune_to_a_different_set_of_classes(tmp_path):
     common = ["--model_args=base_width=8", "--batch_size=32", "--dataset=folder", "--image_size=8", "--epochs=10"]
     a = train(*common, f"--data_dir={first}", f"--model_dir={tmp_path / 'a'}")
     assert a.returncode == 0, a.stderr[-2000:]
-    b = train(*common, f"--data_dir={second}", "--freeze=backbone",
+    b = train(*common, f"--data_dir={second}", "--freeze=backbone", "--weight_decay=1e-3",
               f"--init_from={tmp_path / 'a' / 'last.keras'}", f"--model_dir={tmp_path / 'b'}")
     assert b.returncode == 0, b.stderr[-2000:]
     old = keras.saving.load_model(tmp_path / "a" / "last.keras", compile=False)
@@ -130,6 +130,9 @@ def test_fine_tune_to_a_different_set_of_classes(tmp_path):
         for w_old, w_new in zip(layer.get_weights(), new.get_layer(layer.name).get_weights()):
             np.testing.assert_array_equal(w_old, w_new)
     assert not np.allclose(old.get_layer("fc").get_weights()[0], new.get_layer("fc").get_weights()[0])
+    # SGD weight decay is this run's --weight_decay (L2 of wd/2 on every kernel), not the old run's.
+    l2 = {round(float(l.kernel_regularizer.l2), 8) for l in new.layers if getattr(l, "kernel_regularizer", None)}
+    assert l2 == {5e-4} and len([l for l in new.layers if hasattr(l, "kernel_regularizer")]) > 5
     results = json.loads((tmp_path / "b" / "results.json").read_text())
     assert results["class_names"] == [f"digit{d}" for d in range(5, 10)]
     assert results["test_accuracy"] > 0.5  # 5 unseen classes on frozen features (61.5% measured)
@@ -155,12 +158,22 @@ def test_fine_tune_errors_name_the_problem(tmp_path):
     (["--dataset=folder", "--data_dir=/nonexistent"], "not a folder"),
     (["--model=resnet5"], "did you mean"),
     (["--model_args=depth=57"], "depth must be 6n+2"),
-    (["--distribution_strategy=multi_worker_mirrored"], "MultiWorkerMirroredStrategy"),
+    (["--distribution_strategy=multi_worker_mirrored"], "needs the TF_CONFIG"),
     (["--freeze=backbone"], "need --init_from"),
     (["--batch_size=5000"], "larger than the 1438 training images"),
 ])
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
     proc = train(*args, f"--model_dir={tmp_path / 'run'}", timeout=120)
+    _assert_usage_error(proc, message)
+
+
+def test_bad_tf_config_is_a_usage_error(tmp_path):
+    proc = train("--distribution_strategy=multi_worker_mirrored", f"--model_dir={tmp_path}",
+                 timeout=120, TF_CONFIG="{cluster: none")
+    _assert_usage_error(proc, "TF_CONFIG is not valid JSON")
+
+
+def _assert_usage_error(proc, message):
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith(("WARNING", "I0000", "E0000", "W0000"))]
     assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
@@ -270,3 +283,92 @@ def test_epoch_order_is_a_function_of_seed_and_epoch():
     assert not np.array_equal(full[0][1], full[per_epoch][1])  # reshuffled every epoch
     # The crop augmentation moved pixels: batch images are not the raw digits.
     assert not any(np.array_equal(full[0][0][0], x) for x in data.train[0][:200].astype("float32"))
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _two_workers(model_dir, *flags):
+    """Two training processes on localhost, one cluster through TF_CONFIG."""
+    cluster = {"worker": [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]}
+    procs = []
+    for index in range(2):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "training.train", "--distribution_strategy=multi_worker_mirrored",
+             f"--model_dir={model_dir}", *flags],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        outs.append(out)
+    return outs
+
+
+def _checksum(out):
+    return [l for l in out.splitlines() if "replicas in sync" in l]
+
+
+@pytest.mark.xdist_group("multiworker")
+def test_two_workers_on_localhost_train_together_and_the_chief_writes(tmp_path):
+    flags = ["--model_args=base_width=8", "--epochs=5", "--batch_size=64"]
+    chief, worker = _two_workers(tmp_path, *flags)
+    # Both replicas end with the same weights, BN statistics included, and report the same test accuracy.
+    assert _checksum(chief) == _checksum(worker) and len(_checksum(chief)) == 1
+    assert "2 replicas in sync" in _checksum(chief)[0]
+    accuracy = [l for l in chief.splitlines() if l.startswith("test accuracy")]
+    assert accuracy == [l for l in worker.splitlines() if l.startswith("test accuracy")]
+    # Only the chief writes: one history, one epoch log on stdout.
+    assert sum(l.startswith("epoch ") for l in chief.splitlines()) == 5
+    assert not any(l.startswith("epoch ") for l in worker.splitlines())
+    assert len((tmp_path / "history.csv").read_text().splitlines()) == 1 + 5
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["test_accuracy"] >= 0.85  # 0.92 measured at 5 epochs
+    from reszoo.datasets import load_digits
+    (_, _), (x_test, y_test), _ = load_digits()
+    model = keras.saving.load_model(tmp_path / "last.keras", compile=False)
+    predicted = model.predict(x_test.astype("float32"), verbose=0).argmax(1)
+    assert (predicted == y_test).mean() == pytest.approx(results["test_accuracy"], abs=1e-6)
+    # The same command again resumes both workers from the chief's checkpoint: nothing to train.
+    again = _two_workers(tmp_path, *flags)
+    assert all(f"resuming {tmp_path} from epoch 5" in out for out in again)
+    assert _checksum(again[0]) == _checksum(chief)
+
+
+def test_custom_loop_step_equals_a_model_fit_step():
+    """The multi-worker loop computes what fit computes: same loss (smoothed cross-entropy +
+    L2), same update, same BN statistics, under the default strategy."""
+    import tensorflow as tf
+
+    import reszoo
+    from training import loop
+
+    def build():
+        keras.utils.set_random_seed(1)
+        model = reszoo.create_model("resnet20", depth=8, input_shape=(8, 8, 1), num_classes=4, base_width=4,
+                                    kernel_regularizer=keras.regularizers.L2(1e-3))
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                      loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1))
+        return model
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 8, 8, 1)).astype("float32")
+    y = np.eye(4, dtype="float32")[rng.integers(0, 4, 16)]
+    fitted = build()
+    fitted.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    custom = build()
+    steps = loop.CustomLoop(tf.distribute.get_strategy(), custom, 16, label_smoothing=0.1)
+    batch = tf.data.Dataset.from_tensors((x, y))
+    for _ in range(2):
+        for b in steps._distribute(batch):
+            steps._train_step(b)
+    for a, b in zip(fitted.variables, custom.variables):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5, err_msg=a.path)
+    expected = fitted.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    assert steps.evaluate(batch)["loss"] == pytest.approx(expected - sum(float(l) for l in fitted.losses), rel=1e-4)

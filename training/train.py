@@ -37,16 +37,23 @@ def _strategy(tf):
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy()
     if kind == "multi_worker_mirrored":
-        raise RunError("multi_worker_mirrored: Keras 3's model.fit cannot run under "
-                       "MultiWorkerMirroredStrategy (keras-team/keras#20585); not supported yet", 2)
+        if "TF_CONFIG" not in os.environ:
+            raise RunError("--distribution_strategy=multi_worker_mirrored needs the TF_CONFIG "
+                           "environment variable (cluster and this worker's task)", 2)
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except json.JSONDecodeError as err:
+            raise RunError(f"TF_CONFIG is not valid JSON: {err}", 2) from None
+        return tf.distribute.MultiWorkerMirroredStrategy()
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=FLAGS.tpu)
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
 
 
-def _check_model_dir(model_dir, run):
-    """A model_dir holds one run: the same flags resume it; different flags are refused."""
+def _check_model_dir(model_dir, run, write=True):
+    """A model_dir holds one run: the same flags resume it; different flags are refused.
+    Only the chief writes (``write``); other workers of a cluster only check."""
     path = os.path.join(model_dir, "flags.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -59,6 +66,8 @@ def _check_model_dir(model_dir, run):
         if changed and not FLAGS.overwrite:
             raise RunError(f"{model_dir} holds a run with other flags ({', '.join(changed)}); "
                            "use another --model_dir or pass --overwrite", 2)
+    if not write:
+        return
     os.makedirs(model_dir, exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump(run, f, indent=2, sort_keys=True)
@@ -96,11 +105,21 @@ def _fine_tune_model(keras, data):
         raise RunError(f"--init_from: layer '{old.layers[0].name}' of {path} expects images of shape "
                        f"{expected}, dataset {data.name} has {tuple(data.image_shape)} "
                        "(set --image_size to match)", 2)
-    regularizer = old.get_layer("fc").kernel_regularizer
     features = old.get_layer("avg_pool").output
-    logits = keras.layers.Dense(data.num_classes, kernel_regularizer=regularizer,
-                                dtype=old.get_layer("fc").dtype_policy, name="fc")(features)
-    return keras.Model(old.inputs, logits, name=old.name)
+    logits = keras.layers.Dense(data.num_classes, dtype=old.get_layer("fc").dtype_policy, name="fc")(features)
+    model = keras.Model(old.inputs, logits, name=old.name)
+    _set_l2(keras, model, FLAGS.weight_decay / 2 if FLAGS.optimizer == "sgd" else 0.0)
+    return model
+
+
+def _set_l2(keras, model, factor):
+    """SGD's weight decay is L2 on every kernel (He et al. 2015); a loaded model gets this
+    run's --weight_decay, not the one it was trained with (AdamW decays in the optimizer)."""
+    regularizer = keras.regularizers.L2(factor) if factor else None
+    for layer in model.layers:
+        if getattr(layer, "kernel", None) is not None and hasattr(layer, "kernel_regularizer"):
+            layer.kernel_regularizer = regularizer
+            layer.kernel.regularizer = regularizer
 
 
 def _freeze(model):
@@ -158,11 +177,13 @@ def run():
     import tensorflow as tf
 
     import reszoo
-    from training import callbacks, data as data_lib
+    from training import data as data_lib, loop
 
     run_flags.apply_recipe()
     if FLAGS.init_from is None and (FLAGS.freeze != "none" or FLAGS.backbone_lr_multiplier != 1.0):
         raise RunError("--freeze and --backbone_lr_multiplier need --init_from", 2)
+    strategy = _strategy(tf)  # first: multi-worker collectives must be set up before other ops
+    chief = loop.is_chief(strategy)
     keras.utils.set_random_seed(FLAGS.seed)
     if FLAGS.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -174,25 +195,49 @@ def run():
     except data_lib.DataError as err:
         raise RunError(str(err), 2) from None
     model_dir = FLAGS.model_dir or os.path.join("runs", f"{FLAGS.model}-{data.name}")
-    _check_model_dir(model_dir, run_flags.as_dict())
+    _check_model_dir(model_dir, run_flags.as_dict(), write=chief)
 
     steps_per_epoch = data.num_train // FLAGS.batch_size
     if steps_per_epoch == 0:
         raise RunError(f"--batch_size={FLAGS.batch_size} is larger than the {data.num_train} training images", 2)
+    if FLAGS.batch_size % strategy.num_replicas_in_sync:
+        raise RunError(f"--batch_size={FLAGS.batch_size} must be a multiple of the "
+                       f"{strategy.num_replicas_in_sync} replicas", 2)
     epochs = math.ceil(FLAGS.train_steps / steps_per_epoch) if FLAGS.train_steps else FLAGS.epochs
 
-    strategy = _strategy(tf)
     with strategy.scope():
         model = _fine_tune_model(keras, data) if FLAGS.init_from else _new_model(keras, reszoo, data)
         _freeze(model)
         _compile(keras, model, steps_per_epoch, epochs)
+
+    test = data_lib.eval_pipeline(data, FLAGS.batch_size)
+    fit = _fit_custom if FLAGS.distribution_strategy == "multi_worker_mirrored" else _fit_keras
+    history, bad_epoch, saved_epoch, evaluate = fit(keras, strategy, model, data, test, model_dir, epochs,
+                                                    steps_per_epoch)
+    if bad_epoch is not None:
+        raise RunError(f"loss became NaN in epoch {bad_epoch + 1}; stopped. The last good "
+                       f"checkpoint (epoch {saved_epoch()}) is in {model_dir}: lower "
+                       "--learning_rate or add --warmup_epochs, then re-run to resume")
+    results = {"test_" + k: float(v) for k, v in evaluate().items()}
+    results.update(epochs=epochs, trained_epochs=len(history), params=reszoo.count_params(model),
+                   class_names=data.class_names, dataset=data.name, model=FLAGS.model)
+    if chief:
+        loop.save_model(model, os.path.join(model_dir, "last.keras"))
+        with open(os.path.join(model_dir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    print(f"test accuracy {results['test_accuracy']:.4f} ({data.num_test} images) -> {model_dir}")
+    return results
+
+
+def _fit_keras(keras, strategy, model, data, test, model_dir, epochs, steps_per_epoch):
+    """model.fit with Keras' callbacks (every strategy but multi-worker)."""
+    from training import callbacks, data as data_lib
 
     backup = callbacks.SafeBackupAndRestore(os.path.join(model_dir, "backup"))
     first_epoch = backup.saved_epoch()
     if first_epoch:
         print(f"resuming {model_dir} from epoch {first_epoch}")
     train = data_lib.train_pipeline(data, FLAGS.batch_size, FLAGS.augment, FLAGS.seed, first_epoch, epochs)
-    test = data_lib.eval_pipeline(data, FLAGS.batch_size)
     guard = callbacks.NanGuard()
     history = model.fit(
         train, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=test,
@@ -205,20 +250,28 @@ def run():
             keras.callbacks.CSVLogger(os.path.join(model_dir, "history.csv"), append=True),
             keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), write_graph=False),
         ])
-    if guard.bad_epoch is not None:
-        raise RunError(f"loss became NaN in epoch {guard.bad_epoch + 1}; stopped. The last good "
-                       f"checkpoint (epoch {backup.saved_epoch()}) is in {model_dir}: lower "
-                       "--learning_rate or add --warmup_epochs, then re-run to resume")
-    last = os.path.join(model_dir, "last.keras")
-    model.save(last + ".tmp.keras")  # written whole, then renamed: never a half-written model
-    os.replace(last + ".tmp.keras", last)
-    results = {"test_" + k: float(v) for k, v in model.evaluate(test, verbose=0, return_dict=True).items()}
-    results.update(epochs=epochs, trained_epochs=len(history.epoch), params=reszoo.count_params(model),
-                   class_names=data.class_names, dataset=data.name, model=FLAGS.model)
-    with open(os.path.join(model_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"test accuracy {results['test_accuracy']:.4f} ({data.num_test} images) -> {model_dir}")
-    return results
+    evaluate = lambda: model.evaluate(test, verbose=0, return_dict=True)
+    return history.epoch, guard.bad_epoch, backup.saved_epoch, evaluate
+
+
+def _fit_custom(keras, strategy, model, data, test, model_dir, epochs, steps_per_epoch):
+    """The strategy.run loop of training/loop.py (multi-worker: Keras' fit cannot run there)."""
+    from training import data as data_lib, loop
+
+    custom = loop.CustomLoop(strategy, model, FLAGS.batch_size, FLAGS.label_smoothing)
+    backup = loop.Backup(os.path.join(model_dir, "backup"), custom.chief)
+    first_epoch = backup.saved_epoch()
+    if first_epoch:
+        backup.restore(model)
+        print(f"resuming {model_dir} from epoch {first_epoch}")
+    train = data_lib.train_pipeline(data, FLAGS.batch_size, FLAGS.augment, FLAGS.seed, first_epoch, epochs)
+    history, bad_epoch = custom.fit(train, epochs, steps_per_epoch, first_epoch, backup, test,
+                                    FLAGS.eval_every, model_dir)
+    checksums = custom.replica_checksums()
+    if len(set(checksums)) > 1:
+        raise RunError(f"the {len(checksums)} replicas ended with different weights (checksums {checksums})")
+    print(f"{len(checksums)} replicas in sync (weights checksum {checksums[0]:.6f})")
+    return history, bad_epoch, backup.saved_epoch, lambda: custom.evaluate(test)
 
 
 def main(argv):

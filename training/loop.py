@@ -1,0 +1,196 @@
+"""Training across machines: a ``strategy.run`` loop for MultiWorkerMirroredStrategy.
+
+Keras 3's ``model.fit`` cannot run under MultiWorkerMirroredStrategy (keras-team/keras#20585),
+so this is the loop the TensorFlow guide "Custom training loop with MultiWorkerMirroredStrategy"
+prescribes: a compiled Keras model and optimizer built under the strategy's scope, a
+distributed dataset, per-example losses averaged over the global batch, and gradients summed
+across workers by the Keras optimizer. Every worker trains; only the chief writes to
+model_dir (shared storage on a real cluster), and every worker resumes from it.
+"""
+
+import csv
+import json
+import math
+import os
+
+import keras
+import tensorflow as tf
+
+
+def is_chief(strategy):
+    """The chief of a TF_CONFIG cluster: task "chief", or worker 0 when there is none."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    cluster = resolver.cluster_spec().as_dict()
+    if "chief" in cluster:
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
+
+
+def save_model(model, path):
+    """A whole ``.keras`` file, written then renamed: never a half-written model."""
+    model.save(path + ".tmp.keras")
+    os.replace(path + ".tmp.keras", path)
+
+
+class Backup:
+    """Weights and optimizer state after each finished epoch, written by the chief alone:
+    ``backup/last.weights.h5`` + ``backup/epoch.json``, each written whole then renamed."""
+
+    def __init__(self, backup_dir, chief):
+        self.dir, self.chief = backup_dir, chief
+        self.weights = os.path.join(backup_dir, "last.weights.h5")
+        self.meta = os.path.join(backup_dir, "epoch.json")
+
+    def saved_epoch(self):
+        if not (os.path.exists(self.meta) and os.path.exists(self.weights)):
+            return 0
+        with open(self.meta) as f:
+            return int(json.load(f)["epoch"])
+
+    def restore(self, model):
+        if self.saved_epoch():
+            model.load_weights(self.weights)
+
+    def save(self, model, epoch):
+        if not self.chief:
+            return
+        os.makedirs(self.dir, exist_ok=True)
+        model.save_weights(self.weights + ".tmp.weights.h5")
+        os.replace(self.weights + ".tmp.weights.h5", self.weights)
+        with open(self.meta + ".tmp", "w") as f:
+            json.dump({"epoch": epoch}, f)
+        os.replace(self.meta + ".tmp", self.meta)
+
+
+class CustomLoop:
+    """``fit`` and ``evaluate`` for a model compiled with a Keras optimizer, under any
+    tf.distribute strategy. Loss is the model's categorical cross-entropy (logits, one-hot
+    labels, label smoothing) plus its regularization losses, as ``model.fit`` computes it."""
+
+    def __init__(self, strategy, model, global_batch_size, label_smoothing=0.0):
+        self.strategy, self.model = strategy, model
+        self.global_batch_size = global_batch_size
+        self.label_smoothing = label_smoothing
+        self.chief = is_chief(strategy)
+        with strategy.scope():
+            model.optimizer.build(model.trainable_variables)
+        self._train_step = tf.function(self._distributed_train_step)
+        self._eval_step = tf.function(self._distributed_eval_step)
+        self._statistics = [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
+        self._sync = tf.function(lambda: strategy.run(self._replica_sync))
+
+    def _losses(self, labels, logits):
+        return keras.losses.categorical_crossentropy(
+            labels, tf.cast(logits, "float32"), from_logits=True, label_smoothing=self.label_smoothing)
+
+    def _replica_train_step(self, images, labels):
+        model = self.model
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            per_example = self._losses(labels, logits)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+        grads = tape.gradient(loss, model.trainable_variables)
+        model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        correct = tf.reduce_sum(tf.cast(tf.argmax(logits, -1) == tf.argmax(labels, -1), "float32"))
+        return loss, correct
+
+    def _distributed_train_step(self, batch):
+        loss, correct = self.strategy.run(self._replica_train_step, args=batch)
+        return (self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
+
+    def _replica_sync(self):
+        """Each replica updates BN moving statistics from its own share of the batch, as
+        under Keras' fit with MirroredStrategy; set them all to their mean across replicas
+        (tf.keras' ON_READ/MEAN semantics) before they are evaluated or saved."""
+        if self._statistics:
+            means = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in self._statistics])
+            for v, mean in zip(self._statistics, means):
+                v.assign(mean)
+
+    def _replica_eval_step(self, images, labels):
+        logits = self.model(images, training=False)
+        correct = tf.cast(tf.argmax(logits, -1) == tf.argmax(labels, -1), "float32")
+        return tf.reduce_sum(self._losses(labels, logits)), tf.reduce_sum(correct), tf.cast(tf.shape(labels)[0], "float32")
+
+    def _distributed_eval_step(self, batch):
+        values = self.strategy.run(self._replica_eval_step, args=batch)
+        return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in values]
+
+    def _distribute(self, dataset):
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return self.strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+    def evaluate(self, dataset):
+        """Loss and accuracy over the whole dataset; each worker evaluates its shard."""
+        total = tf.zeros(3)
+        for batch in self._distribute(dataset):
+            total += tf.stack(self._eval_step(batch))
+        loss, correct, count = total.numpy()
+        return {"loss": float(loss / count), "accuracy": float(correct / count)}
+
+    def fit(self, dataset, epochs, steps_per_epoch, first_epoch, backup, test, eval_every, model_dir):
+        """Train epochs ``first_epoch .. epochs - 1``, evaluating on ``test`` every
+        ``eval_every`` epochs; the chief writes history.csv, logs/ and best.keras (highest
+        val_accuracy) to model_dir. Returns ``(history, bad_epoch)``: per-epoch logs, and the
+        epoch whose loss went non-finite (training stops there; the backup keeps the last
+        good epoch) or None."""
+        iterator = iter(self._distribute(dataset))
+        writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs", "train")) if self.chief else None
+        best = -1.0
+        history = []
+        for epoch in range(first_epoch, epochs):
+            loss_sum = correct = 0.0
+            for _ in range(steps_per_epoch):
+                loss, hits = self._train_step(next(iterator))
+                loss_sum += float(loss)
+                correct += float(hits)
+            logs = {"epoch": epoch, "loss": loss_sum / steps_per_epoch,
+                    "accuracy": correct / (steps_per_epoch * self.global_batch_size)}
+            if not math.isfinite(logs["loss"]):
+                return history, epoch
+            self._sync()
+            if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
+                logs.update({"val_" + k: v for k, v in self.evaluate(test).items()})
+            backup.save(self.model, epoch + 1)
+            history.append(logs)
+            if self.chief:
+                if logs.get("val_accuracy", -1.0) > best:
+                    best = logs["val_accuracy"]
+                    save_model(self.model, os.path.join(model_dir, "best.keras"))
+                self._write(logs, os.path.join(model_dir, "history.csv"), writer)
+                print(f"epoch {epoch + 1}/{epochs} " + " ".join(
+                    f"{k} {v:.4f}" for k, v in logs.items() if k != "epoch"), flush=True)
+        return history, None
+
+    def replica_checksums(self):
+        """Per replica, the sum of |w| over all model variables (trainable or not), gathered
+        from every worker: equal values mean the replicas hold the same model. All workers
+        must call it (it is a collective)."""
+
+        def checksum():
+            total = tf.add_n([tf.reduce_sum(tf.abs(tf.cast(v.value, "float64"))) for v in self.model.variables])
+            return tf.reshape(total, [1])
+
+        gathered = self.strategy.gather(self.strategy.run(tf.function(checksum)), axis=0)
+        return gathered.numpy().tolist()
+
+    @staticmethod
+    def _write(logs, csv_path, writer):
+        fields = ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
+        new = not os.path.exists(csv_path)
+        with open(csv_path, "a", newline="") as f:
+            out = csv.DictWriter(f, fields, extrasaction="ignore")
+            if new:
+                out.writeheader()
+            out.writerow(logs)
+        with writer.as_default(step=logs["epoch"]):
+            for k, v in logs.items():
+                if k != "epoch":
+                    tf.summary.scalar(k, v)
