@@ -13,6 +13,7 @@ setup(
     install_requires=["keras>=3.15.1,<4", "numpy"],
     extras_require={
         "tf": ["tensorflow>=2.21,<2.22", "tensorflow-datasets>=4.9", "tensorboard", "absl-py"],
+        "export": ["tf2onnx>=1.17", "onnxruntime>=1.20"],
         "dev": [
             "tensorflow>=2.21,<2.22",
             "tensorflow-datasets>=4.9",
@@ -20,6 +21,8 @@ setup(
             "absl-py",
             "jax>=0.10.2",
             "jaxlib>=0.10.2",
+            "tf2onnx>=1.17",
+            "onnxruntime>=1.20",
             "pytest>=8",
             "pytest-xdist>=3",
         ],

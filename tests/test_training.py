@@ -196,7 +196,7 @@ def flags():
     "--augment=mixup", "--dtype=float64", "--distribution_strategy=horovod",
     "--distribution_strategy=tpu", "--seed=-1", "--eval_every=0", "--recipe=he2099",
     "--optimizer=lamb", "--model_args=depth", "--validation_split=1.5", "--image_size=-8",
-    "--steps_per_execution=0", "--backbone_lr_multiplier=-1", "--no_such_flag=1",
+    "--steps_per_execution=0", "--backbone_lr_multiplier=-1", "--export_formats=pmml", "--no_such_flag=1",
 ])
 def test_every_flag_validator_rejects_a_bad_value(flags, capsys, flag):
     with pytest.raises(SystemExit) as exit_info:

@@ -1,6 +1,7 @@
 """Flags of ``python -m training.train``, their checks, and the papers' recipes."""
 
 import ast
+import os
 import sys
 
 from absl import flags
@@ -66,6 +67,9 @@ def define():
     flags.DEFINE_string("init_from", None, "fine-tune: a .keras model to start from (its head is replaced)")
     flags.DEFINE_string("freeze", "none", "fine-tune: none, backbone, or a stage (e.g. conv3) frozen with all before it")
     flags.DEFINE_float("backbone_lr_multiplier", 1.0, "fine-tune: backbone lr = lr * this", lower_bound=0.0)
+    flags.DEFINE_boolean("export", False, "at the end, export a SavedModel (python -m training.export)")
+    flags.DEFINE_string("export_dir", "saved_models", "--export: base folder of EXPORT_DIR/MODEL_DATASET/VERSION")
+    flags.DEFINE_list("export_formats", ["saved_model"], "--export: saved_model, onnx, tflite")
 
     flags.register_validator("recipe", lambda v: v is None or v in RECIPES,
                              f"must be one of {', '.join(RECIPES)}")
@@ -73,6 +77,8 @@ def define():
                              "must be a comma-separated list of epochs (integers)")
     flags.register_validator("model_args", lambda v: all("=" in s for s in v),
                              "must be key=value pairs")
+    flags.register_validator("export_formats", lambda v: set(v) <= {"saved_model", "onnx", "tflite"},
+                             "must be a comma-separated list of saved_model, onnx, tflite")
     flags.register_validator("validation_split", lambda v: 0.0 < v < 1.0, "must be in (0, 1)")
     flags.register_multi_flags_validator(
         ["distribution_strategy", "tpu"], lambda d: d["distribution_strategy"] != "tpu" or d["tpu"] is not None,
@@ -108,9 +114,13 @@ def parse(argv):
     try:
         return FLAGS(argv)
     except flags.Error as err:
-        prog = argv[0].rsplit("/", 1)[-1] if argv else "train"
+        prog = os.path.splitext(os.path.basename(argv[0]))[0] if argv else "train"
         sys.stderr.write(f"{prog}: error: {err}\n")
         sys.exit(2)
+
+
+# Flags that say what to do with a run, not what the run is: they may change on a resume.
+NOT_RUN_DEFINING = ("overwrite", "export", "export_dir", "export_formats")
 
 
 def as_dict():

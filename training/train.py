@@ -62,7 +62,7 @@ def _check_model_dir(model_dir, run, write=True):
             except json.JSONDecodeError:
                 raise RunError(f"{path} is corrupt; pass --overwrite or another --model_dir") from None
         changed = sorted(k for k in set(previous) | set(run)
-                         if previous.get(k) != run.get(k) and k not in ("overwrite",))
+                         if previous.get(k) != run.get(k) and k not in run_flags.NOT_RUN_DEFINING)
         if changed and not FLAGS.overwrite:
             raise RunError(f"{model_dir} holds a run with other flags ({', '.join(changed)}); "
                            "use another --model_dir or pass --overwrite", 2)
@@ -226,6 +226,13 @@ def run():
         with open(os.path.join(model_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
     print(f"test accuracy {results['test_accuracy']:.4f} ({data.num_test} images) -> {model_dir}")
+    if FLAGS.export and chief:
+        from training import export
+
+        try:
+            print(f"exported {export.export(model_dir, FLAGS.export_dir, formats=FLAGS.export_formats)}")
+        except export.ExportError as err:
+            raise RunError(f"export: {err}", err.code) from None
     return results
 
 

@@ -1,0 +1,253 @@
+"""training.export and training.predict: SavedModels that TF Serving's tools load as they are."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+TOL = dict(rtol=1e-5, atol=1e-5)  # exported graph vs Keras model, float32 logits
+
+pytestmark = pytest.mark.xdist_group("export")
+
+
+def cli(module, *args, timeout=300, **env):
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env={**ENV, **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _one_error_line(proc, prog):
+    lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith(("WARNING", "I0000", "E0000", "W0000"))]
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error:"), proc.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A finished digits run, exported by train's --export switch (version 1)."""
+    tmp = tmp_path_factory.mktemp("export")
+    proc = cli("training.train", "--epochs=2", "--model_args=base_width=8", f"--model_dir={tmp / 'run'}",
+               "--export", f"--export_dir={tmp / 'saved_models'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"exported {tmp / 'saved_models' / 'resnet20_digits' / '1'}" in proc.stdout
+    import reszoo  # noqa: F401
+    model = keras.saving.load_model(tmp / "run" / "last.keras", compile=False)
+    return tmp, tmp / "run", tmp / "saved_models" / "resnet20_digits", model
+
+
+def _digits():
+    from reszoo.datasets import load_digits
+    (_, _), (x_test, y_test), names = load_digits()
+    return x_test[:32], y_test[:32], names
+
+
+def test_export_twice_gives_versions_1_and_2_with_metadata(run):
+    tmp, model_dir, base, model = run
+    proc = cli("training.export", f"--model_dir={model_dir}", f"--export_dir={tmp / 'saved_models'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith(str(base / "2"))
+    assert sorted(os.listdir(base)) == ["1", "2"]  # no temporary folder left either
+    meta = json.loads((base / "2" / "metadata.json").read_text())
+    assert meta["version"] == 2 and meta["model"] == "resnet20" and meta["dataset"] == "digits"
+    assert meta["class_names"] == [str(d) for d in range(10)]
+    assert meta["input"] == {"height": 8, "width": 8, "channels": 1}
+    assert meta["params"] == sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert meta["source"]["flags"]["model_args"] == ["base_width=8"]
+    assert meta["versions"]["keras_backend"] == "tensorflow" and meta["versions"]["reszoo"]
+    assert len(meta["preprocessing"]["mean"]) == 1 and meta["preprocessing"]["std"][0] > 1
+
+
+def test_a_fresh_process_loads_each_version_and_matches_the_keras_model(run, tmp_path):
+    tmp, _, base, model = run
+    cli("training.export", f"--model_dir={tmp / 'run'}", f"--export_dir={tmp / 'saved_models'}")
+    x, _, _ = _digits()
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import json, sys, numpy as np, tensorflow as tf\n"
+        "x = np.load(sys.argv[1])\n"
+        "out = {}\n"
+        "for d in sys.argv[2:]:\n"
+        "    sig = tf.saved_model.load(d).signatures\n"
+        "    a = sig['serving_default'](images=tf.constant(x, tf.float32))\n"
+        "    b = sig['serving_uint8'](images=tf.constant(x, tf.uint8))\n"
+        "    out[d] = {k: v.numpy().tolist() for k, v in a.items() if k != 'top_k_names'}\n"
+        "    out[d]['names'] = [[n.decode() for n in row] for row in a['top_k_names'].numpy()]\n"
+        "    out[d]['uint8_logits'] = b['logits'].numpy().tolist()\n"
+        "print(json.dumps(out))\n")
+    versions = sorted(str(base / v) for v in os.listdir(base) if v.isdigit())
+    assert len(versions) >= 2
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "x.npy"), *versions],
+                          env=ENV, capture_output=True, text=True, timeout=300)  # no reszoo import
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    expected = model.predict(x.astype("float32"), verbose=0)
+    for version, out in json.loads(proc.stdout.splitlines()[-1]).items():
+        np.testing.assert_allclose(out["logits"], expected, **TOL, err_msg=version)
+        np.testing.assert_allclose(out["uint8_logits"], expected, **TOL)
+        probabilities = np.asarray(out["probabilities"])
+        np.testing.assert_allclose(probabilities, keras.ops.softmax(expected).numpy(), rtol=1e-4, atol=1e-6)
+        order = np.argsort(-expected, axis=1)[:, :5]
+        assert (np.asarray(out["top_k_ids"]) == order).all()
+        assert out["names"] == [[str(i) for i in row] for row in order]
+        np.testing.assert_allclose(out["top_k_scores"], np.take_along_axis(probabilities, order, 1), rtol=1e-6)
+
+
+def test_saved_model_cli_lists_the_signatures_with_names_dtypes_and_shapes(run):
+    _, _, base, _ = run
+    proc = subprocess.run(["saved_model_cli", "show", "--all", "--dir", str(base / "1")], env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout
+    blocks = {b.split("']")[0]: b for b in text.split("signature_def['")[1:]}
+    assert {"serving_default", "serving_uint8", "serving_bytes"} <= set(blocks)
+    for name, dtype, shape in [("serving_default", "DT_FLOAT", "(-1, 8, 8, 1)"),
+                               ("serving_uint8", "DT_UINT8", "(-1, 8, 8, 1)")]:
+        assert "inputs['images']" in blocks[name] and f"dtype: {dtype}\n        shape: {shape}" in blocks[name]
+    assert "inputs['image_bytes']" in blocks["serving_bytes"] and "DT_STRING\n        shape: (-1)" in blocks["serving_bytes"]
+    for block in (blocks[n] for n in ("serving_default", "serving_uint8", "serving_bytes")):
+        for output, dtype, shape in [("logits", "DT_FLOAT", "(-1, 10)"), ("probabilities", "DT_FLOAT", "(-1, 10)"),
+                                     ("top_k_ids", "DT_INT32", "(-1, 5)"), ("top_k_scores", "DT_FLOAT", "(-1, 5)"),
+                                     ("top_k_names", "DT_STRING", "(-1, 5)")]:
+            assert f"outputs['{output}'] tensor_info:\n        dtype: {dtype}\n        shape: {shape}" in block
+        assert "Method name is: tensorflow/serving/predict" in block
+
+
+def _png(image):
+    import tensorflow as tf
+    return tf.io.encode_png(tf.constant(image, tf.uint8)).numpy()
+
+
+def test_bytes_signature_on_a_png_equals_the_pixel_signature(run):
+    import tensorflow as tf
+
+    _, _, base, _ = run
+    sig = tf.saved_model.load(str(base / "1")).signatures
+    x, _, _ = _digits()
+    pngs = [_png(image) for image in x[:4]]
+    from_bytes = sig["serving_bytes"](image_bytes=tf.constant(pngs))["logits"].numpy()
+    decoded = np.stack([tf.io.decode_png(p).numpy() for p in pngs]).astype("float32")
+    from_pixels = sig["serving_default"](images=tf.constant(decoded))["logits"].numpy()
+    np.testing.assert_array_equal(from_bytes, from_pixels)
+    # A larger RGB PNG is converted to grey and resized to 8x8 inside, as the pixel path would be.
+    big = np.repeat(np.kron(x[0], np.ones((2, 2, 1))), 3, axis=2).astype("uint8")
+    got = sig["serving_bytes"](image_bytes=tf.constant([_png(big)]))["logits"].numpy()
+    grey = tf.image.rgb_to_grayscale(tf.constant(big))
+    want = sig["serving_default"](images=tf.image.resize(tf.cast(grey, tf.float32), (8, 8))[None])["logits"].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_predict_prints_the_top_classes_of_an_image(run, tmp_path):
+    import tensorflow as tf
+
+    _, _, base, _ = run
+    x, _, _ = _digits()
+    (tmp_path / "digit.png").write_bytes(_png(x[0]))
+    proc = cli("training.predict", f"--saved_model={base}", tmp_path / "digit.png")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == str(tmp_path / "digit.png") and len(lines) == 6
+    sig = tf.saved_model.load(str(base / "1")).signatures["serving_default"]
+    top = sig(images=tf.constant(x[:1], tf.float32))
+    assert lines[1].split()[:2] == ["1.", top["top_k_names"].numpy()[0][0].decode()]
+    assert float(lines[1].split()[2]) == pytest.approx(float(top["top_k_scores"].numpy()[0][0]), abs=1e-4)
+    (tmp_path / "notes.png").write_text("not an image")
+    proc = cli("training.predict", f"--saved_model={base}", tmp_path / "notes.png")
+    assert proc.returncode == 2 and "is not a JPEG, PNG" in _one_error_line(proc, "predict")
+    proc = cli("training.predict", f"--saved_model={tmp_path}", tmp_path / "digit.png")
+    assert proc.returncode == 2 and "neither a SavedModel" in _one_error_line(proc, "predict")
+
+
+def test_onnx_and_tflite_are_verified_against_the_keras_model(run, tmp_path):
+    import onnxruntime as ort  # in the dev extras: a missing package fails here, never skips
+    import tensorflow as tf
+
+    _, model_dir, _, model = run
+    proc = cli("training.export", f"--model_dir={model_dir}", f"--export_dir={tmp_path}",
+               "--formats=saved_model,onnx,tflite")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    version = tmp_path / "resnet20_digits" / "1"
+    assert json.loads((version / "metadata.json").read_text())["formats"] == ["saved_model", "onnx", "tflite"]
+    x, _, _ = _digits()
+    expected = model.predict(x.astype("float32"), verbose=0)
+    session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(["logits"], {"images": x.astype("float32")})[0], expected, rtol=1e-4, atol=1e-4)
+    runner = tf.lite.Interpreter(model_path=str(version / "model.tflite")).get_signature_runner("serve")
+    (name,) = runner.get_input_details()
+    np.testing.assert_allclose(next(iter(runner(**{name: x.astype("float32")}).values())), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_mismatch_is_an_error_and_writes_nothing(run, tmp_path, monkeypatch):
+    from training import export
+
+    _, model_dir, _, _ = run
+    monkeypatch.setattr(export, "TOLERANCE", dict(rtol=0.0, atol=-1.0))  # nothing can pass
+    with pytest.raises(export.ExportError, match="does not reproduce the Keras model"):
+        export.export(str(model_dir), str(tmp_path))
+    assert os.listdir(tmp_path / "resnet20_digits") == []
+
+
+def test_export_from_the_jax_backend(run, tmp_path):
+    import tensorflow as tf
+
+    _, model_dir, _, model = run
+    proc = cli("training.export", f"--model_dir={model_dir}", f"--export_dir={tmp_path}", KERAS_BACKEND="jax")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    version = tmp_path / "resnet20_digits" / "1"
+    assert json.loads((version / "metadata.json").read_text())["versions"]["keras_backend"] == "jax"
+    x, _, _ = _digits()
+    got = tf.saved_model.load(str(version)).signatures["serving_default"](images=tf.constant(x, tf.float32))
+    np.testing.assert_allclose(got["logits"].numpy(), model.predict(x.astype("float32"), verbose=0), rtol=1e-4, atol=1e-4)
+    proc = cli("training.export", f"--model_dir={model_dir}", f"--export_dir={tmp_path}", "--formats=onnx",
+               KERAS_BACKEND="jax")
+    assert proc.returncode == 2 and "KERAS_BACKEND=tensorflow" in _one_error_line(proc, "export")
+
+
+def test_an_export_killed_midway_leaves_no_version_behind(run, tmp_path):
+    _, model_dir, _, _ = run
+    base = tmp_path / "resnet20_digits"
+    proc = subprocess.Popen([sys.executable, "-m", "training.export", f"--model_dir={model_dir}",
+                             f"--export_dir={tmp_path}", "--formats=saved_model,tflite"],
+                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (base.exists() and any(p.name.startswith(".tmp-") for p in base.iterdir())):
+        assert proc.poll() is None and time.time() < deadline, "export ended before it was killed"
+        time.sleep(0.01)
+    time.sleep(0.5)  # midway: the SavedModel is being written
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not [p for p in base.iterdir() if p.name.isdigit()]
+    # The next export takes version 1 and clears the dead export's temporary folder.
+    again = cli("training.export", f"--model_dir={model_dir}", f"--export_dir={tmp_path}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert sorted(p.name for p in base.iterdir()) == ["1"]
+
+
+def test_bad_requests_give_one_line(run, tmp_path):
+    _, model_dir, base, _ = run
+    cases = [
+        ((f"--model_dir={tmp_path / 'missing'}",), 2, "is not a training run folder"),
+        (("--export_dir=x",), 2, "--model_dir is required"),
+        ((f"--model_dir={model_dir}", "--formats=pmml"), 2, "saved_model, onnx, tflite"),
+        ((f"--model_dir={model_dir}", f"--export_dir={base.parent}", "--version=1"), 2, "never overwritten"),
+        ((f"--model_dir={model_dir}", "--checkpoint=final"), 2, "checkpoint"),
+    ]
+    (tmp_path / "a_file").write_text("")
+    cases.append(((f"--model_dir={model_dir}", f"--export_dir={tmp_path / 'a_file'}"), 2, "cannot create"))
+    (tmp_path / "unfinished").mkdir()
+    cases.append(((f"--model_dir={tmp_path / 'unfinished'}",), 2, "has not finished"))
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "last.keras").write_bytes(b"PK not a zip")
+    cases.append(((f"--model_dir={tmp_path / 'corrupt'}", f"--export_dir={tmp_path}"), 1, "cannot load"))
+    for args, code, message in cases:
+        proc = cli("training.export", *args)
+        assert proc.returncode == code, (args, proc.stderr[-1500:])
+        assert message in _one_error_line(proc, "export"), args
+        assert "Traceback" not in proc.stderr
+    assert sorted(os.listdir(base))[:1] == ["1"]  # version 1 untouched by the refused export

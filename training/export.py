@@ -1,0 +1,340 @@
+"""Export a trained run for serving: ``python -m training.export --model_dir=runs/resnet20-digits``.
+
+Writes ``saved_models/<name>/<version>/``, a SavedModel that TensorFlow Serving,
+``saved_model_cli`` and ``tf.saved_model.load`` take as it is, with three signatures:
+
+- ``serving_default``: ``images`` float32 [batch, H, W, C], raw pixels (0..255);
+- ``serving_uint8``: ``images`` uint8 [batch, H, W, C];
+- ``serving_bytes``: ``image_bytes`` tf.string [batch], encoded JPEG/PNG/BMP/GIF, decoded and
+  resized inside (bilinear, as in training).
+
+Each returns ``logits``, ``probabilities``, ``top_k_ids``, ``top_k_scores`` and
+``top_k_names``. The model's normalisation is its first layer, so nothing is done outside.
+``metadata.json`` sits beside ``saved_model.pb``; ``--formats=onnx,tflite`` adds
+``model.onnx`` (tf2onnx) and ``model.tflite``. Every file is checked against the Keras model
+before the version is renamed into place; a version is never overwritten.
+"""
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+
+FORMATS = ("saved_model", "onnx", "tflite")
+TOLERANCE = dict(rtol=1e-4, atol=1e-4)  # logits, float32 model vs exported graph
+_TMP = ".tmp-"
+
+
+class ExportError(Exception):
+    """A problem with the export request; printed as one line. ``code`` 2 is a usage error."""
+
+    def __init__(self, message, code=1):
+        super().__init__(message)
+        self.code = code
+
+
+def define_flags():
+    flags.DEFINE_string("model_dir", None, "a training run folder (holds last.keras, results.json, flags.json)")
+    flags.DEFINE_enum("checkpoint", "last", ["last", "best"], "export last.keras or best.keras")
+    flags.DEFINE_string("export_dir", "saved_models", "base folder: the export goes to EXPORT_DIR/NAME/VERSION")
+    flags.DEFINE_string("name", None, "model name under export_dir (default MODEL_DATASET)")
+    flags.DEFINE_integer("version", 0, "version number (0: one more than the highest there)", lower_bound=0)
+    flags.DEFINE_list("formats", ["saved_model"], f"any of {', '.join(FORMATS)} (saved_model is always written)")
+    flags.DEFINE_integer("top_k", 5, "classes in the top-k outputs (at most the number of classes)", lower_bound=1)
+    flags.register_validator("formats", lambda v: set(v) <= set(FORMATS),
+                             f"must be a comma-separated list of {', '.join(FORMATS)}")
+
+
+def next_version(base):
+    versions = [int(d) for d in os.listdir(base) if d.isdigit()] if os.path.isdir(base) else []
+    return max(versions, default=0) + 1
+
+
+def _read_run(model_dir, checkpoint):
+    if not model_dir or not os.path.isdir(model_dir):
+        raise ExportError(f"--model_dir: {model_dir!r} is not a training run folder", 2)
+    path = os.path.join(model_dir, f"{checkpoint}.keras")
+    if not os.path.isfile(path):
+        raise ExportError(f"{path} does not exist: the run has not finished (train it to the end, or "
+                          "pass --checkpoint=best)", 2)
+    info = {}
+    for name in ("results.json", "flags.json"):
+        file = os.path.join(model_dir, name)
+        if os.path.isfile(file):
+            with open(file) as f:
+                try:
+                    info[name] = json.load(f)
+                except json.JSONDecodeError:
+                    raise ExportError(f"{file} is corrupt") from None
+    return path, info.get("results.json", {}), info.get("flags.json", {})
+
+
+def _load(path):
+    import keras
+
+    import reszoo  # noqa: F401  (registers reszoo's layers for deserialization)
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as err:  # a corrupt or foreign file: keras raises many kinds
+        raise ExportError(f"cannot load {path}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+
+
+def _preprocessing(model):
+    names = [layer.name for layer in model.layers]
+    if "preprocess" not in names:
+        return {"kind": "none", "note": "the model takes inputs as given"}
+    layer = model.get_layer("preprocess")
+    import numpy as np
+
+    mean = np.ravel(np.asarray(layer.mean, "float64")).tolist()
+    std = np.sqrt(np.ravel(np.asarray(layer.variance, "float64"))).tolist()
+    return {"kind": "per-channel standardisation inside the model: (pixel - mean) / std",
+            "mean": mean, "std": std, "input_range": "raw pixels, 0..255"}
+
+
+def _serving_module(tf, core, image_shape, class_names, top_k):
+    """A tf.Module around the Keras-exported ``core`` (float32 pixels -> logits)."""
+    height, width, channels = image_shape
+    names = tf.constant([str(n) for n in class_names])
+    k = min(top_k, len(class_names))
+
+    def outputs(images):
+        logits = tf.cast(core.serve(images), tf.float32)
+        probabilities = tf.nn.softmax(logits)
+        scores, ids = tf.math.top_k(probabilities, k)
+        return {"logits": logits, "probabilities": probabilities, "top_k_ids": ids,
+                "top_k_scores": scores, "top_k_names": tf.gather(names, ids)}
+
+    def decode(data):
+        image = tf.io.decode_image(data, channels=channels, dtype=tf.uint8, expand_animations=False)
+        image = tf.cast(image, tf.float32)
+        same = tf.reduce_all(tf.shape(image)[:2] == [height, width])
+        image = tf.cond(same, lambda: image, lambda: tf.image.resize(image, (height, width)))
+        return tf.ensure_shape(image, image_shape)
+
+    module = tf.Module()
+    module.core = core
+    module.class_names = names
+    pixels = tf.TensorSpec([None, height, width, channels], tf.float32, name="images")
+    module.serving_default = tf.function(lambda images: outputs(images), input_signature=[pixels])
+    module.serving_uint8 = tf.function(
+        lambda images: outputs(tf.cast(images, tf.float32)),
+        input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name="images")])
+    module.serving_bytes = tf.function(
+        lambda image_bytes: outputs(tf.map_fn(decode, image_bytes, fn_output_signature=pixels.dtype)),
+        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    return module
+
+
+def _check(name, got, expected):
+    import numpy as np
+
+    got = np.asarray(got, "float32")
+    if got.shape != expected.shape or not (
+            np.abs(got - expected) <= TOLERANCE["atol"] + TOLERANCE["rtol"] * np.abs(expected)).all():
+        worst = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else got.shape
+        raise ExportError(f"{name} does not reproduce the Keras model (max |difference| {worst}); "
+                          "nothing was written")
+
+
+def _export_onnx(tf, core_dir, out):
+    """tf2onnx from the SavedModel (its from_keras/from_function cannot freeze the
+    normalisation constants that Keras captures), checked with onnxruntime by the caller."""
+    try:
+        import onnxruntime  # noqa: F401
+        import tf2onnx  # noqa: F401
+    except ImportError:
+        raise ExportError("--formats=onnx needs tf2onnx and onnxruntime: pip install -e '.[export]'", 2) from None
+    proc = subprocess.run(
+        [sys.executable, "-m", "tf2onnx.convert", "--saved-model", core_dir, "--signature_def", "serve",
+         "--output", out, "--opset", "17", "--rename-inputs", "images", "--rename-outputs", "logits"],
+        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if proc.returncode != 0 or not os.path.isfile(out):
+        tail = [l for l in proc.stderr.splitlines() if l.strip()][-1:] or ["no output"]
+        raise ExportError(f"tf2onnx failed: {tail[0]}")
+
+
+def _run_onnx(path, x):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"images": x})[0]
+
+
+def _export_tflite(tf, core_dir, out):
+    converter = tf.lite.TFLiteConverter.from_saved_model(core_dir, signature_keys=["serve"])
+    try:
+        flatbuffer = converter.convert()
+    except Exception as err:  # the converter raises ConverterError and others
+        raise ExportError(f"the TFLite converter failed: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+    with open(out, "wb") as f:
+        f.write(flatbuffer)
+
+
+def _run_tflite(tf, path, x):
+    import warnings
+
+    with warnings.catch_warnings():  # tf.lite.Interpreter's notice that LiteRT will replace it
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_path=path)
+    runner = interpreter.get_signature_runner("serve")
+    return next(iter(runner(**{runner.get_input_details().popitem()[0]: x}).values()))
+
+
+def export(model_dir, export_dir="saved_models", name=None, version=0, formats=("saved_model",),
+           checkpoint="last", top_k=5):
+    """Export a run; returns the version folder. Raises ExportError with a one-line message."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import reszoo
+
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ExportError(f"unknown format(s) {', '.join(sorted(unknown))}: use {', '.join(FORMATS)}", 2)
+    extra = sorted(set(formats) - {"saved_model"})
+    if extra and keras.backend.backend() != "tensorflow":
+        raise ExportError(f"--formats={','.join(extra)} needs the TensorFlow backend (tf2onnx and the "
+                          f"TFLite converter cannot read {keras.backend.backend()}'s XLA graph): re-run "
+                          "with KERAS_BACKEND=tensorflow; the .keras file is the same", 2)
+    path, results, run_flags = _read_run(model_dir, checkpoint)
+    model = _load(path)
+    image_shape = tuple(model.input_shape[1:])
+    if len(image_shape) != 3 or None in image_shape:
+        raise ExportError(f"{path}: expected an image model with a fixed [H, W, C] input, got {image_shape}", 2)
+    classes = model.output_shape[-1]
+    class_names = results.get("class_names") or [str(i) for i in range(classes)]
+    if len(class_names) != classes:
+        raise ExportError(f"{model_dir}/results.json names {len(class_names)} classes, the model has {classes}")
+    model_name = run_flags.get("model") or results.get("model") or model.name
+    dataset = results.get("dataset") or run_flags.get("dataset") or "unknown"
+    name = name or f"{model_name}_{dataset}"
+    if not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
+        raise ExportError(f"--name={name!r}: use letters, digits, '_', '-' and '.'", 2)
+
+    base = os.path.join(export_dir, name)
+    try:
+        os.makedirs(base, exist_ok=True)
+    except OSError as err:
+        raise ExportError(f"cannot create {base}: {err.strerror}", 2) from None
+    if not os.access(base, os.W_OK):
+        raise ExportError(f"{base} is not writable", 2)
+    _remove_stale(base)
+    version = version or next_version(base)
+    final = os.path.join(base, str(version))
+    if os.path.exists(final):
+        raise ExportError(f"{final} exists; a version is never overwritten (omit --version for the next one)", 2)
+
+    tmp = tempfile.mkdtemp(prefix=f"{_TMP}{version}-{os.getpid()}-", dir=base)
+    try:
+        core_dir = os.path.join(tmp, "core")
+        spec = keras.InputSpec(shape=(None, *image_shape), dtype="float32")
+        model.export(core_dir, format="tf_saved_model", input_signature=[spec], verbose=False)
+        core = tf.saved_model.load(core_dir)
+        module = _serving_module(tf, core, image_shape, class_names, top_k)
+        out = os.path.join(tmp, "model")
+        tf.saved_model.save(module, out, signatures={
+            "serving_default": module.serving_default, "serving_uint8": module.serving_uint8,
+            "serving_bytes": module.serving_bytes},
+            options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))  # inference only
+
+        x = np.random.default_rng(0).integers(0, 256, (4, *image_shape)).astype("float32")
+        expected = np.asarray(model.predict(x, verbose=0), "float32")
+        served = tf.saved_model.load(out).signatures
+        _check("the SavedModel", served["serving_default"](images=tf.constant(x))["logits"], expected)
+        _check("the uint8 signature", served["serving_uint8"](images=tf.constant(x.astype("uint8")))["logits"], expected)
+        written = ["saved_model"]
+        if "onnx" in formats:
+            _export_onnx(tf, core_dir, os.path.join(out, "model.onnx"))
+            _check("model.onnx", _run_onnx(os.path.join(out, "model.onnx"), x), expected)
+            written.append("onnx")
+        if "tflite" in formats:
+            _export_tflite(tf, core_dir, os.path.join(out, "model.tflite"))
+            _check("model.tflite", _run_tflite(tf, os.path.join(out, "model.tflite"), x), expected)
+            written.append("tflite")
+
+        metadata = {
+            "name": name, "version": version, "model": model_name, "dataset": dataset,
+            "class_names": list(class_names), "input": {"height": image_shape[0], "width": image_shape[1],
+                                                        "channels": image_shape[2]},
+            "preprocessing": _preprocessing(model),
+            "signatures": {"serving_default": "images: float32 [batch, H, W, C] raw pixels",
+                           "serving_uint8": "images: uint8 [batch, H, W, C]",
+                           "serving_bytes": "image_bytes: string [batch], JPEG/PNG/BMP/GIF, resized to H x W"},
+            "outputs": ["logits", "probabilities", "top_k_ids", "top_k_scores", "top_k_names"],
+            "top_k": min(top_k, classes), "formats": written, "params": reszoo.count_params(model),
+            "verified": {"inputs": "4 random images", **TOLERANCE},
+            "source": {"file": os.path.abspath(path), "sha256": _sha256(path), "results": results,
+                       "flags": run_flags},
+            "versions": {"reszoo": reszoo.__version__, "keras": keras.__version__,
+                         "keras_backend": keras.backend.backend(), "tensorflow": tf.__version__},
+            "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        with open(os.path.join(out, "metadata.json"), "w") as f:
+            json.dump(metadata, f, indent=2)
+        try:
+            os.rename(out, final)  # atomic; fails rather than replace a version made meanwhile
+        except OSError:
+            raise ExportError(f"{final} appeared during the export; not overwritten", 2) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _remove_stale(base):
+    """Temporary folders of exports whose process died (TF Serving ignores them anyway)."""
+    for entry in os.listdir(base):
+        if not entry.startswith(_TMP):
+            continue
+        try:
+            pid = int(entry[len(_TMP):].split("-")[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        sys.stderr.write(f"export: error: unexpected arguments {argv[1:]}\n")
+        sys.exit(2)
+    logging.set_verbosity(logging.ERROR)
+    if FLAGS.model_dir is None:
+        sys.stderr.write("export: error: --model_dir is required\n")
+        sys.exit(2)
+    try:
+        final = export(FLAGS.model_dir, FLAGS.export_dir, FLAGS.name, FLAGS.version, FLAGS.formats,
+                       FLAGS.checkpoint, FLAGS.top_k)
+    except ExportError as err:
+        sys.stderr.write(f"export: error: {err}\n")
+        sys.exit(err.code)
+    print(f"exported {final}")
+
+
+if __name__ == "__main__":
+    from training import flags as run_flags
+
+    define_flags()
+    app.run(main, flags_parser=run_flags.parse)

@@ -1,0 +1,77 @@
+"""Classify images with an exported model: ``python -m training.predict --saved_model=DIR a.png b.jpg``.
+
+DIR is a version folder (``saved_models/resnet20_digits/1``) or a model folder, whose highest
+version is used. Prints the top classes of each image through the ``serving_bytes`` signature,
+so it needs nothing from reszoo: a smoke test for an export, and a demo.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+
+flags.DEFINE_string("saved_model", None, "an exported version folder, or its model folder (latest version)")
+flags.DEFINE_integer("top", 5, "classes to print per image (at most the export's top_k)", lower_bound=1)
+FLAGS = flags.FLAGS
+
+
+def resolve(path):
+    """The version folder to load: ``path`` itself, or its highest integer sub-folder."""
+    if path and os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    if path and os.path.isdir(path):
+        versions = sorted(int(d) for d in os.listdir(path) if d.isdigit())
+        if versions:
+            return os.path.join(path, str(versions[-1]))
+    raise ValueError(f"--saved_model: {path!r} is neither a SavedModel folder nor a folder of versions")
+
+
+def predict(saved_model, images, top=5):
+    """``[(path, [(name, score), ...]), ...]`` for image files, through ``serving_bytes``."""
+    import tensorflow as tf
+
+    version = resolve(saved_model)
+    try:
+        serve = tf.saved_model.load(version).signatures["serving_bytes"]
+    except (KeyError, OSError, ValueError) as err:
+        raise ValueError(f"{version} is not a reszoo export with a serving_bytes signature ({type(err).__name__})") from None
+    results = []
+    for path in images:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as err:
+            raise ValueError(f"cannot read {path}: {err.strerror}") from None
+        try:
+            out = serve(image_bytes=tf.constant([data]))
+        except tf.errors.InvalidArgumentError:
+            raise ValueError(f"{path} is not a JPEG, PNG, BMP or GIF image") from None
+        names = [n.decode() for n in out["top_k_names"].numpy()[0][:top]]
+        scores = out["top_k_scores"].numpy()[0][:top].tolist()
+        results.append((path, list(zip(names, scores))))
+    return results
+
+
+def main(argv):
+    logging.set_verbosity(logging.ERROR)
+    images = argv[1:]
+    if not images:
+        sys.stderr.write("predict: error: give one or more image files after the flags\n")
+        sys.exit(2)
+    try:
+        results = predict(FLAGS.saved_model, images, FLAGS.top)
+    except ValueError as err:
+        sys.stderr.write(f"predict: error: {err}\n")
+        sys.exit(2)
+    for path, top in results:
+        print(path)
+        for rank, (name, score) in enumerate(top, 1):
+            print(f"  {rank}. {name:<24} {score:.4f}")
+
+
+if __name__ == "__main__":
+    from training import flags as run_flags
+
+    app.run(main, flags_parser=run_flags.parse)
