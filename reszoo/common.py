@@ -58,13 +58,15 @@ def check_int_tuple(name, value, length=None):
 class LayerFactory:
     """Conv, norm and dense layers with the builder-wide hooks: normalisation (``None``
     removes every BN, for the signal-propagation experiments), BN momentum/epsilon, kernel
-    initializer and regularizer. Convs followed by BN carry no bias, as in the papers."""
+    initializer and regularizer. Convs followed by BN carry no bias, as in the papers
+    (``conv_bias=True`` gives every conv one, as keras.applications' ResNet v1 does)."""
 
     norm: str = "batch"
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     kernel_initializer: object = "he_normal"
     kernel_regularizer: object = None
+    conv_bias: bool = False
 
     def __post_init__(self):
         check_choice("norm", self.norm, ("batch", None))
@@ -72,9 +74,10 @@ class LayerFactory:
         if not isinstance(self.bn_epsilon, numbers.Real) or self.bn_epsilon <= 0:
             raise ValueError(f"bn_epsilon must be a positive number, got {self.bn_epsilon!r}")
 
-    def conv(self, x, filters, kernel_size, strides=1, name=None, use_bias=False):
+    def conv(self, x, filters, kernel_size, strides=1, name=None, use_bias=None, padding="same"):
         return layers.Conv2D(
-            filters, kernel_size, strides=strides, padding="same", use_bias=use_bias,
+            filters, kernel_size, strides=strides, padding=padding,
+            use_bias=self.conv_bias if use_bias is None else use_bias,
             kernel_initializer=self.kernel_initializer,
             kernel_regularizer=self.kernel_regularizer, name=name,
         )(x)
@@ -117,6 +120,25 @@ def model_input(input_shape, input_tensor, default_shape):
     check_int("input_shape channels", shape[2], 1)
     inputs = layers.Input(shape=shape, name="input")
     return inputs, inputs
+
+
+VARIANTS = ("paper", "keras")
+KERAS_BN_EPSILON = 1.001e-5
+
+
+def imagenet_stem(x, f, filters, variant, norm=True, conv_bias=None):
+    """7x7/2 conv [-BN-ReLU] + 3x3/2 max pool. The "keras" variant pads explicitly (3, then
+    1) and pools "valid", as keras.applications does; "same" padding samples other pixels."""
+    keras_layout = variant == "keras"
+    if keras_layout:
+        x = layers.ZeroPadding2D(3, name="conv1_pad")(x)
+    x = f.conv(x, filters, 7, 2, name="conv1_conv", use_bias=conv_bias,
+               padding="valid" if keras_layout else "same")
+    if norm:
+        x = f.bn_relu(x, name="conv1")
+    if keras_layout:
+        x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
+    return layers.MaxPooling2D(3, strides=2, padding="valid" if keras_layout else "same", name="pool1_pool")(x)
 
 
 def head(x, factory, include_top, pooling, num_classes, classifier_activation):

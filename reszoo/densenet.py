@@ -4,13 +4,15 @@ Huang, Liu, van der Maaten, Weinberger. Densely Connected Convolutional Networks
 (arXiv 1608.06993). Layer l receives the concatenation of all earlier feature maps,
 ``x_l = H_l([x_0, ..., x_{l-1}])`` (Eq. 2), with H_l = BN-ReLU-Conv3x3 producing ``k``
 (growth rate) maps; "B" adds a BN-ReLU-Conv1x1 bottleneck of 4k maps, "C" compresses each
-transition by theta. Layer names follow keras.applications.
+transition by theta. Layer names follow keras.applications; ``variant="keras"`` also takes
+its explicit stem padding and BN epsilon (1.001e-5), so its DenseNet weights load.
 """
 
 import keras
 from keras import layers
 
 from reszoo import common
+from reszoo.layers import ImagePreprocess
 
 # ImageNet layouts, Table 1 of Huang et al. (DenseNet-161 is k=48 with a 96-channel stem).
 IMAGENET_BLOCKS = {
@@ -86,9 +88,11 @@ def densenet(
     stem="cifar",
     init_channels=None,
     dropout_rate=0.0,
+    variant="paper",
+    preprocessing="auto",
     norm="batch",
     bn_momentum=0.9,
-    bn_epsilon=1e-5,
+    bn_epsilon=None,
     kernel_initializer="he_normal",
     kernel_regularizer=None,
     num_classes=None,
@@ -111,6 +115,8 @@ def densenet(
       stem: "cifar" (3x3 conv) or "imagenet" (7x7/2 conv-BN-ReLU + 3x3/2 max pool).
       init_channels: stem width (default 16 for DenseNet on CIFAR, else 2k).
       dropout_rate: dropout after each conv but the first (the paper's 0.2 without augmentation).
+      variant: "paper", or "keras" for keras.applications' DenseNet layout (ImageNet stem).
+      preprocessing: as ``reszoo.resnet.resnet``; "auto" is "torch" for the "keras" variant.
       Other args as ``reszoo.resnet.resnet``.
     """
     common.check_choice("stem", stem, ("cifar", "imagenet"))
@@ -118,6 +124,13 @@ def densenet(
     bottleneck_width = common.check_int("bottleneck_width", bottleneck_width)
     compression = common.check_float("compression", compression, 1e-6, 1.0, high_inclusive=True)
     dropout_rate = common.check_float("dropout_rate", dropout_rate, 0.0, 1.0)
+    common.check_choice("variant", variant, common.VARIANTS)
+    if variant == "keras" and stem != "imagenet":
+        raise ValueError("variant='keras' needs stem='imagenet' (keras.applications has no CIFAR DenseNets)")
+    if preprocessing == "auto":
+        preprocessing = "torch" if variant == "keras" else None
+    if bn_epsilon is None:
+        bn_epsilon = common.KERAS_BN_EPSILON if variant == "keras" else 1e-5
     depth, blocks = _block_layout(depth, blocks, stem, bottleneck)
     cifar = stem == "cifar"
     default_init = 16 if cifar and not bottleneck and compression == 1.0 else 2 * growth_rate
@@ -132,12 +145,12 @@ def densenet(
     common.ensure_recursion_limit()
 
     inputs, x = common.model_input(input_shape, input_tensor, (32, 32, 3) if cifar else (224, 224, 3))
+    if preprocessing is not None:
+        x = ImagePreprocess(preprocessing, name="preprocess")(x)
     if cifar:
         x = f.conv(x, init_channels, 3, name="conv1_conv")
     else:
-        x = f.conv(x, init_channels, 7, 2, name="conv1_conv")
-        x = f.bn_relu(x, name="conv1")
-        x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool1_pool")(x)
+        x = common.imagenet_stem(x, f, init_channels, variant)
     for s, count in enumerate(blocks):
         for i in range(count):
             x = dense_layer(x, growth_rate, opts, f, name=f"conv{s + 2}_block{i + 1}")

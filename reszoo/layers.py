@@ -108,3 +108,35 @@ class ResidualScale(keras.layers.Layer):
 
     def call(self, inputs):
         return inputs * ops.cast(self.alpha, inputs.dtype)
+
+
+@keras.saving.register_keras_serializable(package="reszoo")
+class ImagePreprocess(keras.layers.Layer):
+    """keras.applications' ``preprocess_input`` as a layer, so a model takes raw RGB pixels
+    (0..255): "caffe" (RGB to BGR, minus the ImageNet mean; ResNet v1), "tf" (scale to
+    [-1, 1]; ResNet v2) or "torch" (scale to [0, 1], minus mean, over std; DenseNet)."""
+
+    MEAN = {"caffe": (103.939, 116.779, 123.68), "torch": (0.485, 0.456, 0.406)}
+    STD = {"torch": (0.229, 0.224, 0.225)}
+
+    def __init__(self, mode, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("caffe", "tf", "torch"):
+            raise ValueError(f"mode must be one of ['caffe', 'tf', 'torch'], got {mode!r}")
+        self.mode = mode
+
+    def call(self, inputs):
+        x = ops.cast(inputs, self.compute_dtype)
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        if self.mode == "caffe":
+            return ops.flip(x, axis=-1) - ops.convert_to_tensor(self.MEAN["caffe"], x.dtype)
+        mean = ops.convert_to_tensor(self.MEAN["torch"], x.dtype)
+        std = ops.convert_to_tensor(self.STD["torch"], x.dtype)
+        return (x / 255.0 - mean) / std
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}

@@ -7,6 +7,12 @@ A residual block computes ``y = F(x) + shortcut(x)`` (Eq. 1 and 2 of the first p
 block is ``F`` alone. Post-activation applies ReLU after the sum; pre-activation moves BN-ReLU
 to the front of ``F`` and keeps the identity path clean (Eq. 3-4 of the second paper).
 Layer names follow keras.applications: ``conv{stage}_block{i}_{j}_conv``.
+
+``variant="keras"`` reproduces keras.applications' ResNet50/101/152 (v1) and ResNet50V2/...
+(v2) exactly, so their weights load (``reszoo.weights``): v1 convs all carry biases and
+bottlenecks stride on the first 1x1 conv; v2 strides at the last block of a stage through a
+1x1 max-pool shortcut, projects the first block with a biased 1x1 conv at stride 1, and gives
+the last 1x1 conv a bias; both pad the stem explicitly and use BN epsilon 1.001e-5.
 """
 
 import math
@@ -15,7 +21,7 @@ import keras
 from keras import layers
 
 from reszoo import common
-from reszoo.layers import ResidualScale, ZeroPadShortcut
+from reszoo.layers import ImagePreprocess, ResidualScale, ZeroPadShortcut
 
 # ImageNet depths, Table 1 of He et al. 2015 (+ ResNet-200 of He et al. 2016).
 IMAGENET_LAYERS = {
@@ -30,12 +36,14 @@ EXPANSION = {"basic": 1, "bottleneck": 4}
 CONVS_PER_BLOCK = {"basic": 2, "bottleneck": 3}
 
 
-def _branch_convs(block, filters, strides):
+def _branch_convs(block, filters, strides, stride_first=False):
     """(kernel, filters, strides) of the residual function F. Bottlenecks stride on the 3x3
-    conv, as torchvision ("ResNet v1.5")."""
+    conv, as torchvision ("ResNet v1.5"), or on the first 1x1 (the paper's Caffe model and
+    keras.applications' v1)."""
     if block == "basic":
         return [(3, filters, strides), (3, filters, 1)]
-    return [(1, filters, 1), (3, filters, strides), (1, filters * EXPANSION[block], 1)]
+    first, middle = (strides, 1) if stride_first else (1, strides)
+    return [(1, filters, first), (3, filters, middle), (1, filters * EXPANSION[block], 1)]
 
 
 def _shortcut(x, preact_x, out_filters, strides, opts, f, name):
@@ -43,6 +51,10 @@ def _shortcut(x, preact_x, out_filters, strides, opts, f, name):
     projection everywhere (He et al. 2015, Sec. 4.1). Pre-activation projections read the
     pre-activated input and carry no BN (He et al. 2016)."""
     same_shape = strides == 1 and x.shape[-1] == out_filters
+    if opts["keras_v2"]:
+        if x.shape[-1] != out_filters:
+            return f.conv(preact_x, out_filters, 1, strides, name=f"{name}_0_conv", use_bias=True)
+        return layers.MaxPooling2D(1, strides, name=f"{name}_0_pool")(x) if strides > 1 else x
     if opts["shortcut"] != "C" and same_shape:
         return x
     if opts["shortcut"] == "A":
@@ -66,7 +78,7 @@ def _merge(shortcut, y, opts, drop_rate, name):
 
 def post_activation_block(x, filters, strides, opts, f, drop_rate, name):
     """conv-BN-ReLU ... conv-BN, add the shortcut, ReLU (He et al. 2015, Fig. 2 and 5)."""
-    convs = _branch_convs(opts["block"], filters, strides)
+    convs = _branch_convs(opts["block"], filters, strides, stride_first=opts["variant"] == "keras")
     y = x
     for j, (kernel, width, stride) in enumerate(convs, start=1):
         last = j == len(convs)
@@ -89,7 +101,12 @@ def pre_activation_block(x, filters, strides, opts, f, drop_rate, name):
         if j > 1:
             y = f.bn(y, name=f"{name}_{j}_bn", zero_init=j == len(convs) and opts["zero_init_last_bn"])
             y = layers.ReLU(name=f"{name}_{j}_relu")(y)
-        y = f.conv(y, width, kernel, stride, name=f"{name}_{j}_conv")
+        padding = "same"
+        if opts["keras_v2"] and kernel > 1:
+            y = layers.ZeroPadding2D(kernel // 2, name=f"{name}_{j}_pad")(y)
+            padding = "valid"
+        y = f.conv(y, width, kernel, stride, name=f"{name}_{j}_conv", padding=padding,
+                   use_bias=opts["keras_v2"] and j == len(convs))
     if not opts["residual"]:
         return y
     shortcut = _shortcut(x, preact, convs[-1][1], strides, opts, f, name)
@@ -142,9 +159,11 @@ def resnet(
     zero_init_last_bn=False,
     drop_path_rate=0.0,
     head_norm=True,
+    variant="paper",
+    preprocessing="auto",
     norm="batch",
     bn_momentum=0.9,
-    bn_epsilon=1e-5,
+    bn_epsilon=None,
     kernel_initializer="he_normal",
     kernel_regularizer=None,
     num_classes=None,
@@ -173,12 +192,24 @@ def resnet(
       drop_path_rate: stochastic depth, rising linearly to this rate at the last block.
       head_norm: pre-activation nets only: the BN-ReLU before pooling. The popular CIFAR
         PreAct ResNet-18 (kuangliu/pytorch-cifar) leaves it out.
-      norm, bn_momentum, bn_epsilon, kernel_initializer, kernel_regularizer: layer hooks.
+      variant: "paper", or "keras" for keras.applications' layout (ImageNet stem; see the
+        module docstring).
+      preprocessing: None, "caffe", "tf" or "torch" (``layers.ImagePreprocess`` first, so the
+        model takes raw pixels); "auto" is keras.applications' mode for the "keras" variant
+        (caffe for v1, tf for v2) and None otherwise.
+      norm, bn_momentum, bn_epsilon, kernel_initializer, kernel_regularizer: layer hooks
+        (bn_epsilon defaults to 1e-5, 1.001e-5 for the "keras" variant).
       num_classes, input_shape, input_tensor, include_top, pooling, classifier_activation, name:
         as in keras.applications.
     """
     common.check_choice("stem", stem, ("cifar", "imagenet"))
     common.check_choice("block", block, (None, "basic", "bottleneck"))
+    common.check_choice("variant", variant, common.VARIANTS)
+    keras_layout = variant == "keras"
+    if keras_layout and stem != "imagenet":
+        raise ValueError("variant='keras' needs stem='imagenet' (keras.applications has no CIFAR ResNets)")
+    if preprocessing == "auto":
+        preprocessing = ("tf" if preact else "caffe") if keras_layout else None
     depth, block, stage_layers = _stage_layout(depth, block, stem, layers)
     shortcut = shortcut or ("A" if stem == "cifar" and block == "basic" else "B")
     common.check_choice("shortcut", shortcut, ("A", "B", "C"))
@@ -190,26 +221,35 @@ def resnet(
     base_width = common.check_int("base_width", base_width or (16 if cifar else 64))
     if num_classes is None:
         num_classes = 10 if cifar else 1000
-    f = common.LayerFactory(norm, bn_momentum, bn_epsilon, kernel_initializer, kernel_regularizer)
+    if bn_epsilon is None:
+        bn_epsilon = common.KERAS_BN_EPSILON if keras_layout else 1e-5
+    f = common.LayerFactory(norm, bn_momentum, bn_epsilon, kernel_initializer, kernel_regularizer,
+                            conv_bias=keras_layout and not preact)
     opts = dict(
         block=block, residual=residual, preact=preact, shortcut=shortcut,
         residual_scale=residual_scale, zero_init_last_bn=zero_init_last_bn,
+        variant=variant, keras_v2=keras_layout and preact,
     )
     common.ensure_recursion_limit()
 
     inputs, x = common.model_input(input_shape, input_tensor, (32, 32, 3) if cifar else (224, 224, 3))
-    x = f.conv(x, base_width, 3 if cifar else 7, 1 if cifar else 2, name="conv1_conv")
-    if not preact:
-        x = f.bn_relu(x, name="conv1")
-    if not cifar:
-        x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1_pool")(x)
+    if preprocessing is not None:
+        x = ImagePreprocess(preprocessing, name="preprocess")(x)
+    if cifar:
+        x = f.conv(x, base_width, 3, name="conv1_conv")
+        x = x if preact else f.bn_relu(x, name="conv1")
+    else:
+        x = common.imagenet_stem(x, f, base_width, variant, norm=not preact, conv_bias=keras_layout or None)
 
     block_fn = pre_activation_block if preact else post_activation_block
     rates = iter(common.linear_rates(drop_path_rate, sum(stage_layers)))
     for s, count in enumerate(stage_layers):
         filters = base_width * 2**s
         for b in range(count):
-            strides = 2 if s > 0 and b == 0 else 1
+            if opts["keras_v2"]:  # keras.applications v2: the last block of stages 2-4 strides
+                strides = 2 if s < len(stage_layers) - 1 and b == count - 1 else 1
+            else:
+                strides = 2 if s > 0 and b == 0 else 1
             x = block_fn(x, filters, strides, opts, f, next(rates), name=f"conv{s + 2}_block{b + 1}")
     if preact and head_norm:
         x = f.bn_relu(x, name="post")

@@ -88,7 +88,7 @@ def test_input_tensor_after_a_preprocessing_layer():
 def _block_model(block_fn, preact, norm="batch", **opts):
     inp = keras.Input((8, 8, 16))
     options = dict(block="basic", residual=True, preact=preact, shortcut="A",
-                   residual_scale=None, zero_init_last_bn=False)
+                   residual_scale=None, zero_init_last_bn=False, variant="paper", keras_v2=False)
     options.update(opts)
     drop = options.pop("drop_rate", 0.0)
     out = block_fn(inp, 16, 1, options, common.LayerFactory(norm=norm), drop, name="b")

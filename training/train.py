@@ -91,14 +91,18 @@ def _new_model(keras, reszoo, data):
 def _fine_tune_model(keras, data):
     """The model in --init_from with a new classifier for this dataset's classes."""
     path = FLAGS.init_from
-    if not os.path.isfile(path):
+    if path.startswith(KERAS_APPLICATIONS_PREFIX):
+        old = _keras_applications_model(data)
+        path = FLAGS.weights_path
+    elif not os.path.isfile(path):
         raise RunError(f"--init_from: no such file {path}", 2)
-    try:
-        old = keras.saving.load_model(path, compile=False)
-    except Exception as err:  # a corrupt or foreign file: keras raises many kinds
-        raise RunError(f"--init_from: cannot load {path}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+    else:
+        try:
+            old = keras.saving.load_model(path, compile=False)
+        except Exception as err:  # a corrupt or foreign file: keras raises many kinds
+            raise RunError(f"--init_from: cannot load {path}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
     names = [layer.name for layer in old.layers]
-    if "fc" not in names or "avg_pool" not in names:
+    if "avg_pool" not in names:
         raise RunError(f"--init_from: {path} has no 'avg_pool' + 'fc' head to replace (layers end with {names[-3:]})", 2)
     expected = tuple(old.input_shape[1:])
     if expected != tuple(data.image_shape):
@@ -106,10 +110,37 @@ def _fine_tune_model(keras, data):
                        f"{expected}, dataset {data.name} has {tuple(data.image_shape)} "
                        "(set --image_size to match)", 2)
     features = old.get_layer("avg_pool").output
-    logits = keras.layers.Dense(data.num_classes, dtype=old.get_layer("fc").dtype_policy, name="fc")(features)
+    mixed = keras.config.dtype_policy().name.startswith("mixed")
+    dtype = old.get_layer("fc").dtype_policy if "fc" in names else ("float32" if mixed else None)
+    logits = keras.layers.Dense(data.num_classes, dtype=dtype, name="fc")(features)
     model = keras.Model(old.inputs, logits, name=old.name)
     _set_l2(keras, model, FLAGS.weight_decay / 2 if FLAGS.optimizer == "sgd" else 0.0)
     return model
+
+
+KERAS_APPLICATIONS_PREFIX = "keras_applications:"
+
+
+def _keras_applications_model(data):
+    """reszoo's mirror of a keras.applications model with its weights, its preprocessing
+    inside (raw RGB pixels in), at the dataset's image size."""
+    from reszoo import weights
+
+    architecture = FLAGS.init_from[len(KERAS_APPLICATIONS_PREFIX):]
+    if architecture not in weights.KERAS_APPLICATIONS:
+        raise RunError(f"--init_from={FLAGS.init_from}: use keras_applications: with one of "
+                       f"{', '.join(weights.KERAS_APPLICATIONS)}", 2)
+    if not FLAGS.weights_path:
+        raise RunError(f"--init_from={FLAGS.init_from} needs --weights_path (e.g. ~/.keras/models/"
+                       f"{architecture.lower()}_weights_tf_dim_ordering_tf_kernels_notop.h5)", 2)
+    if data.image_shape[-1] != 3 or min(data.image_shape[:2]) < 32:
+        raise RunError(f"--init_from={FLAGS.init_from}: keras.applications models take RGB images of at least "
+                       f"32x32, dataset {data.name} has {tuple(data.image_shape)}", 2)
+    try:
+        return weights.create_model(architecture, FLAGS.weights_path, input_shape=data.image_shape,
+                                    include_top=False, pooling="avg")
+    except weights.WeightsError as err:
+        raise RunError(f"--weights_path: {err}", 2) from None
 
 
 def _set_l2(keras, model, factor):

@@ -1,0 +1,149 @@
+"""reszoo.weights: keras.applications weights into reszoo's variant="keras" models."""
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+import reszoo
+from reszoo import weights
+
+SHAPE = (64, 64, 3)
+PREPROCESS = {"caffe": keras.applications.resnet.preprocess_input,
+              "tf": keras.applications.resnet_v2.preprocess_input,
+              "torch": keras.applications.densenet.preprocess_input}
+
+
+def _randomize(model, seed=0):
+    """Random weights with well-scaled activations: He-scaled kernels, BN statistics away
+    from their initial values (so a BN mapped to the wrong place shows)."""
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        shape = tuple(v.shape)
+        if v.path.endswith("kernel"):
+            value = rng.normal(0, np.sqrt(2 / np.prod(shape[:-1])), shape)
+        elif v.path.endswith(("gamma", "moving_variance")):
+            value = rng.uniform(0.5, 1.5, shape)
+        else:
+            value = rng.normal(0, 0.1, shape)
+        v.assign(value.astype("float32"))
+
+
+def _save_like_the_downloads(model, path):
+    """keras.applications' published files are Keras 2 style HDF5 weights."""
+    from keras.src.legacy.saving import legacy_h5_format
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+
+
+def _relative_error(a, b):
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(a)))
+
+
+@pytest.mark.xdist_group("keras_applications")
+@pytest.mark.parametrize("architecture", list(weights.KERAS_APPLICATIONS))
+def test_keras_applications_weights_give_the_same_outputs(architecture, tmp_path):
+    source = getattr(keras.applications, architecture)(weights=None, input_shape=SHAPE, classifier_activation=None)
+    _randomize(source)
+    path = tmp_path / f"{architecture}.h5"
+    _save_like_the_downloads(source, path)
+    model = weights.create_model(architecture, str(path), input_shape=SHAPE)
+    assert model.count_params() == source.count_params()
+    assert weights.architecture_of(model) == architecture
+    x = np.random.default_rng(1).uniform(0, 255, (2, *SHAPE)).astype("float32")
+    mode = weights.KERAS_APPLICATIONS[architecture][1]
+    expected = source.predict(PREPROCESS[mode](x.copy()), verbose=0)
+    got = model.predict(x, verbose=0)  # raw pixels: the preprocessing is the model's first layer
+    assert _relative_error(expected, got) < 1e-5
+
+
+def test_notop_files_model_objects_and_keras3_weight_files_load(tmp_path):
+    source = keras.applications.DenseNet121(weights=None, include_top=False, input_shape=SHAPE)
+    _randomize(source, seed=2)
+    _save_like_the_downloads(source, tmp_path / "notop.h5")
+    source.save_weights(tmp_path / "notop.weights.h5")
+    x = np.random.default_rng(3).uniform(0, 255, (2, *SHAPE)).astype("float32")
+    expected = source.predict(PREPROCESS["torch"](x.copy()), verbose=0)
+    for given in (str(tmp_path / "notop.h5"), str(tmp_path / "notop.weights.h5"), source):
+        model = weights.create_model("DenseNet121", given, input_shape=SHAPE, include_top=False)
+        assert _relative_error(expected, model.predict(x, verbose=0)) < 1e-5
+    # A head cannot be filled from a file without one.
+    with pytest.raises(weights.WeightsError, match="no keras.applications weights for layer"):
+        weights.create_model("DenseNet121", str(tmp_path / "notop.h5"), input_shape=SHAPE)
+
+
+def test_wrong_files_and_models_give_one_clear_error(tmp_path):
+    resnet = keras.applications.ResNet50(weights=None, input_shape=SHAPE)
+    _save_like_the_downloads(resnet, tmp_path / "resnet50.h5")
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    cases = [
+        (lambda: weights.create_model("DenseNet121", str(tmp_path / "resnet50.h5"), input_shape=SHAPE),
+         "does not hold DenseNet121 weights"),
+        (lambda: weights.create_model("ResNet50", str(tmp_path / "junk.h5"), input_shape=SHAPE),
+         "does not hold ResNet50 weights"),
+        (lambda: weights.create_model("ResNet50", str(tmp_path / "missing.h5")), "no such weights file"),
+        (lambda: weights.create_model("ResNet18", None), "unknown keras.applications model"),
+        # The paper variant has no conv biases: the first mismatch is named.
+        (lambda: weights.load_keras_applications(reszoo.create_model("resnet50", input_shape=SHAPE), resnet),
+         "conv1_conv"),
+        # DenseNet's paper variant has the same shapes but pads its stem differently.
+        (lambda: weights.load_keras_applications(
+            reszoo.create_model("densenet121", input_shape=SHAPE),
+            keras.applications.DenseNet121(weights=None, input_shape=SHAPE)), "padding"),
+        (lambda: weights.load_keras_applications(reszoo.create_model("resnet20"), resnet), "no keras.applications counterpart"),
+    ]
+    for call, message in cases:
+        with pytest.raises(weights.WeightsError, match=message) as info:
+            call()
+        assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("mode", ["caffe", "tf", "torch"])
+def test_preprocess_layer_equals_keras_preprocess_input(mode):
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    layer = reszoo.layers.ImagePreprocess(mode)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), PREPROCESS[mode](x.copy()), rtol=1e-6, atol=1e-5)
+    restored = reszoo.layers.ImagePreprocess.from_config(layer.get_config())
+    assert restored.mode == mode
+
+
+def test_keras_variant_only_changes_what_keras_applications_changes():
+    paper, mirror = reszoo.create_model("resnet50"), reszoo.create_model("resnet50", variant="keras")
+    assert reszoo.count_params(paper) == 25_557_032  # He et al. 2015 / torchvision
+    assert reszoo.count_params(mirror) == 25_583_592  # + conv biases (keras.applications ResNet50)
+    assert mirror.get_layer("conv2_block1_1_conv").strides == (1, 1)
+    assert mirror.get_layer("conv3_block1_1_conv").strides == (2, 2)  # v1: stride on the first 1x1
+    assert paper.get_layer("conv3_block1_2_conv").strides == (2, 2)   # v1.5: stride on the 3x3
+    assert mirror.get_layer("conv1_bn").epsilon == pytest.approx(1.001e-5)
+    assert mirror.layers[1].name == "preprocess" and mirror.layers[1].mode == "caffe"
+    assert "preprocess" not in [l.name for l in paper.layers]
+    with pytest.raises(ValueError, match="variant='keras' needs stem='imagenet'"):
+        reszoo.create_model("resnet56", variant="keras")
+
+
+def test_train_fine_tunes_from_keras_applications_weights(tmp_path):
+    from tests.test_training import _digit_folder, train
+
+    folder = _digit_folder(tmp_path / "digits", (3, 8))  # grey PNGs, read as RGB
+    source = keras.applications.DenseNet121(weights=None, include_top=False, input_shape=(32, 32, 3))
+    _randomize(source, seed=4)
+    _save_like_the_downloads(source, tmp_path / "densenet121_notop.h5")
+    common = ["--dataset=folder", f"--data_dir={folder}", "--image_size=32", "--batch_size=16", "--epochs=1"]
+    proc = train(*common, "--init_from=keras_applications:DenseNet121", "--freeze=backbone",
+                 f"--weights_path={tmp_path / 'densenet121_notop.h5'}", f"--model_dir={tmp_path / 'run'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tuned = keras.saving.load_model(tmp_path / "run" / "last.keras", compile=False)
+    assert tuned.output_shape == (None, 2) and tuned.layers[1].mode == "torch"
+    for name in ("conv1_conv", "conv5_block16_2_conv"):  # frozen: still the file's weights
+        np.testing.assert_array_equal(tuned.get_layer(name).get_weights()[0], source.get_layer(name).get_weights()[0])
+    np.testing.assert_array_equal(tuned.get_layer("post_bn").get_weights()[2], source.get_layer("bn").get_weights()[2])
+    for args, message in [
+        (["--init_from=keras_applications:VGG16", "--weights_path=x.h5"], "use keras_applications: with one of"),
+        (["--init_from=keras_applications:ResNet50"], "needs --weights_path"),
+        (["--init_from=keras_applications:ResNet50", f"--weights_path={tmp_path / 'densenet121_notop.h5'}"],
+         "does not hold ResNet50 weights"),
+    ]:
+        bad = train(*common, *args, f"--model_dir={tmp_path / 'bad'}", "--overwrite")
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr[-1500:]
+    grey = train("--init_from=keras_applications:ResNet50", "--weights_path=x.h5", f"--model_dir={tmp_path / 'g'}")
+    assert grey.returncode == 2 and "RGB images of at least 32x32" in grey.stderr
