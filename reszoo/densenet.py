@@ -12,7 +12,7 @@ import keras
 from keras import layers
 
 from reszoo import common
-from reszoo.layers import ImagePreprocess
+from reszoo.layers import ImagePreprocess, Recompute
 
 # ImageNet layouts, Table 1 of Huang et al. (DenseNet-161 is k=48 with a 96-channel stem).
 IMAGENET_BLOCKS = {
@@ -41,6 +41,38 @@ def dense_layer(x, growth_rate, opts, f, name):
     y = f.conv(y, growth_rate, 3, name=f"{name}_2_conv")
     y = _dropout(y, opts["dropout_rate"], name=f"{name}_2_drop")
     return layers.Concatenate(name=f"{name}_concat")([x, y])
+
+
+def efficient_dense_layer(features, growth_rate, opts, f, name):
+    """H_l for ``memory_efficient``: concat-BN-ReLU-conv(first) is one sub-model whose call is
+    rematerialised (``layers.Recompute``), so the backward pass recomputes the concatenation and
+    its normalised copies instead of storing them per layer (Pleiss et al. 2017). Returns the
+    new ``k`` maps only; the block concatenates once at its end."""
+    inputs = [keras.Input(t.shape[1:], dtype=t.dtype) for t in features]
+    y = layers.Concatenate(name=f"{name}_concat")(inputs) if len(inputs) > 1 else inputs[0]
+    y = f.bn_relu(y, name=f"{name}_0")
+    if opts["bottleneck"]:
+        y = f.conv(y, opts["bottleneck_width"] * growth_rate, 1, name=f"{name}_1_conv")
+    else:
+        y = f.conv(y, growth_rate, 3, name=f"{name}_2_conv")
+    y = Recompute(keras.Model(inputs, y, name=f"{name}_shared"), name=f"{name}_recompute")(features)
+    if opts["bottleneck"]:
+        y = _dropout(y, opts["dropout_rate"], name=f"{name}_1_drop")
+        y = f.bn_relu(y, name=f"{name}_1")
+        y = f.conv(y, growth_rate, 3, name=f"{name}_2_conv")
+    return _dropout(y, opts["dropout_rate"], name=f"{name}_2_drop")
+
+
+def dense_block(x, count, growth_rate, opts, f, name):
+    """``count`` layers H_l, each reading the concatenation of all before it (Eq. 2)."""
+    if not opts["memory_efficient"]:
+        for i in range(count):
+            x = dense_layer(x, growth_rate, opts, f, name=f"{name}_block{i + 1}")
+        return x
+    features = [x]
+    for i in range(count):
+        features.append(efficient_dense_layer(features, growth_rate, opts, f, name=f"{name}_block{i + 1}"))
+    return layers.Concatenate(name=f"{name}_concat")(features)
 
 
 def transition(x, opts, f, name):
@@ -88,6 +120,7 @@ def densenet(
     stem="cifar",
     init_channels=None,
     dropout_rate=0.0,
+    memory_efficient=False,
     variant="paper",
     preprocessing="auto",
     norm="batch",
@@ -115,6 +148,8 @@ def densenet(
       stem: "cifar" (3x3 conv) or "imagenet" (7x7/2 conv-BN-ReLU + 3x3/2 max pool).
       init_channels: stem width (default 16 for DenseNet on CIFAR, else 2k).
       dropout_rate: dropout after each conv but the first (the paper's 0.2 without augmentation).
+      memory_efficient: recompute each layer's concatenation + BN-ReLU in the backward pass
+        instead of storing it (Pleiss et al. 2017, arXiv 1707.06990): less memory, more compute.
       variant: "paper", or "keras" for keras.applications' DenseNet layout (ImageNet stem).
       preprocessing: as ``reszoo.resnet.resnet``; "auto" is "torch" for the "keras" variant.
       Other args as ``reszoo.resnet.resnet``.
@@ -140,7 +175,7 @@ def densenet(
     f = common.LayerFactory(norm, bn_momentum, bn_epsilon, kernel_initializer, kernel_regularizer)
     opts = dict(
         bottleneck=bottleneck, bottleneck_width=bottleneck_width,
-        compression=compression, dropout_rate=dropout_rate,
+        compression=compression, dropout_rate=dropout_rate, memory_efficient=bool(memory_efficient),
     )
     common.ensure_recursion_limit()
 
@@ -152,8 +187,7 @@ def densenet(
     else:
         x = common.imagenet_stem(x, f, init_channels, variant)
     for s, count in enumerate(blocks):
-        for i in range(count):
-            x = dense_layer(x, growth_rate, opts, f, name=f"conv{s + 2}_block{i + 1}")
+        x = dense_block(x, count, growth_rate, opts, f, name=f"conv{s + 2}")
         if s < len(blocks) - 1:
             x = transition(x, opts, f, name=f"pool{s + 2}")
     x = f.bn_relu(x, name="post")

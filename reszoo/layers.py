@@ -140,3 +140,47 @@ class ImagePreprocess(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="reszoo")
+class Recompute(keras.layers.Layer):
+    """Runs ``inner`` (a model) under ``keras.remat``: its intermediate tensors are recomputed
+    in the backward pass instead of stored. Positional inputs only, because TensorFlow's
+    recompute_grad rejects keyword arguments in graph mode (keras.RematScope passes them).
+    The recomputation runs BN with momentum 1, so moving statistics are updated once."""
+
+    def __init__(self, inner, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = inner
+
+    def call(self, inputs, training=None):
+        inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        passes = []
+
+        def forward(*xs):
+            if not passes:
+                passes.append("forward")
+                return self.inner(list(xs), training=training)
+            norms = [l for l in self.inner._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+            momenta = [l.momentum for l in norms]
+            for layer in norms:
+                layer.momentum = 1.0  # moving = moving * 1 + batch * 0: unchanged
+            try:
+                return self.inner(list(xs), training=training)
+            finally:
+                for layer, momentum in zip(norms, momenta):
+                    layer.momentum = momentum
+
+        return keras.remat(forward)(*inputs)
+
+    def compute_output_shape(self, input_shape):
+        return self.inner.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "inner": keras.saving.serialize_keras_object(self.inner)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["inner"] = keras.saving.deserialize_keras_object(config["inner"])
+        return cls(**config)

@@ -244,3 +244,44 @@ def test_overriding_the_layout_replaces_the_registered_depth():
     assert sum(l.name.endswith("_add") for l in model.layers) == 4
     model = reszoo.create_model("preact_resnet18_cifar", depth=32, block="basic")
     assert sum(l.name.endswith("_add") for l in model.layers) == 3 * 5
+
+
+def _leaf_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, reszoo.layers.Recompute):
+            yield from _leaf_layers(layer.inner)
+        elif isinstance(layer, keras.Model):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
+@pytest.mark.parametrize("name", ["densenet_bc100_k12", "densenet40_k12"])
+def test_memory_efficient_densenet_trains_exactly_like_the_standard_one(name):
+    """Recomputing concat-BN-ReLU in the backward pass must change nothing: same parameters,
+    outputs, gradients step and BN moving statistics (not updated twice by the recompute)."""
+    kwargs = dict(blocks=(2, 3, 2), input_shape=(16, 16, 3), num_classes=4)
+    standard = reszoo.create_model(name, **kwargs)
+    efficient = reszoo.create_model(name, memory_efficient=True, **kwargs)
+    assert reszoo.count_params(standard) == reszoo.count_params(efficient)
+    by_name = {layer.name: layer for layer in _leaf_layers(standard)}
+    for layer in _leaf_layers(efficient):
+        if layer.weights:
+            layer.set_weights(by_name[layer.name].get_weights())
+    x = np.random.default_rng(0).normal(size=(8, 16, 16, 3)).astype("float32")
+    y = np.eye(4, dtype="float32")[np.arange(8) % 4]
+    np.testing.assert_allclose(efficient.predict(x, verbose=0), standard.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+    for model in (standard, efficient):
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    for layer in (l for l in _leaf_layers(efficient) if l.weights):
+        for a, b in zip(layer.get_weights(), by_name[layer.name].get_weights()):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=layer.name)
+
+
+def test_memory_efficient_densenet_round_trips_through_keras_files(tmp_path):
+    model = reszoo.create_model("densenet_bc100_k12", blocks=(2, 2, 2), memory_efficient=True)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-6)

@@ -1,0 +1,40 @@
+"""Shared by the benchmarks: one JSON line per measurement, with the machine it ran on."""
+
+import json
+import os
+import platform
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()} cores, {cpu}"
+
+
+def emit(**record):
+    """Print one measurement as a JSON line (and flush, so partial runs still report)."""
+    import keras
+
+    record.setdefault("backend", keras.backend.backend())
+    record.setdefault("machine", machine())
+    print(json.dumps(record), flush=True)
+    return record
+
+
+def best_time(fn, repeats=3, warmup=1):
+    """Best wall time of ``fn()`` over ``repeats`` runs, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
