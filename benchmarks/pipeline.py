@@ -35,6 +35,9 @@ def main():
         next(iterator)
     rate = args.batch * args.batches / (time.perf_counter() - start)
     emit(bench="input_pipeline", pipeline="cifar crop_flip", batch=args.batch, images_per_s=round(rate, 1))
+    del iterator, ds  # its prefetch threads would compete with the training step below
+    import gc
+    gc.collect()
     step = keras_throughput(reszoo.create_model("resnet56"), args.batch, 10, (32, 32, 3), 10, ["fit"], 2)["fit"]
     emit(bench="input_pipeline", consumer="reszoo resnet56 train step (fit)", batch=args.batch,
          images_per_s=round(step, 1), pipeline_headroom=round(rate / step, 2))
