@@ -14,6 +14,7 @@ setup(
     extras_require={
         "tf": ["tensorflow>=2.21,<2.22", "tensorflow-datasets>=4.9", "tensorboard", "absl-py"],
         "export": ["tf2onnx>=1.17", "onnxruntime>=1.20"],
+        "lab": ["matplotlib>=3.7"],
         "dev": [
             "tensorflow>=2.21,<2.22",
             "tensorflow-datasets>=4.9",
@@ -23,6 +24,7 @@ setup(
             "jaxlib>=0.10.2",
             "tf2onnx>=1.17",
             "onnxruntime>=1.20",
+            "matplotlib>=3.7",
             "pytest>=8",
             "pytest-xdist>=3",
         ],

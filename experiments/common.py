@@ -1,0 +1,28 @@
+"""Shared by the lab's commands: where results go, and writing a figure with its numbers."""
+
+import json
+import os
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def save(name, figure, numbers, out_dir=RESULTS):
+    """``out_dir/name.png`` and ``out_dir/name.json``; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    png, js = os.path.join(out_dir, f"{name}.png"), os.path.join(out_dir, f"{name}.json")
+    figure.tight_layout()
+    figure.savefig(png, dpi=110)
+    with open(js, "w") as f:
+        json.dump(numbers, f, indent=1)
+    print(f"wrote {png} and {js}")
+    return png, js
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

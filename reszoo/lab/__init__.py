@@ -1,0 +1,8 @@
+"""The residual-learning lab: measurements behind the claims of residual learning.
+
+``signal``: gradient norms per layer at initialisation (the identity path as a gradient
+highway) and activation variance per block without normalisation (variance doubling).
+``linear``: the linear toys of the theory. Each has a command under ``experiments/``.
+"""
+
+from reszoo.lab import linear, signal  # noqa: F401

@@ -1,0 +1,68 @@
+"""Signal propagation at initialisation.
+
+He et al. 2016 (arXiv 1603.05027), Eq. 5: with identity shortcuts, dL/dx_l = dL/dx_L (1 +
+d/dx_l sum F), so the gradient reaches early layers through the "1" term undiminished.
+Without normalisation, x_{l+1} = x_l + F(x_l) with a variance-preserving branch doubles the
+activation variance every block; scaling the sum by 1/sqrt(2) keeps it flat, and a learnable
+branch scale at 0 (SkipInit/ReZero) makes each block the identity.
+"""
+
+import keras
+import numpy as np
+
+
+def conv_kernels(model):
+    """Conv kernels in depth order (the stem first, shortcut projections left out)."""
+    return [v for layer in model.layers if isinstance(layer, keras.layers.Conv2D)
+            and not layer.name.endswith("_0_conv") for v in layer.weights if v.path.endswith("kernel")]
+
+
+def gradient_norms(model, x, y):
+    """Frobenius norm of dL/dW for every conv kernel, first layer to last, for softmax
+    cross-entropy on ``(x, y)`` in training mode (BN with batch statistics)."""
+    kernels = conv_kernels(model)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, [k.value for k in kernels])
+        return np.array([float(tf.norm(g)) for g in grads])
+    if backend == "jax":
+        import jax
+
+        trainable = [v.value for v in model.trainable_variables]
+        fixed = [v.value for v in model.non_trainable_variables]
+        index = {id(v): i for i, v in enumerate(model.trainable_variables)}
+
+        def loss(params):
+            logits, _ = model.stateless_call(params, fixed, x, training=True)
+            return loss_fn(y, logits)
+
+        grads = jax.grad(loss)(trainable)
+        return np.array([float(np.linalg.norm(np.asarray(grads[index[id(k)]]))) for k in kernels])
+    raise NotImplementedError(f"gradient_norms supports the tensorflow and jax backends, not {backend}")
+
+
+def block_outputs(model, x, suffixes=("_out", "_add", "_sqrt2")):
+    """Outputs of every residual block (the layer ending a block: ``_out`` post-activation,
+    ``_sqrt2`` if scaled, else ``_add``), in depth order, as numpy arrays."""
+    ends = {}
+    for layer in model.layers:
+        for suffix in suffixes:
+            if layer.name.endswith(suffix):
+                ends[layer.name.rsplit("_", 1)[0]] = layer  # the last of a block's ends wins
+    probe = keras.Model(model.inputs, [layer.output for layer in ends.values()])
+    return [np.asarray(o) for o in probe.predict(x, verbose=0)]
+
+
+def block_second_moments(model, x):
+    """Mean squared activation after each block, divided by that of the first block's input
+    (the stem's output). Use one stage (``layers=(L,)``) to leave out downsampling blocks,
+    whose zero-padded or projected shortcuts change the scale by themselves."""
+    stem = next(layer for layer in reversed(model.layers) if layer.name in ("conv1_relu", "conv1_conv"))
+    first = keras.Model(model.inputs, stem.output).predict(x, verbose=0)
+    base = float(np.mean(np.square(first)))
+    return np.array([float(np.mean(np.square(o))) / base for o in block_outputs(model, x)])
