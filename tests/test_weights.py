@@ -122,7 +122,7 @@ def test_keras_variant_only_changes_what_keras_applications_changes():
 
 
 def test_train_fine_tunes_from_keras_applications_weights(tmp_path):
-    from tests.test_training import _digit_folder, train
+    from test_training import _digit_folder, train  # pytest puts tests/ on sys.path
 
     folder = _digit_folder(tmp_path / "digits", (3, 8))  # grey PNGs, read as RGB
     source = keras.applications.DenseNet121(weights=None, include_top=False, input_shape=(32, 32, 3))
