@@ -68,3 +68,13 @@ def test_experiment_command_writes_a_png_and_its_numbers(tmp_path):
     assert (tmp_path / "linear_toys.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     numbers = json.loads((tmp_path / "linear_toys.json").read_text())
     assert numbers["depth"] == 20 and numbers["no_skip"]["hessian_eigenvalues"] == [-1.0, 1.0]
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.3])
+def test_residual_block_jacobian_stays_within_weyl_bounds(eps):
+    from reszoo.lab import jacobian
+
+    plain, scaled, residual = jacobian.block_spectra(eps, shape=(4, 4, 4))
+    assert scaled.max() == pytest.approx(eps, rel=1e-3)
+    assert residual.min() >= 1 - eps - 1e-3 and residual.max() <= 1 + eps + 1e-3
+    assert plain.min() < 0.05 and plain.max() > 1.0  # a plain block collapses and stretches directions
