@@ -3,7 +3,8 @@
 ``signal``: gradient norms per layer at initialisation (the identity path as a gradient
 highway) and activation variance per block without normalisation (variance doubling).
 ``jacobian``: singular values of a block's Jacobian (near-identity blocks).
+``depth``: degradation of plain nets and block deletion (the ensemble view) on trained nets.
 ``linear``: the linear toys of the theory. Each has a command under ``experiments/``.
 """
 
-from reszoo.lab import jacobian, linear, signal  # noqa: F401
+from reszoo.lab import depth, jacobian, linear, signal  # noqa: F401

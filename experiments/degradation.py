@@ -1,0 +1,55 @@
+"""Experiment 4, degradation (He et al. 2015, Fig. 1 and 6): training error against epochs for
+plain-20/56 and ResNet-20/56 with the same recipe, on the embedded digits (CIFAR-10 needs the
+prepared tfds data and many hours on CPU: train those with training.train).
+
+    python -m experiments.degradation [--epochs=8 --base_width=8]
+"""
+
+import argparse
+
+from experiments.common import pyplot, save
+
+
+def run(depths, epochs, base_width, seed=0, verbose=1):
+    import keras
+
+    import reszoo
+    from experiments import digits
+    from reszoo.lab import depth
+
+    x, y, _, _, classes = digits.load()
+    curves = {}
+    for residual in (False, True):
+        for d in depths:
+            name = f"{'resnet' if residual else 'plain'}{d}"
+            print(f"training {name}", flush=True)
+            keras.utils.set_random_seed(seed)
+            model = reszoo.resnet(d, stem="cifar", residual=residual, base_width=base_width,
+                                  input_shape=x.shape[1:], num_classes=classes)
+            curves[name] = depth.train_curve(model, x, y, epochs, verbose=verbose).tolist()
+    return curves
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depths", default="20,56")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--base_width", type=int, default=8)
+    parser.add_argument("--out_dir", default=None)
+    args = parser.parse_args()
+    depths = [int(d) for d in args.depths.split(",")]
+    curves = run(depths, args.epochs, args.base_width, verbose=2)
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, kind in zip(axes, ("plain", "resnet")):
+        for i, d in enumerate(depths):
+            ax.plot(range(1, args.epochs + 1), [100 * e for e in curves[f"{kind}{d}"]], f"C{i}o-", label=f"{kind}-{d}")
+        ax.set(title=f"{'Plain' if kind == 'plain' else 'Residual'} nets, UCI digits", xlabel="epoch",
+               ylabel="training error (%)")
+        ax.legend()
+    save("degradation", fig, {"dataset": "digits", "epochs": args.epochs, "base_width": args.base_width,
+                              "training_error": curves}, **({"out_dir": args.out_dir} if args.out_dir else {}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Experiment 5, the ensemble view (Veit et al. 2016): delete one block at a time from a
+trained ResNet-56 and a trained plain-20 (the deepest plain net that trains here) and
+measure test error on the embedded digits.
+
+    python -m experiments.ensemble [--epochs=8 --base_width=8]
+"""
+
+import argparse
+
+from experiments.common import pyplot, save
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--base_width", type=int, default=8)
+    parser.add_argument("--out_dir", default=None)
+    args = parser.parse_args()
+    import keras
+
+    import reszoo
+    from experiments import digits
+    from reszoo.lab import depth
+
+    x, y, x_test, y_test, classes = digits.load()
+    results = {}
+    for name, d, residual in (("resnet56", 56, True), ("plain20", 20, False)):
+        print(f"training {name}", flush=True)
+        keras.utils.set_random_seed(0)
+        model = reszoo.resnet(d, stem="cifar", residual=residual, base_width=args.base_width,
+                              input_shape=x.shape[1:], num_classes=classes)
+        depth.train_curve(model, x, y, args.epochs, verbose=2)
+        results[name] = depth.deletion_errors(model, x_test, y_test)
+        deleted = [v for k, v in results[name].items() if k != "none"]
+        print(f"{name}: test error {results[name]['none']:.3f}; one block deleted: median "
+              f"{sorted(deleted)[len(deleted) // 2]:.3f}, worst {max(deleted):.3f}")
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 1]})
+    for ax, name in zip(axes, results):
+        blocks = [k for k in results[name] if k != "none"]
+        ax.bar(range(len(blocks)), [100 * results[name][b] for b in blocks], color="C0" if "resnet" in name else "C3")
+        ax.axhline(100 * results[name]["none"], color="k", ls=":", label="nothing deleted")
+        ax.set(title=f"{name}: one block deleted", xlabel="deleted block (input -> output)",
+               ylabel="test error (%)", ylim=(0, 100))
+        ax.set_xticks(range(len(blocks)), [b.replace("conv", "").replace("_block", ".") for b in blocks],
+                      rotation=90, fontsize=7)
+        ax.legend()
+    save("ensemble", fig, results, **({"out_dir": args.out_dir} if args.out_dir else {}))
+
+
+if __name__ == "__main__":
+    main()

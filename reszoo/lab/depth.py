@@ -1,0 +1,67 @@
+"""Depth experiments on trained nets.
+
+Degradation (He et al. 2015, Fig. 1 and 6): with the same recipe a deeper plain net trains
+worse than a shallower one, while a deeper ResNet does not. Ensemble view (Veit et al. 2016,
+arXiv 1605.06431): deleting one residual block from a trained ResNet barely changes its test
+error, because the paths through the network do not all depend on it; deleting a layer of a
+plain net destroys it.
+"""
+
+import re
+
+import keras
+import numpy as np
+
+
+def train_curve(model, x, y, epochs, batch_size=64, learning_rate=0.05, verbose=0):
+    """Train with SGD (momentum 0.9) on integer labels; training error per epoch."""
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    history = model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose)
+    return 1.0 - np.asarray(history.history["accuracy"])
+
+
+def error(model, x, y):
+    return float(np.mean(np.argmax(model.predict(x, verbose=0), -1) != y))
+
+
+def blocks(model):
+    """Block names (``conv{stage}_block{i}``) in depth order."""
+    names = []
+    for layer in model.layers:
+        match = re.match(r"(conv\d+_block\d+)_", layer.name)
+        if match and match.group(1) not in names:
+            names.append(match.group(1))
+    return names
+
+
+def without_block(model, block):
+    """``model`` with ``block`` deleted. Residual block: its branch is zeroed (the last BN's
+    gamma and beta), leaving the shortcut, so ``relu(x + 0) = x``. Plain block: the layers are
+    skipped, the next block reading this block's input (blocks that keep the shape only).
+    Returns (model, restore); call ``restore()`` to put zeroed weights back."""
+    layers = model.layers
+    if any(l.name == f"{block}_add" for l in layers):
+        last_bn = [l for l in layers if re.fullmatch(rf"{block}_\d+_bn", l.name)][-1]
+        saved = last_bn.get_weights()
+        zeroed = [np.zeros_like(w) if i < 2 else w for i, w in enumerate(saved)]  # gamma, beta
+        last_bn.set_weights(zeroed)
+        return model, lambda: last_bn.set_weights(saved)
+    x = model.inputs[0]
+    for layer in layers[1:]:
+        if not layer.name.startswith(f"{block}_"):
+            x = layer(x)
+    return keras.Model(model.inputs, x), lambda: None
+
+
+def deletion_errors(model, x, y):
+    """Test error with each block deleted in turn: {block: error}, plus "none"."""
+    errors = {"none": error(model, x, y)}
+    for block in blocks(model):
+        try:
+            pruned, restore = without_block(model, block)
+        except ValueError:  # a plain block that changes the shape cannot be skipped
+            continue
+        errors[block] = error(pruned, x, y)
+        restore()
+    return errors
