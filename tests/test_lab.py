@@ -103,3 +103,31 @@ def test_degradation_and_block_deletion_on_the_digits():
     median = lambda errors: float(np.median([v for k, v in errors.items() if k != "none"]))
     assert median(resnet) < resnet["none"] + 0.05
     assert median(plain) > 0.5
+
+
+def test_filter_normalised_slices_around_a_trained_net():
+    from experiments import digits
+    from reszoo.lab import depth, landscape
+
+    x, y, _, _, classes = digits.load()
+    keras.utils.set_random_seed(0)
+    model = reszoo.resnet(20, stem="cifar", base_width=8, input_shape=(8, 8, 1), num_classes=classes)
+    depth.train_curve(model, x, y, epochs=3)
+    direction = landscape.filter_normalized_direction(model)
+    for v, d in zip(model.trainable_variables, direction):
+        w = np.asarray(v)
+        if w.ndim >= 2:  # each filter of the direction has its weight filter's norm
+            axes = tuple(range(w.ndim - 1))
+            norm = lambda a: np.sqrt(np.sum(np.square(a), axis=axes))
+            np.testing.assert_allclose(norm(d), norm(w), rtol=1e-4)
+        else:
+            assert not d.any()
+    before = [np.asarray(v).copy() for v in model.trainable_variables]
+    alphas = np.linspace(-1, 1, 5)
+    line = landscape.surface(model, x[:256], y[:256], alphas)
+    assert line[2] == pytest.approx(landscape.loss_at(model, x[:256], y[:256]), rel=1e-5)
+    assert line[2] == line.min() and line[0] > 2 * line[2] and line[-1] > 2 * line[2]  # a basin
+    grid = landscape.surface(model, x[:256], y[:256], alphas[1:4], alphas[1:4])
+    assert grid.shape == (3, 3) and grid[1, 1] == pytest.approx(line[2], rel=1e-5)
+    for v, w in zip(model.trainable_variables, before):
+        np.testing.assert_array_equal(np.asarray(v), w)  # restored

@@ -1,0 +1,57 @@
+"""Experiment 6, loss landscape (Li et al. 2018): filter-normalised 1-D and 2-D slices of the
+training loss around a trained ResNet-56 and plain-56 (embedded digits).
+
+    python -m experiments.landscape [--epochs=8 --grid=21 --span=1.0 --samples=512]
+"""
+
+import argparse
+
+from experiments.common import pyplot, save
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int, default=56)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--grid", type=int, default=21)
+    parser.add_argument("--span", type=float, default=1.0)
+    parser.add_argument("--samples", type=int, default=512)
+    parser.add_argument("--out_dir", default=None)
+    args = parser.parse_args()
+    import keras
+    import numpy as np
+
+    import reszoo
+    from experiments import digits
+    from reszoo.lab import depth, landscape
+
+    x, y, _, _, classes = digits.load()
+    xs, ys = x[: args.samples], y[: args.samples]
+    steps = np.linspace(-args.span, args.span, args.grid)
+    results = {"alphas": steps.tolist(), "depth": args.depth, "epochs": args.epochs}
+    for name, residual in ((f"resnet{args.depth}", True), (f"plain{args.depth}", False)):
+        print(f"training {name}", flush=True)
+        keras.utils.set_random_seed(0)
+        model = reszoo.resnet(args.depth, stem="cifar", residual=residual, base_width=8,
+                              input_shape=x.shape[1:], num_classes=classes)
+        depth.train_curve(model, x, y, args.epochs, verbose=2)
+        print(f"slicing {name}: 1-D, then a {args.grid}x{args.grid} grid", flush=True)
+        results[name] = {"1d": landscape.surface(model, xs, ys, steps).tolist(),
+                         "2d": landscape.surface(model, xs, ys, steps, steps).tolist()}
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for name, color in ((f"resnet{args.depth}", "C0"), (f"plain{args.depth}", "C3")):
+        axes[0].plot(steps, results[name]["1d"], color, label=name)
+    axes[0].set(title="1-D slice (filter-normalised direction)", xlabel="step along the direction",
+                ylabel="training loss (cross-entropy)", yscale="log")
+    axes[0].legend()
+    for ax, name in zip(axes[1:], (f"resnet{args.depth}", f"plain{args.depth}")):
+        grid = np.log10(np.asarray(results[name]["2d"]))
+        contour = ax.contour(steps, steps, grid, levels=20)
+        fig.colorbar(contour, ax=ax, label="log10 training loss")
+        ax.set(title=f"{name}: 2-D slice", xlabel="direction 1", ylabel="direction 2")
+    save("landscape", fig, results, **({"out_dir": args.out_dir} if args.out_dir else {}))
+
+
+if __name__ == "__main__":
+    main()

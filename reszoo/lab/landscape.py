@@ -1,0 +1,53 @@
+"""Loss landscape slices (Li, Xu, Taylor, Studer, Goldstein 2018, arXiv 1712.09913).
+
+Directions are filter-normalised: a Gaussian direction with each filter (output channel of a
+kernel) rescaled to the norm of the corresponding filter of the weights, and zero on biases
+and BN parameters, so that slices of nets with different weight scales compare. The loss is
+L(w + a d1 + b d2) on a fixed batch, BN in inference mode.
+"""
+
+import keras
+import numpy as np
+
+
+def filter_normalized_direction(model, seed=0):
+    """One direction per trainable variable (numpy arrays, same order)."""
+    rng = np.random.default_rng(seed)
+    direction = []
+    for v in model.trainable_variables:
+        w = np.asarray(v)
+        if w.ndim < 2:
+            direction.append(np.zeros_like(w))
+            continue
+        d = rng.normal(size=w.shape).astype(w.dtype)
+        axes = tuple(range(w.ndim - 1))
+        norm = lambda a: np.sqrt(np.sum(np.square(a), axis=axes, keepdims=True))
+        d *= norm(w) / (norm(d) + 1e-12)
+        direction.append(d)
+    return direction
+
+
+def loss_at(model, x, y):
+    logits = model.predict(x, verbose=0, batch_size=len(x))
+    return float(keras.ops.convert_to_numpy(
+        keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)).mean())
+
+
+def surface(model, x, y, alphas, betas=None, seed=0):
+    """Losses on the grid ``alphas`` (x ``betas``, for 2-D) around the current weights:
+    shape (len(alphas),) or (len(betas), len(alphas)). The weights are restored after."""
+    variables = model.trainable_variables
+    origin = [np.asarray(v) for v in variables]
+    d1 = filter_normalized_direction(model, seed)
+    d2 = filter_normalized_direction(model, seed + 1) if betas is not None else None
+    losses = np.zeros((1 if betas is None else len(betas), len(alphas)))
+    try:
+        for j, b in enumerate([0.0] if betas is None else betas):
+            for i, a in enumerate(alphas):
+                for k, v in enumerate(variables):
+                    v.assign(origin[k] + a * d1[k] + (b * d2[k] if d2 is not None else 0))
+                losses[j, i] = loss_at(model, x, y)
+    finally:
+        for v, w in zip(variables, origin):
+            v.assign(w)
+    return losses[0] if betas is None else losses
