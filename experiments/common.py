@@ -19,6 +19,15 @@ def save(name, figure, numbers, out_dir=RESULTS):
     return png, js
 
 
+def parser(doc):
+    """An argument parser described by the command's docstring, with ``--out_dir``."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--out_dir", default=RESULTS, help="where the PNG and JSON go")
+    return p
+
+
 def pyplot():
     import matplotlib
 

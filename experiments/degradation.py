@@ -5,9 +5,7 @@ prepared tfds data and many hours on CPU: train those with training.train).
     python -m experiments.degradation [--epochs=8 --base_width=8]
 """
 
-import argparse
-
-from experiments.common import pyplot, save
+from experiments.common import parser as make_parser, pyplot, save
 
 
 def run(depths, epochs, base_width, seed=0, verbose=1):
@@ -31,11 +29,10 @@ def run(depths, epochs, base_width, seed=0, verbose=1):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--depths", default="20,56")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--base_width", type=int, default=8)
-    parser.add_argument("--out_dir", default=None)
     args = parser.parse_args()
     depths = [int(d) for d in args.depths.split(",")]
     curves = run(depths, args.epochs, args.base_width, verbose=2)
@@ -48,7 +45,7 @@ def main():
                ylabel="training error (%)")
         ax.legend()
     save("degradation", fig, {"dataset": "digits", "epochs": args.epochs, "base_width": args.base_width,
-                              "training_error": curves}, **({"out_dir": args.out_dir} if args.out_dir else {}))
+                              "training_error": curves}, args.out_dir)
 
 
 if __name__ == "__main__":

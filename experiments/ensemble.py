@@ -5,16 +5,13 @@ measure test error on the embedded digits.
     python -m experiments.ensemble [--epochs=8 --base_width=8]
 """
 
-import argparse
-
-from experiments.common import pyplot, save
+from experiments.common import parser as make_parser, pyplot, save
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--base_width", type=int, default=8)
-    parser.add_argument("--out_dir", default=None)
     args = parser.parse_args()
     import keras
 
@@ -45,7 +42,7 @@ def main():
         ax.set_xticks(range(len(blocks)), [b.replace("conv", "").replace("_block", ".") for b in blocks],
                       rotation=90, fontsize=7)
         ax.legend()
-    save("ensemble", fig, results, **({"out_dir": args.out_dir} if args.out_dir else {}))
+    save("ensemble", fig, results, args.out_dir)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,7 @@ to last, for plain, post-activation ResNet and pre-activation ResNet CIFAR nets.
     python -m experiments.gradient_highway [--depths=20,56,110] [--batch=64]   (add 1202 for the full range)
 """
 
-import argparse
-
-from experiments.common import pyplot, save
+from experiments.common import parser as make_parser, pyplot, save
 
 
 def measure(depths, batch, seed=0):
@@ -34,10 +32,9 @@ def measure(depths, batch, seed=0):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--depths", default="20,56,110")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--out_dir", default=None)
     args = parser.parse_args()
     depths = [int(d) for d in args.depths.split(",")]
     results = measure(depths, args.batch)
@@ -50,7 +47,7 @@ def main():
         ax.set(title=f"depth {depth}: gradient norm at init", xlabel="conv layer (input -> output)",
                ylabel="||dL/dW|| (Frobenius)")
         ax.legend()
-    save("gradient_highway", fig, results, **({"out_dir": args.out_dir} if args.out_dir else {}))
+    save("gradient_highway", fig, results, args.out_dir)
 
 
 if __name__ == "__main__":

@@ -4,19 +4,16 @@ training loss around a trained ResNet-56 and plain-56 (embedded digits).
     python -m experiments.landscape [--epochs=8 --grid=21 --span=1.0 --samples=512]
 """
 
-import argparse
-
-from experiments.common import pyplot, save
+from experiments.common import parser as make_parser, pyplot, save
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--depth", type=int, default=56)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--grid", type=int, default=21)
     parser.add_argument("--span", type=float, default=1.0)
     parser.add_argument("--samples", type=int, default=512)
-    parser.add_argument("--out_dir", default=None)
     args = parser.parse_args()
     import keras
     import numpy as np
@@ -50,7 +47,7 @@ def main():
         contour = ax.contour(steps, steps, grid, levels=20)
         fig.colorbar(contour, ax=ax, label="log10 training loss")
         ax.set(title=f"{name}: 2-D slice", xlabel="direction 1", ylabel="direction 2")
-    save("landscape", fig, results, **({"out_dir": args.out_dir} if args.out_dir else {}))
+    save("landscape", fig, results, args.out_dir)
 
 
 if __name__ == "__main__":

@@ -4,17 +4,14 @@ saddle at the origin becomes a global minimum with a skip connection.
     python -m experiments.linear_toys [--depth=50 --width=16 --scale=0.05]
 """
 
-import argparse
-
-from experiments.common import pyplot, save
+from experiments.common import parser as make_parser, pyplot, save
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--depth", type=int, default=50)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--scale", type=float, default=0.05)
-    parser.add_argument("--out_dir", default=None)
     args = parser.parse_args()
     import numpy as np
 
@@ -45,7 +42,7 @@ def main():
         ax.plot(0, 0, "r*", markersize=12)
         ax.set(title=("f = x + w2 w1 x: origin is a minimum" if skip else "f = w2 w1 x: origin is a saddle"),
                xlabel="w1", ylabel="w2")
-    save("linear_toys", fig, numbers, **({"out_dir": args.out_dir} if args.out_dir else {}))
+    save("linear_toys", fig, numbers, args.out_dir)
 
 
 if __name__ == "__main__":

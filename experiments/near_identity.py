@@ -5,17 +5,14 @@ norm eps (Weyl: all of them in [1 - eps, 1 + eps]).
     python -m experiments.near_identity [--eps=0.1,0.3] [--size=4 --channels=4]
 """
 
-import argparse
-
-from experiments.common import pyplot, save
+from experiments.common import parser as make_parser, pyplot, save
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--eps", default="0.1,0.3")
     parser.add_argument("--size", type=int, default=4)
     parser.add_argument("--channels", type=int, default=4)
-    parser.add_argument("--out_dir", default=None)
     args = parser.parse_args()
     from reszoo.lab import jacobian
 
@@ -37,7 +34,7 @@ def main():
     ax.set(title="Singular values of a block's Jacobian at init (bands: [1 - eps, 1 + eps])",
            xlabel="index (sorted)", ylabel="singular value")
     ax.legend(fontsize=8)
-    save("near_identity", fig, numbers, **({"out_dir": args.out_dir} if args.out_dir else {}))
+    save("near_identity", fig, numbers, args.out_dir)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,7 @@ learnable branch scale initialised at 0.
     python -m experiments.variance [--blocks=16] [--batch=128]
 """
 
-import argparse
-
-from experiments.common import pyplot, save
+from experiments.common import parser as make_parser, pyplot, save
 
 
 def measure(blocks, batch, seed=0):
@@ -32,10 +30,9 @@ def measure(blocks, batch, seed=0):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--blocks", type=int, default=16)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--out_dir", default=None)
     args = parser.parse_args()
     results = measure(args.blocks, args.batch)
     plt = pyplot()
@@ -47,7 +44,7 @@ def main():
     ax.set(title="Activation variance without normalisation", xlabel="residual blocks L",
            ylabel="E[x_L^2] / E[x_0^2]")
     ax.legend()
-    save("variance", fig, results, **({"out_dir": args.out_dir} if args.out_dir else {}))
+    save("variance", fig, results, args.out_dir)
 
 
 if __name__ == "__main__":

@@ -28,18 +28,26 @@ def _dropout(x, rate, name):
     return layers.Dropout(rate, name=name)(x) if rate > 0 else x
 
 
-def dense_layer(x, growth_rate, opts, f, name):
-    """H_l: [BN-ReLU-Conv1x1(4k)]-BN-ReLU-Conv3x3(k), concatenated to its input."""
-    y = x
+def _first_conv(y, growth_rate, opts, f, name):
+    """BN-ReLU and H_l's first conv: the 1x1 bottleneck of 4k maps ("B"), else the 3x3 of k."""
+    y = f.bn_relu(y, name=f"{name}_0")
     if opts["bottleneck"]:
-        y = f.bn_relu(y, name=f"{name}_0")
-        y = f.conv(y, opts["bottleneck_width"] * growth_rate, 1, name=f"{name}_1_conv")
+        return f.conv(y, opts["bottleneck_width"] * growth_rate, 1, name=f"{name}_1_conv")
+    return f.conv(y, growth_rate, 3, name=f"{name}_2_conv")
+
+
+def _rest(y, growth_rate, opts, f, name):
+    """The rest of H_l: [dropout-BN-ReLU-Conv3x3(k) after a bottleneck], dropout."""
+    if opts["bottleneck"]:
         y = _dropout(y, opts["dropout_rate"], name=f"{name}_1_drop")
         y = f.bn_relu(y, name=f"{name}_1")
-    else:
-        y = f.bn_relu(y, name=f"{name}_0")
-    y = f.conv(y, growth_rate, 3, name=f"{name}_2_conv")
-    y = _dropout(y, opts["dropout_rate"], name=f"{name}_2_drop")
+        y = f.conv(y, growth_rate, 3, name=f"{name}_2_conv")
+    return _dropout(y, opts["dropout_rate"], name=f"{name}_2_drop")
+
+
+def dense_layer(x, growth_rate, opts, f, name):
+    """H_l: [BN-ReLU-Conv1x1(4k)]-BN-ReLU-Conv3x3(k), concatenated to its input."""
+    y = _rest(_first_conv(x, growth_rate, opts, f, name), growth_rate, opts, f, name)
     return layers.Concatenate(name=f"{name}_concat")([x, y])
 
 
@@ -50,17 +58,9 @@ def efficient_dense_layer(features, growth_rate, opts, f, name):
     new ``k`` maps only; the block concatenates once at its end."""
     inputs = [keras.Input(t.shape[1:], dtype=t.dtype) for t in features]
     y = layers.Concatenate(name=f"{name}_concat")(inputs) if len(inputs) > 1 else inputs[0]
-    y = f.bn_relu(y, name=f"{name}_0")
-    if opts["bottleneck"]:
-        y = f.conv(y, opts["bottleneck_width"] * growth_rate, 1, name=f"{name}_1_conv")
-    else:
-        y = f.conv(y, growth_rate, 3, name=f"{name}_2_conv")
-    y = Recompute(keras.Model(inputs, y, name=f"{name}_shared"), name=f"{name}_recompute")(features)
-    if opts["bottleneck"]:
-        y = _dropout(y, opts["dropout_rate"], name=f"{name}_1_drop")
-        y = f.bn_relu(y, name=f"{name}_1")
-        y = f.conv(y, growth_rate, 3, name=f"{name}_2_conv")
-    return _dropout(y, opts["dropout_rate"], name=f"{name}_2_drop")
+    shared = keras.Model(inputs, _first_conv(y, growth_rate, opts, f, name), name=f"{name}_shared")
+    y = Recompute(shared, name=f"{name}_recompute")(features)
+    return _rest(y, growth_rate, opts, f, name)
 
 
 def dense_block(x, count, growth_rate, opts, f, name):

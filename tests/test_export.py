@@ -12,6 +12,8 @@ import keras
 import numpy as np
 import pytest
 
+import reszoo
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 TOL = dict(rtol=1e-5, atol=1e-5)  # exported graph vs Keras model, float32 logits
@@ -251,3 +253,14 @@ def test_bad_requests_give_one_line(run, tmp_path):
         assert message in _one_error_line(proc, "export"), args
         assert "Traceback" not in proc.stderr
     assert sorted(os.listdir(base))[:1] == ["1"]  # version 1 untouched by the refused export
+
+
+def test_metadata_describes_either_kind_of_preprocessing_layer():
+    from training import export
+
+    inputs = keras.Input((32, 32, 3))
+    keras_style = keras.Model(inputs, reszoo.layers.ImagePreprocess("caffe", name="preprocess")(inputs))
+    assert "mode 'caffe'" in export._preprocessing(keras_style)["kind"]
+    norm = keras.layers.Normalization(mean=[1.0, 2.0, 3.0], variance=[4.0, 9.0, 16.0], name="preprocess")
+    standardised = export._preprocessing(keras.Model(inputs, norm(inputs)))
+    assert standardised["mean"] == [1.0, 2.0, 3.0] and standardised["std"] == [2.0, 3.0, 4.0]

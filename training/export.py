@@ -93,6 +93,9 @@ def _preprocessing(model):
     if "preprocess" not in names:
         return {"kind": "none", "note": "the model takes inputs as given"}
     layer = model.get_layer("preprocess")
+    if hasattr(layer, "mode"):  # reszoo.ImagePreprocess: keras.applications' preprocess_input
+        return {"kind": f"keras.applications preprocess_input, mode {layer.mode!r}, inside the model",
+                "input_range": "raw RGB pixels, 0..255"}
     import numpy as np
 
     mean = np.ravel(np.asarray(layer.mean, "float64")).tolist()
@@ -146,7 +149,7 @@ def _check(name, got, expected):
                           "nothing was written")
 
 
-def _export_onnx(tf, core_dir, out):
+def _export_onnx(core_dir, out):
     """tf2onnx from the SavedModel (its from_keras/from_function cannot freeze the
     normalisation constants that Keras captures), checked with onnxruntime by the caller."""
     try:
@@ -255,7 +258,7 @@ def export(model_dir, export_dir="saved_models", name=None, version=0, formats=(
         _check("the uint8 signature", served["serving_uint8"](images=tf.constant(x.astype("uint8")))["logits"], expected)
         written = ["saved_model"]
         if "onnx" in formats:
-            _export_onnx(tf, core_dir, os.path.join(out, "model.onnx"))
+            _export_onnx(core_dir, os.path.join(out, "model.onnx"))
             _check("model.onnx", _run_onnx(os.path.join(out, "model.onnx"), x), expected)
             written.append("onnx")
         if "tflite" in formats:
