@@ -8,6 +8,11 @@ block is ``F`` alone. Post-activation applies ReLU after the sum; pre-activation
 to the front of ``F`` and keeps the identity path clean (Eq. 3-4 of the second paper).
 Layer names follow keras.applications: ``conv{stage}_block{i}_{j}_conv``.
 
+``weight_tied=True`` shares one block across each stage: the first block changes the shape,
+and blocks 2..n are a single sub-model ``conv{stage}_tied`` applied n - 1 times, so a stage
+is an unrolled iteration x_{k+1} = T(x_k) (the recurrent view of Liao & Poggio 2016, arXiv
+1604.03640; ``reszoo.lab.fixed_point``).
+
 ``variant="keras"`` reproduces keras.applications' ResNet50/101/152 (v1) and ResNet50V2/...
 (v2) exactly, so their weights load (``reszoo.weights``): v1 convs all carry biases and
 bottlenecks stride on the first 1x1 conv; v2 strides at the last block of a stage through a
@@ -113,6 +118,12 @@ def pre_activation_block(x, filters, strides, opts, f, drop_rate, name):
     return _merge(shortcut, y, opts, drop_rate, name)
 
 
+def _tied_block(x, block_fn, filters, opts, f, name):
+    """One block as a sub-model on ``x``'s shape, to be applied repeatedly."""
+    inputs = keras.Input(x.shape[1:], name=f"{name}_input")
+    return keras.Model(inputs, block_fn(inputs, filters, 1, opts, f, 0.0, name=name), name=name)
+
+
 def _stage_layout(depth, block, stem, stage_layers):
     """Resolve (depth, block, layers) from whichever the caller gave."""
     if stage_layers is not None:
@@ -159,6 +170,7 @@ def resnet(
     zero_init_last_bn=False,
     drop_path_rate=0.0,
     head_norm=True,
+    weight_tied=False,
     variant="paper",
     preprocessing="auto",
     norm="batch",
@@ -192,6 +204,8 @@ def resnet(
       drop_path_rate: stochastic depth, rising linearly to this rate at the last block.
       head_norm: pre-activation nets only: the BN-ReLU before pooling. The popular CIFAR
         PreAct ResNet-18 (kuangliu/pytorch-cifar) leaves it out.
+      weight_tied: blocks 2..n of each stage share one set of weights (BN included), a
+        sub-model ``conv{stage}_tied`` called n - 1 times.
       variant: "paper", or "keras" for keras.applications' layout (ImageNet stem; see the
         module docstring).
       preprocessing: None, "caffe", "tf" or "torch" (``layers.ImagePreprocess`` first, so the
@@ -217,6 +231,9 @@ def resnet(
     drop_path_rate = common.check_float("drop_path_rate", drop_path_rate, 0.0, 1.0)
     if not residual and (drop_path_rate or residual_scale):
         raise ValueError("drop_path_rate and residual_scale need residual=True")
+    if weight_tied and (drop_path_rate or keras_layout):
+        raise ValueError("weight_tied=True needs drop_path_rate=0 and variant='paper' (the shared block "
+                         "has one drop rate and strides in no block)")
     cifar = stem == "cifar"
     base_width = common.check_int("base_width", base_width or (16 if cifar else 64))
     if num_classes is None:
@@ -245,7 +262,12 @@ def resnet(
     rates = iter(common.linear_rates(drop_path_rate, sum(stage_layers)))
     for s, count in enumerate(stage_layers):
         filters = base_width * 2**s
+        tied = None
         for b in range(count):
+            if weight_tied and b > 0:
+                tied = tied or _tied_block(x, block_fn, filters, opts, f, name=f"conv{s + 2}_tied")
+                x = tied(x)
+                continue
             if opts["keras_v2"]:  # keras.applications v2: the last block of stages 2-4 strides
                 strides = 2 if s < len(stage_layers) - 1 and b == count - 1 else 1
             else:

@@ -207,6 +207,7 @@ def test_mixed_precision_keeps_logits_float32():
     ("resnet20", dict(input_shape=(32, 32)), "input_shape must be"),
     ("resnet20", dict(bn_momentum=2.0), "bn_momentum must be in"),
     ("plain20", dict(drop_path_rate=0.1), "need residual=True"),
+    ("resnet20", dict(weight_tied=True, drop_path_rate=0.1), "weight_tied=True needs"),
     ("resnet20", dict(dept=56), "unknown argument 'dept'.*depth"),
 ])
 def test_bad_overrides_name_the_argument(name, kwargs, match):
@@ -285,3 +286,25 @@ def test_memory_efficient_densenet_round_trips_through_keras_files(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
+
+
+def test_weight_tied_stages_share_one_block_per_stage():
+    """Blocks 2..n of a stage are one sub-model: ResNet-56 keeps the first block of each stage
+    and one shared block, 7 x (2 convs + 2 BNs) fewer per stage."""
+    tied, untied = reszoo.create_model("resnet56", weight_tied=True), reszoo.create_model("resnet56")
+    saved = sum(7 * (2 * 9 * c * c + 2 * 2 * c) for c in (16, 32, 64))  # trainable: kernels, gamma, beta
+    assert reszoo.count_params(untied) - reszoo.count_params(tied) == saved == 680_512
+    assert reszoo.count_params(tied) == 172_506
+    assert [l.name for l in tied.layers if isinstance(l, keras.Model)] == ["conv2_tied", "conv3_tied", "conv4_tied"]
+    assert sum(l.name.endswith("_add") for l in tied.layers) == 3  # the unshared first blocks
+
+
+def test_weight_tied_stage_is_the_shared_block_iterated():
+    model = reszoo.resnet(layers=(4,), weight_tied=True, norm=None, base_width=8, input_shape=(8, 8, 3),
+                          include_top=False)
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    h = keras.Model(model.inputs, model.get_layer("conv2_block1_out").output).predict(x, verbose=0)
+    block = model.get_layer("conv2_tied")
+    for _ in range(3):
+        h = block.predict(h, verbose=0)
+    np.testing.assert_allclose(model.predict(x, verbose=0), h, rtol=1e-5, atol=1e-5)

@@ -18,6 +18,7 @@ import reszoo
     ("preact_resnet110", dict(residual_scale="learnable", drop_path_rate=0.1)),
     ("densenet_bc100_k12", dict(dropout_rate=0.2)),
     ("plain20", dict(residual=False)),
+    ("resnet20", dict(weight_tied=True)),
 ])
 def test_keras_file_round_trip_gives_identical_outputs(tmp_path, name, overrides):
     model = reszoo.create_model(name, **overrides)
@@ -51,6 +52,7 @@ JAX_SCRIPT = textwrap.dedent("""
 # Every block type, stem and shortcut option, at shallow depths (JAX compiles on first call).
 JAX_CASES = {
     "post_basic_A": ("resnet20", {}, [32, 32, 3]),
+    "weight_tied": ("resnet32", {"weight_tied": True}, [32, 32, 3]),
     "preact_bottleneck_B": ("preact_resnet164", {"depth": 29, "residual_scale": "learnable"}, [32, 32, 3]),
     "preact_basic_B": ("preact_resnet18_cifar", {}, [32, 32, 3]),
     "imagenet_bottleneck": ("resnet50", {"layers": [1, 1, 1, 1], "input_shape": [64, 64, 3]}, [64, 64, 3]),
