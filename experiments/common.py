@@ -35,3 +35,30 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def data_parser(doc):
+    """``parser`` plus the dataset flags of the training experiments."""
+    p = parser(doc)
+    p.add_argument("--dataset", default="digits", help="digits (embedded) or a prepared tfds name, e.g. cifar10")
+    p.add_argument("--data_dir", default=None, help="tfds data directory")
+    p.add_argument("--limit", type=int, default=None, help="use the first N examples of each split")
+    return p
+
+
+def load_data(args):
+    """The data the flags name; a dataset that cannot be read ends the command with one line
+    and exit status 2."""
+    import sys
+
+    from experiments import data
+
+    if args.dataset == "digits":
+        return data.load(limit=args.limit)
+    from training.data import DataError
+
+    try:
+        return data.load(args.dataset, args.data_dir, args.limit)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,12 +1,34 @@
-"""The embedded UCI digits, standardised, for the lab's training experiments."""
+"""Data for the lab's training experiments: the embedded UCI digits, or a prepared tfds
+dataset such as cifar10 (read by ``training.data``, which says how to prepare it), as numpy
+arrays standardised per channel with the training split's statistics."""
+
+import numpy as np
 
 
-def load():
-    import numpy as np
+def load(dataset="digits", data_dir=None, limit=None):
+    """``(x, y, x_test, y_test, num_classes)``; ``limit`` keeps the first N of each split."""
+    if dataset == "digits":
+        from reszoo.datasets import load_digits
 
-    from reszoo.datasets import load_digits
+        (x, y), (x_test, y_test), names = load_digits()
+    else:
+        from training import data as data_lib
 
-    (x, y), (x_test, y_test), _ = load_digits()
-    mean, std = x.mean(), x.std()
-    scale = lambda a: ((a.astype("float32") - mean) / std).astype("float32")
-    return scale(x), y, scale(x_test), y_test, np.unique(y).size
+        data = data_lib.load(dataset, data_dir)
+        if not isinstance(data.train, tuple):
+            raise data_lib.DataError(f"{dataset} does not fit in memory; the lab trains on in-memory data")
+        (x, y), names = data.train, data.class_names
+        pairs = list(data.test.take(limit or -1).as_numpy_iterator())
+        x_test, y_test = np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    x, y, x_test, y_test = x[:limit], y[:limit], x_test[:limit], y_test[:limit]
+    mean = x.mean(axis=(0, 1, 2), dtype="float64")
+    std = np.maximum(x.std(axis=(0, 1, 2), dtype="float64"), 1e-3)
+    scale = lambda a: ((a - mean) / std).astype("float32")
+    return scale(x), y.astype("int32"), scale(x_test), y_test.astype("int32"), len(names)
+
+
+TITLES = {"digits": "UCI digits", "cifar10": "CIFAR-10"}
+
+
+def title(dataset):
+    return TITLES.get(dataset, dataset)

@@ -1,26 +1,26 @@
 """Experiment 5, the ensemble view (Veit et al. 2016): delete one block at a time from a
 trained ResNet-56 and a trained plain-20 (the deepest plain net that trains here) and
-measure test error on the embedded digits.
+measure test error, on the embedded digits or a prepared tfds dataset (``--dataset=cifar10``).
 
-    python -m experiments.ensemble [--epochs=8 --base_width=8]
+    python -m experiments.ensemble [--epochs=8 --base_width=8] [--dataset=cifar10 --limit=N]
 """
 
-from experiments.common import parser as make_parser, pyplot, save
+from experiments.common import data_parser, load_data, pyplot, save
+from experiments.data import title
 
 
 def main():
-    parser = make_parser(__doc__)
+    parser = data_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--base_width", type=int, default=8)
     args = parser.parse_args()
     import keras
 
     import reszoo
-    from experiments import digits
     from reszoo.lab import depth
 
-    x, y, x_test, y_test, classes = digits.load()
-    results = {}
+    x, y, x_test, y_test, classes = load_data(args)
+    results = {"dataset": args.dataset, "limit": args.limit}
     for name, d, residual in (("resnet56", 56, True), ("plain20", 20, False)):
         print(f"training {name}", flush=True)
         keras.utils.set_random_seed(0)
@@ -33,11 +33,11 @@ def main():
               f"{sorted(deleted)[len(deleted) // 2]:.3f}, worst {max(deleted):.3f}")
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 1]})
-    for ax, name in zip(axes, results):
+    for ax, name in zip(axes, ("resnet56", "plain20")):
         blocks = [k for k in results[name] if k != "none"]
         ax.bar(range(len(blocks)), [100 * results[name][b] for b in blocks], color="C0" if "resnet" in name else "C3")
         ax.axhline(100 * results[name]["none"], color="k", ls=":", label="nothing deleted")
-        ax.set(title=f"{name}: one block deleted", xlabel="deleted block (input -> output)",
+        ax.set(title=f"{name}: one block deleted ({title(args.dataset)})", xlabel="deleted block (input -> output)",
                ylabel="test error (%)", ylim=(0, 100))
         ax.set_xticks(range(len(blocks)), [b.replace("conv", "").replace("_block", ".") for b in blocks],
                       rotation=90, fontsize=7)

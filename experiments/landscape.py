@@ -1,14 +1,16 @@
 """Experiment 6, loss landscape (Li et al. 2018): filter-normalised 1-D and 2-D slices of the
-training loss around a trained ResNet-56 and plain-56 (embedded digits).
+training loss around a trained ResNet-56 and plain-56, on the embedded digits or a prepared
+tfds dataset (``--dataset=cifar10``).
 
-    python -m experiments.landscape [--epochs=8 --grid=21 --span=1.0 --samples=512]
+    python -m experiments.landscape [--epochs=8 --grid=21 --span=1.0 --samples=512] [--dataset=cifar10]
 """
 
-from experiments.common import parser as make_parser, pyplot, save
+from experiments.common import data_parser, load_data, pyplot, save
+from experiments.data import title
 
 
 def main():
-    parser = make_parser(__doc__)
+    parser = data_parser(__doc__)
     parser.add_argument("--depth", type=int, default=56)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--grid", type=int, default=21)
@@ -19,13 +21,12 @@ def main():
     import numpy as np
 
     import reszoo
-    from experiments import digits
     from reszoo.lab import depth, landscape
 
-    x, y, _, _, classes = digits.load()
+    x, y, _, _, classes = load_data(args)
     xs, ys = x[: args.samples], y[: args.samples]
     steps = np.linspace(-args.span, args.span, args.grid)
-    results = {"alphas": steps.tolist(), "depth": args.depth, "epochs": args.epochs}
+    results = {"alphas": steps.tolist(), "depth": args.depth, "epochs": args.epochs, "dataset": args.dataset}
     for name, residual in ((f"resnet{args.depth}", True), (f"plain{args.depth}", False)):
         print(f"training {name}", flush=True)
         keras.utils.set_random_seed(0)
@@ -46,7 +47,7 @@ def main():
         grid = np.log10(np.asarray(results[name]["2d"]))
         contour = ax.contour(steps, steps, grid, levels=20)
         fig.colorbar(contour, ax=ax, label="log10 training loss")
-        ax.set(title=f"{name}: 2-D slice", xlabel="direction 1", ylabel="direction 2")
+        ax.set(title=f"{name}: 2-D slice ({title(args.dataset)})", xlabel="direction 1", ylabel="direction 2")
     save("landscape", fig, results, args.out_dir)
 
 

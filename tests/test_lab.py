@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import reszoo
-from reszoo.lab import linear, signal
+from reszoo.lab import jacobian, linear, signal
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -84,10 +84,10 @@ def test_degradation_and_block_deletion_on_the_digits():
     """Same recipe, 6 epochs: plain-56 trains far worse than plain-20, ResNet-56 about as well
     as ResNet-20 (degradation); deleting one block costs a trained ResNet little and a trained
     plain net most of its accuracy (the ensemble view)."""
-    from experiments import digits
+    from experiments import data
     from reszoo.lab import depth
 
-    x, y, x_test, y_test, classes = digits.load()
+    x, y, x_test, y_test, classes = data.load()
     final, models = {}, {}
     for name, d, residual in [("plain20", 20, False), ("plain56", 56, False), ("resnet20", 20, True), ("resnet56", 56, True)]:
         keras.utils.set_random_seed(0)
@@ -106,10 +106,10 @@ def test_degradation_and_block_deletion_on_the_digits():
 
 
 def test_filter_normalised_slices_around_a_trained_net():
-    from experiments import digits
+    from experiments import data
     from reszoo.lab import depth, landscape
 
-    x, y, _, _, classes = digits.load()
+    x, y, _, _, classes = data.load()
     keras.utils.set_random_seed(0)
     model = reszoo.resnet(20, stem="cifar", base_width=8, input_shape=(8, 8, 1), num_classes=classes)
     depth.train_curve(model, x, y, epochs=3)
@@ -131,3 +131,56 @@ def test_filter_normalised_slices_around_a_trained_net():
     assert grid.shape == (3, 3) and grid[1, 1] == pytest.approx(line[2], rel=1e-5)
     for v, w in zip(model.trainable_variables, before):
         np.testing.assert_array_equal(np.asarray(v), w)  # restored
+
+
+def test_conv_adjoint_and_norm_match_the_dense_operator():
+    from reszoo.lab import fixed_point
+
+    kernel = np.random.default_rng(0).normal(size=(3, 3, 2, 3)).astype("float32")
+    shape = (5, 5, 2)
+    conv = keras.Sequential([keras.Input(shape), keras.layers.Conv2D(3, 3, padding="same", use_bias=False)])
+    conv.layers[0].kernel.assign(kernel)
+    matrix = jacobian.jacobian(conv, np.zeros(shape))
+    x = np.random.default_rng(1).normal(size=(1, 5, 5, 3)).astype("float32")
+    adjoint = keras.ops.convert_to_numpy(keras.ops.conv(x, fixed_point.conv_adjoint(kernel), padding="same"))
+    np.testing.assert_allclose(adjoint.ravel(), matrix.T @ x.ravel(), rtol=1e-4, atol=1e-4)
+    assert fixed_point.conv_norm(kernel, shape, iterations=300) == pytest.approx(
+        np.linalg.svd(matrix, compute_uv=False)[0], rel=1e-3)
+
+
+def test_iterated_tied_block_updates_shrink_only_when_the_branch_is_contractive():
+    from experiments import fixed_point
+
+    r = fixed_point.measure(steps=30, size=6, channels=4, batch=4)
+    assert r["he_init"]["last_over_first"] > 10 and r["he_init"]["local_lipschitz"] > 1.5
+    small = r["small_branch_eps=0.1"]
+    assert 0.5 < small["last_over_first"] < 1.5  # a small branch only drifts
+    for step in (1.0, 1.9):
+        contractive = r[f"gradient_branch_step={step}"]
+        assert contractive["max_step_ratio"] <= 1 + 1e-4  # nonexpansive T: no update grows
+        assert contractive["last_over_first"] < 0.1
+        assert contractive["local_lipschitz"] == pytest.approx(1.0, abs=0.01)
+
+
+def test_training_experiments_read_cifar10_through_tfds():
+    import tensorflow_datasets as tfds
+
+    from experiments import data, degradation
+
+    with tfds.testing.mock_data(num_examples=40):
+        x, y, x_test, y_test, classes = data.load("cifar10", limit=24)
+    assert x.shape == (24, 32, 32, 3) and x_test.shape == (24, 32, 32, 3) and classes == 10
+    np.testing.assert_allclose(x.mean(axis=(0, 1, 2)), 0, atol=1e-4)
+    np.testing.assert_allclose(x.std(axis=(0, 1, 2)), 1, atol=1e-3)
+    curves = degradation.run((x, y, x_test, y_test, classes), [8], epochs=2, base_width=4, verbose=0)
+    assert set(curves) == {"plain8", "resnet8"} and all(len(c) == 2 for c in curves.values())
+
+
+def test_experiment_on_unprepared_cifar10_says_so_and_exits_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "experiments.degradation", "--dataset=cifar10",
+                           f"--data_dir={tmp_path}", f"--out_dir={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "tfds build cifar10" in proc.stderr.strip().splitlines()[-1]
+    assert not list(tmp_path.glob("*.png"))

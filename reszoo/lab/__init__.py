@@ -5,7 +5,8 @@ highway) and activation variance per block without normalisation (variance doubl
 ``jacobian``: singular values of a block's Jacobian (near-identity blocks).
 ``depth``: degradation of plain nets and block deletion (the ensemble view) on trained nets.
 ``landscape``: filter-normalised 1-D and 2-D slices of the loss.
+``fixed_point``: a weight-tied block iterated, and when its updates shrink.
 ``linear``: the linear toys of the theory. Each has a command under ``experiments/``.
 """
 
-from reszoo.lab import depth, jacobian, landscape, linear, signal  # noqa: F401
+from reszoo.lab import depth, fixed_point, jacobian, landscape, linear, signal  # noqa: F401
