@@ -5,26 +5,31 @@ and classifier counted), convolutions and dense layers only."""
 import keras
 
 
-def _layers(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _layers(layer)
-        else:
-            yield layer
+def _calls(layer):
+    """``(leaf layer, times it runs)`` under ``layer``: a sub-model (a weight-tied stage, the
+    inner graph of ``layers.Recompute``) counts once per call."""
+    inner = getattr(layer, "inner", layer)
+    if not isinstance(inner, keras.Model):
+        yield layer, 1
+        return
+    for sub in inner.layers:
+        for leaf, times in _calls(sub):
+            yield leaf, times * max(1, len(layer._inbound_nodes))
 
 
 def count_macs(model):
     """Sum of conv and dense multiply-accumulates for one example; None if a spatial size is
     unknown (inputs built with ``None`` height or width)."""
     total = 0
-    for layer in _layers(model):
-        if isinstance(layer, keras.layers.Conv2D):
-            out = layer.output.shape
-            if None in out[1:3]:
-                return None
-            kh, kw = layer.kernel_size
-            in_channels = layer.input.shape[-1]
-            total += out[1] * out[2] * out[3] * kh * kw * in_channels // layer.groups
-        elif isinstance(layer, keras.layers.Dense):
-            total += layer.input.shape[-1] * layer.units
+    for sub in model.layers:
+        for layer, times in _calls(sub):
+            if isinstance(layer, keras.layers.Conv2D):
+                out = layer.output.shape
+                if None in out[1:3]:
+                    return None
+                kh, kw = layer.kernel_size
+                in_channels = layer.input.shape[-1]
+                total += times * out[1] * out[2] * out[3] * kh * kw * in_channels // layer.groups
+            elif isinstance(layer, keras.layers.Dense):
+                total += times * layer.input.shape[-1] * layer.units
     return int(total)

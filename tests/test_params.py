@@ -97,6 +97,14 @@ def test_macs_of_resnet56_by_hand(registered):
         if s > 0:
             macs -= hw * c * (c // 2) * 9
     assert flops.count_macs(registered("resnet56")) == macs
+    # Weights shared, work not: a weight-tied stage runs its block once per call.
+    assert flops.count_macs(reszoo.create_model("resnet56", weight_tied=True)) == macs
+
+
+def test_macs_count_recomputed_densenet_layers_once():
+    standard = reszoo.create_model("densenet_bc100_k12", blocks=(2, 2, 2))
+    efficient = reszoo.create_model("densenet_bc100_k12", blocks=(2, 2, 2), memory_efficient=True)
+    assert flops.count_macs(efficient) == flops.count_macs(standard) > 0
 
 
 def test_macs_unknown_for_unknown_spatial_size():
