@@ -38,3 +38,21 @@ def best_time(fn, repeats=3, warmup=1):
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def interleaved_rates(runners, images, rounds=3, warmup=1):
+    """Images/s of each ``runners[name]()`` (which processes ``images`` images), timed in
+    turn, round after round, so that a CPU slowing down (thermal or quota throttling) hits
+    every contender alike. Returns ``{name: (best, median, worst)}``."""
+    import statistics
+
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    times = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: (images / min(t), images / statistics.median(t), images / max(t)) for name, t in times.items()}

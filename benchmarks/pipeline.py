@@ -1,5 +1,8 @@
 """Input pipeline throughput of the CIFAR augmentation (pad 4, random crop, flip; stateless,
-per-epoch order) on this machine's cores, against the rate the training step consumes.
+per-epoch order) on this machine's cores, against the rate the training step consumes; and a
+Keras ``evaluate`` pass (a validation pass of training) through reszoo's eval pipeline, with
+tf.data autotuning off as training.data sets it, against the same pipeline with tf.data's
+default (autotuning on).
 
     python -m benchmarks.pipeline [--batches=200]
 """
@@ -7,7 +10,7 @@ per-epoch order) on this machine's cores, against the rate the training step con
 import argparse
 import time
 
-from benchmarks.common import emit
+from benchmarks.common import emit, interleaved_rates
 
 
 def main():
@@ -41,6 +44,30 @@ def main():
     step = keras_throughput(reszoo.create_model("resnet56"), args.batch, 10, (32, 32, 3), 10, ["fit"], 2)["fit"]
     emit(bench="input_pipeline", consumer="reszoo resnet56 train step (fit)", batch=args.batch,
          images_per_s=round(step, 1), pipeline_headroom=round(rate / step, 2))
+    evaluate_rates(x[:4000], y[:4000], args.batch)
+
+
+def evaluate_rates(x, y, batch):
+    import keras
+    import tensorflow as tf
+
+    import reszoo
+    from training import data as data_lib
+
+    data = data_lib.Data("synthetic_cifar", None, data_lib._as_dataset(x, y), 0, len(y), [str(i) for i in range(10)],
+                         (32, 32, 3), None, None, "none")
+    ours = data_lib.eval_pipeline(data, batch)
+    options = tf.data.Options()
+    options.autotune.enabled = True
+    default = ours.with_options(options)
+    model = reszoo.create_model("resnet20")
+    model.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    rates = interleaved_rates({"off": lambda: model.evaluate(ours, verbose=0),
+                               "on": lambda: model.evaluate(default, verbose=0)}, len(y), rounds=8)
+    for key, label in (("off", "reszoo eval pipeline (autotune off)"), ("on", "same, tf.data default (autotune on)")):
+        emit(bench="evaluate", model="reszoo resnet20", pipeline=label, images=len(y),
+             images_per_s=round(rates[key][0], 1), median_images_per_s=round(rates[key][1], 1),
+             slowest_pass_s=round(len(y) / rates[key][2], 2))
 
 
 if __name__ == "__main__":

@@ -2,17 +2,20 @@
 an independent Keras CIFAR ResNet-56, and PyTorch eager, in one process.
 
     python -m benchmarks.train_step                 # CIFAR ResNet-56 (batch 128) + ImageNet nets (batch 16)
-    python -m benchmarks.train_step --nets=cifar --torch
+    python -m benchmarks.train_step --nets=cifar --dtype=bfloat16
 
 Paths: ``fit`` is model.fit as users run it (compile defaults); ``fit_spe`` adds
 steps_per_execution; ``fit_xla`` adds jit_compile. Every path trains on one repeated batch, so
-the input pipeline costs nothing here (benchmarks/pipeline.py measures it).
+the input pipeline costs nothing here (benchmarks/pipeline.py measures it). Contenders are
+timed in turn, round after round (``common.interleaved_rates``); each line gives the best and
+the median round. ``--dtype=bfloat16`` runs Keras under mixed_bfloat16 and PyTorch under
+bfloat16 autocast.
 """
 
 import argparse
 import os
 
-from benchmarks.common import best_time, emit
+from benchmarks.common import best_time, emit, interleaved_rates
 
 
 def keras_cifar_resnet56(keras, num_classes=10):
@@ -71,43 +74,58 @@ def torch_resnet56():
                          *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
 
 
-def keras_throughput(model, batch, steps, shape, classes, paths, repeats):
+def keras_runner(model, batch, steps, shape, classes, path, autotune=False):
+    """A function running ``steps`` training steps of ``model`` through ``path``, on a dataset
+    built as training.data builds them (tf.data autotuning off) unless ``autotune``."""
     import keras
     import numpy as np
     import tensorflow as tf
+
+    from training.data import without_autotune
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (batch, *shape)).astype("float32")
     y = keras.utils.to_categorical(rng.integers(0, classes, batch), classes)
     ds = tf.data.Dataset.from_tensors((x, y)).repeat()
-    results = {}
-    for path in paths:
-        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                      loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-                      jit_compile=path == "fit_xla", steps_per_execution=steps if path != "fit" else 1)
-        seconds = best_time(lambda: model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0), repeats)
-        results[path] = batch * steps / seconds
-    return results
+    ds = ds if autotune else without_autotune(ds)
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                  jit_compile=path == "fit_xla", steps_per_execution=steps if path != "fit" else 1)
+    return lambda: model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
 
 
-def torch_throughput(model, batch, steps, shape, classes, repeats, compile_=False):
+def keras_throughput(model, batch, steps, shape, classes, paths, repeats):
+    """Images/s of each path, one after the other (``benchmarks.pipeline`` uses it)."""
+    return {path: batch * steps / best_time(keras_runner(model, batch, steps, shape, classes, path), repeats)
+            for path in paths}
+
+
+def torch_runner(model, batch, steps, shape, classes, dtype="float32"):
     import torch
 
     torch.set_num_threads(os.cpu_count())
     model = model.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if compile_ else model
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.rand(batch, shape[2], shape[0], shape[1]).to(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (batch,))
     loss_fn = torch.nn.CrossEntropyLoss()
+    autocast = dtype == "bfloat16"
 
     def run():
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
-            loss_fn(step_model(x), y).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = loss_fn(model(x), y)
+            loss.backward()
             opt.step()
 
-    return batch * steps / best_time(run, repeats)
+    return run
+
+
+def _report(rates, batch, dtype, labels):
+    for key, (best, median, _) in rates.items():
+        emit(bench="train_step", **labels[key], batch=batch, dtype=dtype,
+             images_per_s=round(best, 1), median_images_per_s=round(median, 1))
 
 
 def main():
@@ -117,7 +135,8 @@ def main():
     parser.add_argument("--cifar_batch", type=int, default=128)
     parser.add_argument("--imagenet_batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--no_torch", action="store_true")
     args = parser.parse_args()
     import keras
@@ -126,27 +145,38 @@ def main():
 
     paths = args.paths.split(",")
     nets = args.nets.split(",")
+    if args.dtype == "bfloat16":
+        keras.config.set_dtype_policy("mixed_bfloat16")
     if "cifar" in nets:
-        shape, batch = (32, 32, 3), args.cifar_batch
+        shape, batch, steps = (32, 32, 3), args.cifar_batch, args.steps * 4
+        runners, labels = {}, {}
         for label, build in [("reszoo resnet56", lambda: reszoo.create_model("resnet56")),
                              ("keras resnet56 (independent)", lambda: keras_cifar_resnet56(keras))]:
-            for path, rate in keras_throughput(build(), batch, args.steps * 4, shape, 10, paths, args.repeats).items():
-                emit(bench="train_step", model=label, path=path, batch=batch, images_per_s=round(rate, 1))
+            for path in paths:
+                runners[label, path] = keras_runner(build(), batch, steps, shape, 10, path)
+                labels[label, path] = dict(model=label, path=path)
+        runners["autotune"] = keras_runner(reszoo.create_model("resnet56"), batch, steps, shape, 10, "fit", autotune=True)
+        labels["autotune"] = dict(model="reszoo resnet56", path="fit, tf.data default (autotune on)")
         if not args.no_torch:
             import torch
-            rate = torch_throughput(torch_resnet56(), batch, args.steps * 4, shape, 10, args.repeats)
-            emit(bench="train_step", model="torch resnet56", path="eager channels_last", batch=batch,
-                 images_per_s=round(rate, 1), backend=f"torch {torch.__version__}")
+
+            runners["torch"] = torch_runner(torch_resnet56(), batch, steps, shape, 10, args.dtype)
+            labels["torch"] = dict(model="torch resnet56", path="eager channels_last", backend=f"torch {torch.__version__}")
+        _report(interleaved_rates(runners, batch * steps, args.repeats), batch, args.dtype, labels)
     if "imagenet" in nets:
         shape, batch = (224, 224, 3), args.imagenet_batch
-        for label, build in [
-            ("reszoo resnet50", lambda: reszoo.create_model("resnet50")),
-            ("keras.applications ResNet50", lambda: keras.applications.ResNet50(weights=None, classifier_activation=None)),
-            ("reszoo densenet121", lambda: reszoo.create_model("densenet121")),
-            ("keras.applications DenseNet121", lambda: keras.applications.DenseNet121(weights=None, classifier_activation=None)),
-        ]:
-            for path, rate in keras_throughput(build(), batch, args.steps, shape, 1000, paths, args.repeats).items():
-                emit(bench="train_step", model=label, path=path, batch=batch, images_per_s=round(rate, 1))
+        for pair in ([("reszoo resnet50", lambda: reszoo.create_model("resnet50")),
+                      ("keras.applications ResNet50",
+                       lambda: keras.applications.ResNet50(weights=None, classifier_activation=None))],
+                     [("reszoo densenet121", lambda: reszoo.create_model("densenet121")),
+                      ("keras.applications DenseNet121",
+                       lambda: keras.applications.DenseNet121(weights=None, classifier_activation=None))]):
+            runners, labels = {}, {}
+            for label, build in pair:
+                for path in paths:
+                    runners[label, path] = keras_runner(build(), batch, args.steps, shape, 1000, path)
+                    labels[label, path] = dict(model=label, path=path)
+            _report(interleaved_rates(runners, batch * args.steps, args.repeats), batch, args.dtype, labels)
 
 
 if __name__ == "__main__":

@@ -172,6 +172,17 @@ def _augment(image, seed, kind, shape):
     return tf.ensure_shape(image, shape)
 
 
+def without_autotune(ds):
+    """``ds`` with tf.data's autotuning off. With it on, destroying an iterator waits for the
+    autotuner's next wake-up (10 ms x (2^k - 1) after the iterator started), so every Keras
+    ``evaluate`` (each validation pass) and ``fit`` call of a few seconds was rounded up to
+    1.27, 2.55, 5.11 or 10.23 s. Off, AUTOTUNE parallelism is the core count, which ran the
+    CIFAR augmentation faster here (benchmarks/pipeline.py measures both)."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
+
+
 def train_pipeline(data, batch_size, augment, seed, first_epoch, epochs):
     """Batches for epochs ``first_epoch .. epochs - 1`` with one-hot labels. For in-memory
     data, epoch e's order and augmentation are stateless functions of (seed, e), so a run
@@ -202,11 +213,11 @@ def train_pipeline(data, batch_size, augment, seed, first_epoch, epochs):
                 num_parallel_calls=tf.data.AUTOTUNE)
             return examples.batch(batch_size, drop_remainder=True)  # batches never span epochs
 
-        return tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch).prefetch(tf.data.AUTOTUNE)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        return without_autotune(tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch).prefetch(tf.data.AUTOTUNE))
+    return without_autotune(ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
 
 
 def eval_pipeline(data, batch_size, drop_remainder=False):
     classes = data.num_classes
     ds = data.test.map(lambda x, y: (x, tf.one_hot(y, classes)), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    return without_autotune(ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE))
