@@ -37,12 +37,20 @@ def pyplot():
     return plt
 
 
+def positive_int(text):
+    """argparse type: an integer >= 1 (argparse turns the ValueError into exit status 2)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
 def data_parser(doc):
     """``parser`` plus the dataset flags of the training experiments."""
     p = parser(doc)
     p.add_argument("--dataset", default="digits", help="digits (embedded) or a prepared tfds name, e.g. cifar10")
     p.add_argument("--data_dir", default=None, help="tfds data directory")
-    p.add_argument("--limit", type=int, default=None, help="use the first N examples of each split")
+    p.add_argument("--limit", type=positive_int, default=None, help="use the first N examples of each split")
     return p
 
 

@@ -6,7 +6,7 @@ update norm ||x_{k+1} - x_k|| per step for a He-initialised branch, a small bran
     python -m experiments.fixed_point [--steps=50] [--size=8 --channels=8] [--batch=16]
 """
 
-from experiments.common import parser as make_parser, pyplot, save
+from experiments.common import parser as make_parser, positive_int, pyplot, save
 
 
 def measure(steps, size, channels, batch, seed=0):
@@ -61,11 +61,13 @@ LABELS = {
 
 def main():
     parser = make_parser(__doc__)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--size", type=int, default=8)
-    parser.add_argument("--channels", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=positive_int, default=50)
+    parser.add_argument("--size", type=positive_int, default=8)
+    parser.add_argument("--channels", type=positive_int, default=8)
+    parser.add_argument("--batch", type=positive_int, default=16)
     args = parser.parse_args()
+    if args.steps < 2:
+        parser.error("--steps must be at least 2 (the plot compares successive updates)")
     results = measure(args.steps, args.size, args.channels, args.batch)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
