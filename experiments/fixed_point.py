@@ -2,8 +2,11 @@
 stage (post-activation, norm=None) iterated K times, x_{k+1} = relu(x_k + F(x_k)), with the
 update norm ||x_{k+1} - x_k|| per step for a He-initialised branch, a small branch (||F||_Lip
 = eps, not contractive) and the contractive symmetric branch F = -h W^T relu(W x) at two steps.
+Second panel: a weight-tied ResNet-56 (BN shared across iterations) trained on the embedded
+digits, each stage's shared block iterated from that stage's input beyond the 8 iterations it
+was trained with.
 
-    python -m experiments.fixed_point [--steps=50] [--size=8 --channels=8] [--batch=16]
+    python -m experiments.fixed_point [--steps=50] [--size=8 --channels=8] [--batch=16] [--train_epochs=8]
 """
 
 from experiments.common import parser as make_parser, positive_int, pyplot, save
@@ -59,23 +62,62 @@ LABELS = {
 }
 
 
+def trained(epochs, steps, seed=0):
+    """Train a weight-tied ResNet-56 (width 8) and its untied twin on the digits; iterate each
+    tied stage's block ``steps`` times from the stage input (test images)."""
+    import keras
+
+    import reszoo
+    from experiments import data
+    from reszoo.lab import depth, fixed_point as fp
+
+    x, y, x_test, y_test, classes = data.load()
+    out = {}
+    for tied in (False, True):
+        print(f"training {'weight-tied' if tied else 'untied'} ResNet-56 on the digits", flush=True)
+        keras.utils.set_random_seed(seed)
+        model = reszoo.resnet(56, base_width=8, input_shape=x.shape[1:], num_classes=classes, weight_tied=tied)
+        depth.train_curve(model, x, y, epochs)
+        key = "tied" if tied else "untied"
+        out[key] = {"params": reszoo.count_params(model), "test_error": depth.error(model, x_test, y_test)}
+        print(f"{key}: {out[key]['params']} parameters, test error {out[key]['test_error']:.3f}", flush=True)
+    for stage in (2, 3, 4):
+        start = keras.Model(model.inputs, model.get_layer(f"conv{stage}_block1_out").output)
+        updates = fp.iterate(fp.shared_block(model, stage), start.predict(x_test, verbose=0), steps).mean(axis=1)
+        out["tied"][f"stage{stage}_updates"] = updates.tolist()
+    return out
+
+
 def main():
     parser = make_parser(__doc__)
     parser.add_argument("--steps", type=positive_int, default=50)
     parser.add_argument("--size", type=positive_int, default=8)
     parser.add_argument("--channels", type=positive_int, default=8)
     parser.add_argument("--batch", type=positive_int, default=16)
+    parser.add_argument("--train_epochs", type=int, default=8, help="0 leaves out the trained net")
     args = parser.parse_args()
     if args.steps < 2:
         parser.error("--steps must be at least 2 (the plot compares successive updates)")
     results = measure(args.steps, args.size, args.channels, args.batch)
+    if args.train_epochs > 0:
+        results["trained"] = trained(args.train_epochs, args.steps)
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, axes = plt.subplots(1, 2 if args.train_epochs > 0 else 1, figsize=(13, 4.2), squeeze=False)
+    ax = axes[0, 0]
+    iterations = range(1, args.steps + 1)
     for key, label in LABELS.items():
-        ax.semilogy(range(1, args.steps + 1), results[key]["updates"], label=label)
+        ax.semilogy(iterations, results[key]["updates"], label=label)
     ax.set(title="Weight-tied residual block iterated: x_{k+1} = relu(x_k + F(x_k))",
            xlabel="iteration k", ylabel="mean ||x_{k+1} - x_k|| (per image)")
     ax.legend(fontsize=7)
+    if args.train_epochs > 0:
+        ax, tied = axes[0, 1], results["trained"]["tied"]
+        for stage in (2, 3, 4):
+            ax.semilogy(iterations, tied[f"stage{stage}_updates"], label=f"conv{stage}_tied (stage {stage - 1})")
+        ax.axvline(8, color="k", ls=":", label="iterations trained (8)")
+        ax.set(title=f"Trained weight-tied ResNet-56, digits (test error {100 * tied['test_error']:.1f}%)",
+               xlabel="iteration k", ylabel="mean ||x_{k+1} - x_k|| (per image)")
+        ax.legend(fontsize=7)
     save("fixed_point", fig, results, args.out_dir)
 
 
