@@ -63,8 +63,9 @@ LABELS = {
 
 
 def trained(epochs, steps, seed=0):
-    """Train a weight-tied ResNet-56 (width 8) and its untied twin on the digits; iterate each
-    tied stage's block ``steps`` times from the stage input (test images)."""
+    """Train ResNet-56 (width 8) on the digits untied, weight-tied (one block per stage, BN
+    shared) and with shared convs only (BN per iteration); iterate each tied stage's block
+    ``steps`` times from the stage input (test images)."""
     import keras
 
     import reszoo
@@ -72,15 +73,16 @@ def trained(epochs, steps, seed=0):
     from reszoo.lab import depth, fixed_point as fp
 
     x, y, x_test, y_test, classes = data.load()
-    out = {}
-    for tied in (False, True):
-        print(f"training {'weight-tied' if tied else 'untied'} ResNet-56 on the digits", flush=True)
+    out, models = {}, {}
+    for key, tied in (("untied", False), ("tied_convs", "convs"), ("tied", True)):
+        print(f"training ResNet-56 (weight_tied={tied!r}) on the digits", flush=True)
         keras.utils.set_random_seed(seed)
         model = reszoo.resnet(56, base_width=8, input_shape=x.shape[1:], num_classes=classes, weight_tied=tied)
         depth.train_curve(model, x, y, epochs)
-        key = "tied" if tied else "untied"
+        models[key] = model
         out[key] = {"params": reszoo.count_params(model), "test_error": depth.error(model, x_test, y_test)}
         print(f"{key}: {out[key]['params']} parameters, test error {out[key]['test_error']:.3f}", flush=True)
+    model = models["tied"]
     for stage in (2, 3, 4):
         start = keras.Model(model.inputs, model.get_layer(f"conv{stage}_block1_out").output)
         updates = fp.iterate(fp.shared_block(model, stage), start.predict(x_test, verbose=0), steps).mean(axis=1)

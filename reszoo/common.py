@@ -2,6 +2,7 @@
 
 import dataclasses
 import numbers
+import re
 import sys
 
 import keras
@@ -74,13 +75,16 @@ class LayerFactory:
         if not isinstance(self.bn_epsilon, numbers.Real) or self.bn_epsilon <= 0:
             raise ValueError(f"bn_epsilon must be a positive number, got {self.bn_epsilon!r}")
 
-    def conv(self, x, filters, kernel_size, strides=1, name=None, use_bias=None, padding="same"):
+    def conv_layer(self, filters, kernel_size, strides=1, name=None, use_bias=None, padding="same"):
         return layers.Conv2D(
             filters, kernel_size, strides=strides, padding=padding,
             use_bias=self.conv_bias if use_bias is None else use_bias,
             kernel_initializer=self.kernel_initializer,
             kernel_regularizer=self.kernel_regularizer, name=name,
-        )(x)
+        )
+
+    def conv(self, x, filters, kernel_size, strides=1, name=None, use_bias=None, padding="same"):
+        return self.conv_layer(filters, kernel_size, strides, name, use_bias, padding)(x)
 
     def bn(self, x, name, zero_init=False):
         if self.norm is None:
@@ -100,6 +104,24 @@ class LayerFactory:
             units, activation=activation, kernel_regularizer=self.kernel_regularizer,
             dtype="float32" if mixed else None, name=name,
         )(x)
+
+
+class SharedConvs:
+    """A ``LayerFactory`` whose convolutions are shared between blocks: the conv that would be
+    ``conv3_block5_2_conv`` is ``conv3_tied_2_conv``, one layer for every block it serves.
+    Norm layers stay per block (time-specific BN, Liao & Poggio 2016)."""
+
+    def __init__(self, factory):
+        self.factory, self.convs = factory, {}
+
+    def __getattr__(self, name):
+        return getattr(self.factory, name)
+
+    def conv(self, x, filters, kernel_size, strides=1, name=None, use_bias=None, padding="same"):
+        key = re.sub(r"_block\d+_", "_tied_", name)
+        if key not in self.convs:
+            self.convs[key] = self.factory.conv_layer(filters, kernel_size, strides, key, use_bias, padding)
+        return self.convs[key](x)
 
 
 def model_input(input_shape, input_tensor, default_shape):

@@ -6,11 +6,12 @@ import keras
 
 
 def _calls(layer):
-    """``(leaf layer, times it runs)`` under ``layer``: a sub-model (a weight-tied stage, the
-    inner graph of ``layers.Recompute``) counts once per call."""
+    """``(leaf layer, times it runs)`` under ``layer``: a shared layer or sub-model (weight-tied
+    convs or stages, the inner graph of ``layers.Recompute``) counts once per call, each call
+    on the shape of the first."""
     inner = getattr(layer, "inner", layer)
     if not isinstance(inner, keras.Model):
-        yield layer, 1
+        yield layer, max(1, len(layer._inbound_nodes))
         return
     for sub in inner.layers:
         for leaf, times in _calls(sub):

@@ -11,7 +11,8 @@ Layer names follow keras.applications: ``conv{stage}_block{i}_{j}_conv``.
 ``weight_tied=True`` shares one block across each stage: the first block changes the shape,
 and blocks 2..n are a single sub-model ``conv{stage}_tied`` applied n - 1 times, so a stage
 is an unrolled iteration x_{k+1} = T(x_k) (the recurrent view of Liao & Poggio 2016, arXiv
-1604.03640; ``reszoo.lab.fixed_point``).
+1604.03640; ``reszoo.lab.fixed_point``). ``weight_tied="convs"`` shares only the convolutions
+and gives every iteration its own BN, as Liao & Poggio train them.
 
 ``variant="keras"`` reproduces keras.applications' ResNet50/101/152 (v1) and ResNet50V2/...
 (v2) exactly, so their weights load (``reszoo.weights``): v1 convs all carry biases and
@@ -204,8 +205,9 @@ def resnet(
       drop_path_rate: stochastic depth, rising linearly to this rate at the last block.
       head_norm: pre-activation nets only: the BN-ReLU before pooling. The popular CIFAR
         PreAct ResNet-18 (kuangliu/pytorch-cifar) leaves it out.
-      weight_tied: blocks 2..n of each stage share one set of weights (BN included), a
-        sub-model ``conv{stage}_tied`` called n - 1 times.
+      weight_tied: True: blocks 2..n of each stage share one set of weights (BN included), a
+        sub-model ``conv{stage}_tied`` called n - 1 times; "convs": they share their
+        convolutions (``conv{stage}_tied_{j}_conv``) and keep their own BN.
       variant: "paper", or "keras" for keras.applications' layout (ImageNet stem; see the
         module docstring).
       preprocessing: None, "caffe", "tf" or "torch" (``layers.ImagePreprocess`` first, so the
@@ -231,8 +233,9 @@ def resnet(
     drop_path_rate = common.check_float("drop_path_rate", drop_path_rate, 0.0, 1.0)
     if not residual and (drop_path_rate or residual_scale):
         raise ValueError("drop_path_rate and residual_scale need residual=True")
+    common.check_choice("weight_tied", weight_tied, (False, True, "convs"))
     if weight_tied and (drop_path_rate or keras_layout):
-        raise ValueError("weight_tied=True needs drop_path_rate=0 and variant='paper' (the shared block "
+        raise ValueError("weight_tied needs drop_path_rate=0 and variant='paper' (the shared block "
                          "has one drop rate and strides in no block)")
     cifar = stem == "cifar"
     base_width = common.check_int("base_width", base_width or (16 if cifar else 64))
@@ -262,9 +265,9 @@ def resnet(
     rates = iter(common.linear_rates(drop_path_rate, sum(stage_layers)))
     for s, count in enumerate(stage_layers):
         filters = base_width * 2**s
-        tied = None
+        tied, shared = None, common.SharedConvs(f)
         for b in range(count):
-            if weight_tied and b > 0:
+            if weight_tied is True and b > 0:
                 tied = tied or _tied_block(x, block_fn, filters, opts, f, name=f"conv{s + 2}_tied")
                 x = tied(x)
                 continue
@@ -272,7 +275,8 @@ def resnet(
                 strides = 2 if s < len(stage_layers) - 1 and b == count - 1 else 1
             else:
                 strides = 2 if s > 0 and b == 0 else 1
-            x = block_fn(x, filters, strides, opts, f, next(rates), name=f"conv{s + 2}_block{b + 1}")
+            factory = shared if weight_tied == "convs" and b > 0 else f
+            x = block_fn(x, filters, strides, opts, factory, next(rates), name=f"conv{s + 2}_block{b + 1}")
     if preact and head_norm:
         x = f.bn_relu(x, name="post")
 

@@ -207,7 +207,8 @@ def test_mixed_precision_keeps_logits_float32():
     ("resnet20", dict(input_shape=(32, 32)), "input_shape must be"),
     ("resnet20", dict(bn_momentum=2.0), "bn_momentum must be in"),
     ("plain20", dict(drop_path_rate=0.1), "need residual=True"),
-    ("resnet20", dict(weight_tied=True, drop_path_rate=0.1), "weight_tied=True needs"),
+    ("resnet20", dict(weight_tied=True, drop_path_rate=0.1), "weight_tied needs"),
+    ("resnet20", dict(weight_tied="bn"), "weight_tied must be one of"),
     ("resnet20", dict(dept=56), "unknown argument 'dept'.*depth"),
 ])
 def test_bad_overrides_name_the_argument(name, kwargs, match):
@@ -297,6 +298,20 @@ def test_weight_tied_stages_share_one_block_per_stage():
     assert reszoo.count_params(tied) == 172_506
     assert [l.name for l in tied.layers if isinstance(l, keras.Model)] == ["conv2_tied", "conv3_tied", "conv4_tied"]
     assert sum(l.name.endswith("_add") for l in tied.layers) == 3  # the unshared first blocks
+
+
+def test_weight_tied_convs_share_kernels_and_keep_bn_per_block():
+    """Liao & Poggio's recurrent ResNet: conv kernels shared across blocks 2..n, BN not."""
+    model = reszoo.create_model("resnet56", weight_tied="convs")
+    untied = reszoo.create_model("resnet56")
+    assert reszoo.count_params(untied) - reszoo.count_params(model) == sum(7 * 18 * c * c for c in (16, 32, 64))
+    conv = model.get_layer("conv3_tied_2_conv")
+    assert len(conv._inbound_nodes) == 8
+    assert model.get_layer("conv3_block2_2_bn") is not model.get_layer("conv3_block9_2_bn")
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    before = model.predict(x, verbose=0)
+    conv.kernel.assign(conv.kernel * 0.5)  # one kernel serves eight blocks
+    assert not np.allclose(model.predict(x, verbose=0), before)
 
 
 def test_weight_tied_stage_is_the_shared_block_iterated():

@@ -99,6 +99,7 @@ def test_macs_of_resnet56_by_hand(registered):
     assert flops.count_macs(registered("resnet56")) == macs
     # Weights shared, work not: a weight-tied stage runs its block once per call.
     assert flops.count_macs(reszoo.create_model("resnet56", weight_tied=True)) == macs
+    assert flops.count_macs(reszoo.create_model("resnet56", weight_tied="convs")) == macs
 
 
 def test_macs_count_recomputed_densenet_layers_once():

@@ -19,6 +19,7 @@ import reszoo
     ("densenet_bc100_k12", dict(dropout_rate=0.2)),
     ("plain20", dict(residual=False)),
     ("resnet20", dict(weight_tied=True)),
+    ("resnet20", dict(weight_tied="convs")),
 ])
 def test_keras_file_round_trip_gives_identical_outputs(tmp_path, name, overrides):
     model = reszoo.create_model(name, **overrides)
