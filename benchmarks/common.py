@@ -28,18 +28,6 @@ def emit(**record):
     return record
 
 
-def best_time(fn, repeats=3, warmup=1):
-    """Best wall time of ``fn()`` over ``repeats`` runs, after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def interleaved_rates(runners, images, rounds=3, warmup=1):
     """Images/s of each ``runners[name]()`` (which processes ``images`` images), timed in
     turn, round after round, so that a CPU slowing down (thermal or quota throttling) hits

@@ -21,7 +21,7 @@ def main():
     import numpy as np
 
     import reszoo
-    from benchmarks.train_step import keras_throughput
+    from benchmarks.train_step import keras_runner
     from training import data as data_lib
 
     rng = np.random.default_rng(0)
@@ -41,7 +41,8 @@ def main():
     del iterator, ds  # its prefetch threads would compete with the training step below
     import gc
     gc.collect()
-    step = keras_throughput(reszoo.create_model("resnet56"), args.batch, 10, (32, 32, 3), 10, ["fit"], 2)["fit"]
+    runner = keras_runner(reszoo.create_model("resnet56"), args.batch, 10, (32, 32, 3), 10, "fit")
+    step = interleaved_rates({"fit": runner}, args.batch * 10, rounds=2)["fit"][0]
     emit(bench="input_pipeline", consumer="reszoo resnet56 train step (fit)", batch=args.batch,
          images_per_s=round(step, 1), pipeline_headroom=round(rate / step, 2))
     evaluate_rates(x[:4000], y[:4000], args.batch)
@@ -54,8 +55,9 @@ def evaluate_rates(x, y, batch):
     import reszoo
     from training import data as data_lib
 
-    data = data_lib.Data("synthetic_cifar", None, data_lib._as_dataset(x, y), 0, len(y), [str(i) for i in range(10)],
-                         (32, 32, 3), None, None, "none")
+    test = tf.data.Dataset.from_tensor_slices((x.astype("float32"), y))
+    data = data_lib.Data("synthetic_cifar", None, test, 0, len(y), [str(i) for i in range(10)], (32, 32, 3),
+                         None, None, "none")
     ours = data_lib.eval_pipeline(data, batch)
     options = tf.data.Options()
     options.autotune.enabled = True

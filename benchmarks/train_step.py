@@ -15,7 +15,7 @@ bfloat16 autocast.
 import argparse
 import os
 
-from benchmarks.common import best_time, emit, interleaved_rates
+from benchmarks.common import emit, interleaved_rates
 
 
 def keras_cifar_resnet56(keras, num_classes=10):
@@ -92,12 +92,6 @@ def keras_runner(model, batch, steps, shape, classes, path, autotune=False):
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True),
                   jit_compile=path == "fit_xla", steps_per_execution=steps if path != "fit" else 1)
     return lambda: model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-
-
-def keras_throughput(model, batch, steps, shape, classes, paths, repeats):
-    """Images/s of each path, one after the other (``benchmarks.pipeline`` uses it)."""
-    return {path: batch * steps / best_time(keras_runner(model, batch, steps, shape, classes, path), repeats)
-            for path in paths}
 
 
 def torch_runner(model, batch, steps, shape, classes, dtype="float32"):

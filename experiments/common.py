@@ -45,6 +45,24 @@ def positive_int(text):
     return value
 
 
+def cifar_depth(text):
+    """argparse type: a CIFAR basic-block depth, 6n + 2 (8, 14, 20, ...)."""
+    value = positive_int(text)
+    if value < 8 or (value - 2) % 6:
+        raise ValueError(text)
+    return value
+
+
+def cifar_depths(text):
+    """argparse type: comma-separated CIFAR depths, e.g. 20,56."""
+    return [cifar_depth(t) for t in text.split(",")]
+
+
+def floats(text):
+    """argparse type: comma-separated numbers, e.g. 0.1,0.3."""
+    return [float(t) for t in text.split(",")]
+
+
 def data_parser(doc):
     """``parser`` plus the dataset flags of the training experiments."""
     p = parser(doc)

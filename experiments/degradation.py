@@ -6,7 +6,7 @@ digits or on CIFAR-10 where tfds has it prepared (hours on CPU; ``--limit`` trai
     python -m experiments.degradation --dataset=cifar10 [--data_dir=DIR] --base_width=16 --epochs=30
 """
 
-from experiments.common import data_parser, load_data, pyplot, save
+from experiments.common import cifar_depths, data_parser, load_data, positive_int, pyplot, save
 from experiments.data import title
 
 
@@ -31,11 +31,11 @@ def run(data, depths, epochs, base_width, seed=0, verbose=1):
 
 def main():
     parser = data_parser(__doc__)
-    parser.add_argument("--depths", default="20,56")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--base_width", type=int, default=8)
+    parser.add_argument("--depths", type=cifar_depths, default="20,56")
+    parser.add_argument("--epochs", type=positive_int, default=8)
+    parser.add_argument("--base_width", type=positive_int, default=8)
     args = parser.parse_args()
-    depths = [int(d) for d in args.depths.split(",")]
+    depths = args.depths
     curves = run(load_data(args), depths, args.epochs, args.base_width, verbose=2)
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)

@@ -5,14 +5,14 @@ measure test error, on the embedded digits or a prepared tfds dataset (``--datas
     python -m experiments.ensemble [--epochs=8 --base_width=8] [--dataset=cifar10 --limit=N]
 """
 
-from experiments.common import data_parser, load_data, pyplot, save
+from experiments.common import data_parser, load_data, positive_int, pyplot, save
 from experiments.data import title
 
 
 def main():
     parser = data_parser(__doc__)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--base_width", type=int, default=8)
+    parser.add_argument("--epochs", type=positive_int, default=8)
+    parser.add_argument("--base_width", type=positive_int, default=8)
     args = parser.parse_args()
     import keras
 

@@ -4,7 +4,7 @@ to last, for plain, post-activation ResNet and pre-activation ResNet CIFAR nets.
     python -m experiments.gradient_highway [--depths=20,56,110] [--batch=64]   (add 1202 for the full range)
 """
 
-from experiments.common import parser as make_parser, pyplot, save
+from experiments.common import cifar_depths, parser as make_parser, positive_int, pyplot, save
 
 
 def measure(depths, batch, seed=0):
@@ -33,10 +33,10 @@ def measure(depths, batch, seed=0):
 
 def main():
     parser = make_parser(__doc__)
-    parser.add_argument("--depths", default="20,56,110")
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--depths", type=cifar_depths, default="20,56,110")
+    parser.add_argument("--batch", type=positive_int, default=64)
     args = parser.parse_args()
-    depths = [int(d) for d in args.depths.split(",")]
+    depths = args.depths
     results = measure(depths, args.batch)
     plt = pyplot()
     fig, axes = plt.subplots(1, len(depths), figsize=(4.5 * len(depths), 3.6), squeeze=False)

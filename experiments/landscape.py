@@ -5,17 +5,17 @@ tfds dataset (``--dataset=cifar10``).
     python -m experiments.landscape [--epochs=8 --grid=21 --span=1.0 --samples=512] [--dataset=cifar10]
 """
 
-from experiments.common import data_parser, load_data, pyplot, save
+from experiments.common import cifar_depth, data_parser, load_data, positive_int, pyplot, save
 from experiments.data import title
 
 
 def main():
     parser = data_parser(__doc__)
-    parser.add_argument("--depth", type=int, default=56)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--grid", type=int, default=21)
+    parser.add_argument("--depth", type=cifar_depth, default=56)
+    parser.add_argument("--epochs", type=positive_int, default=8)
+    parser.add_argument("--grid", type=positive_int, default=21)
     parser.add_argument("--span", type=float, default=1.0)
-    parser.add_argument("--samples", type=int, default=512)
+    parser.add_argument("--samples", type=positive_int, default=512)
     args = parser.parse_args()
     import keras
     import numpy as np

@@ -4,13 +4,13 @@ saddle at the origin becomes a global minimum with a skip connection.
     python -m experiments.linear_toys [--depth=50 --width=16 --scale=0.05]
 """
 
-from experiments.common import parser as make_parser, pyplot, save
+from experiments.common import parser as make_parser, positive_int, pyplot, save
 
 
 def main():
     parser = make_parser(__doc__)
-    parser.add_argument("--depth", type=int, default=50)
-    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--depth", type=positive_int, default=50)
+    parser.add_argument("--width", type=positive_int, default=16)
     parser.add_argument("--scale", type=float, default=0.05)
     args = parser.parse_args()
     import numpy as np

@@ -5,14 +5,14 @@ norm eps (Weyl: all of them in [1 - eps, 1 + eps]).
     python -m experiments.near_identity [--eps=0.1,0.3] [--size=4 --channels=4]
 """
 
-from experiments.common import parser as make_parser, pyplot, save
+from experiments.common import floats, parser as make_parser, positive_int, pyplot, save
 
 
 def main():
     parser = make_parser(__doc__)
-    parser.add_argument("--eps", default="0.1,0.3")
-    parser.add_argument("--size", type=int, default=4)
-    parser.add_argument("--channels", type=int, default=4)
+    parser.add_argument("--eps", type=floats, default="0.1,0.3")
+    parser.add_argument("--size", type=positive_int, default=4)
+    parser.add_argument("--channels", type=positive_int, default=4)
     args = parser.parse_args()
     from reszoo.lab import jacobian
 
@@ -20,7 +20,7 @@ def main():
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     numbers = {"shape": list(shape)}
-    for i, eps in enumerate(float(e) for e in args.eps.split(",")):
+    for i, eps in enumerate(args.eps):
         plain, scaled, residual = jacobian.block_spectra(eps, shape)
         if i == 0:
             ax.plot(plain, "C3o-", ms=3, label="plain block F (He init)")

@@ -5,7 +5,7 @@ learnable branch scale initialised at 0.
     python -m experiments.variance [--blocks=16] [--batch=128]
 """
 
-from experiments.common import parser as make_parser, pyplot, save
+from experiments.common import parser as make_parser, positive_int, pyplot, save
 
 
 def measure(blocks, batch, seed=0):
@@ -31,8 +31,8 @@ def measure(blocks, batch, seed=0):
 
 def main():
     parser = make_parser(__doc__)
-    parser.add_argument("--blocks", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--blocks", type=positive_int, default=16)
+    parser.add_argument("--batch", type=positive_int, default=128)
     args = parser.parse_args()
     results = measure(args.blocks, args.batch)
     plt = pyplot()

@@ -28,6 +28,13 @@ def is_chief(strategy):
     return resolver.task_type == "worker" and resolver.task_id == 0
 
 
+def write_json(path, value, **dump_args):
+    """A whole JSON file, written then renamed: never a half-written one."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, **dump_args)
+    os.replace(path + ".tmp", path)
+
+
 def save_model(model, path):
     """A whole ``.keras`` file, written then renamed: never a half-written model."""
     model.save(path + ".tmp.keras")
@@ -59,9 +66,7 @@ class Backup:
         os.makedirs(self.dir, exist_ok=True)
         model.save_weights(self.weights + ".tmp.weights.h5")
         os.replace(self.weights + ".tmp.weights.h5", self.weights)
-        with open(self.meta + ".tmp", "w") as f:
-            json.dump({"epoch": epoch}, f)
-        os.replace(self.meta + ".tmp", self.meta)
+        write_json(self.meta, {"epoch": epoch})
 
 
 class CustomLoop:

@@ -68,10 +68,10 @@ def _check_model_dir(model_dir, run, write=True):
                            "use another --model_dir or pass --overwrite", 2)
     if not write:
         return
+    from training import loop
+
     os.makedirs(model_dir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(run, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    loop.write_json(path, run, indent=2, sort_keys=True)
 
 
 def _new_model(keras, reszoo, data):
