@@ -124,13 +124,15 @@ class SharedConvs:
         return self.convs[key](x)
 
 
-def model_input(input_shape, input_tensor, default_shape):
+def model_input(input_shape, input_tensor, default_shape, min_size=1):
     """``(model inputs, first tensor)``: a new ``Input`` of ``input_shape`` (default
     ``default_shape``), or, as in keras.applications, the graph that ``input_tensor`` (a
-    Keras tensor, e.g. the output of a preprocessing layer) comes from."""
+    Keras tensor, e.g. the output of a preprocessing layer) comes from. Images smaller than
+    ``min_size`` (the net's total stride) on a side are refused."""
     if input_tensor is not None:
         if not keras.backend.is_keras_tensor(input_tensor):
             raise ValueError("input_tensor must be a Keras tensor (from keras.Input or a layer)")
+        _check_min_size(tuple(input_tensor.shape[1:]), min_size)
         sources = keras.utils.get_source_inputs(input_tensor)
         return (sources[0] if len(sources) == 1 else sources), input_tensor
     shape = default_shape if input_shape is None else tuple(input_shape)
@@ -140,8 +142,22 @@ def model_input(input_shape, input_tensor, default_shape):
         if dim is not None:
             check_int("input_shape", dim, 1)
     check_int("input_shape channels", shape[2], 1)
+    _check_min_size(shape, min_size)
     inputs = layers.Input(shape=shape, name="input")
     return inputs, inputs
+
+
+def min_input_size(stem, stages):
+    """The smallest image side a net takes: its total stride, so that the last stage sees at
+    least one position computed from distinct pixels (keras.applications' 32 for ResNet-50)."""
+    return (1 if stem == "cifar" else 4) * 2 ** (stages - 1)
+
+
+def _check_min_size(shape, min_size):
+    small = [d for d in shape[:2] if d is not None and d < min_size]
+    if small:
+        raise ValueError(f"images of {shape[0]}x{shape[1]} are too small for this net: it takes at least "
+                         f"{min_size}x{min_size} (its total stride)")
 
 
 VARIANTS = ("paper", "keras")

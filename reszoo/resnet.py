@@ -252,7 +252,8 @@ def resnet(
     )
     common.ensure_recursion_limit()
 
-    inputs, x = common.model_input(input_shape, input_tensor, (32, 32, 3) if cifar else (224, 224, 3))
+    inputs, x = common.model_input(input_shape, input_tensor, (32, 32, 3) if cifar else (224, 224, 3),
+                                   common.min_input_size(stem, len(stage_layers)))
     if preprocessing is not None:
         x = ImagePreprocess(preprocessing, name="preprocess")(x)
     if cifar:
