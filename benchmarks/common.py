@@ -44,3 +44,35 @@ def interleaved_rates(runners, images, rounds=3, warmup=1):
             run()
             times[name].append(time.perf_counter() - start)
     return {name: (images / min(t), images / statistics.median(t), images / max(t)) for name, t in times.items()}
+
+
+class PeerError(Exception):
+    """A peer process that could not start; the message says why."""
+
+
+class ProcessPeer:
+    """A contender in its own process (``argv``), timed by ``interleaved_rates`` like any
+    runner: calling it sends a line and waits for the peer's answer. The peer prints
+    ``ready VERSION`` (or ``error REASON``) once set up, and ``done`` after each run."""
+
+    def __init__(self, argv):
+        import subprocess
+
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        first = self.proc.stdout.readline().strip()
+        if not first.startswith("ready"):
+            self.close()
+            raise PeerError(first.removeprefix("error ").strip() or f"{argv[2:]} exited with {self.proc.returncode}")
+        self.version = first.removeprefix("ready").strip()
+        self.pid = self.proc.pid
+
+    def __call__(self):
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        if self.proc.stdout.readline().strip() != "done":
+            raise PeerError(f"peer {self.pid} stopped answering (exit code {self.proc.poll()})")
+
+    def close(self):
+        if self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)

@@ -1,5 +1,6 @@
 """Training throughput (images/s) of one optimizer step: reszoo against keras.applications,
-an independent Keras CIFAR ResNet-56, and PyTorch eager, in one process.
+an independent Keras CIFAR ResNet-56, and PyTorch eager (in a process of its own: PyTorch and
+TensorFlow crash in one process, see benchmarks/torch_peer.py).
 
     python -m benchmarks.train_step                 # CIFAR ResNet-56 (batch 128) + ImageNet nets (batch 16)
     python -m benchmarks.train_step --nets=cifar --dtype=bfloat16
@@ -13,9 +14,9 @@ bfloat16 autocast.
 """
 
 import argparse
-import os
+import sys
 
-from benchmarks.common import emit, interleaved_rates
+from benchmarks.common import PeerError, ProcessPeer, emit, interleaved_rates
 
 
 def keras_cifar_resnet56(keras, num_classes=10):
@@ -43,37 +44,6 @@ def keras_cifar_resnet56(keras, num_classes=10):
     return keras.Model(inputs, layers.Dense(num_classes)(x), name="keras_resnet56")
 
 
-def torch_resnet56():
-    """ResNet-56 of He et al. 2015 in PyTorch (option A shortcuts), for the eager peer."""
-    import torch
-    from torch import nn
-
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.b1 = nn.BatchNorm2d(cout)
-            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.b2 = nn.BatchNorm2d(cout)
-            self.stride, self.extra = stride, cout - cin
-
-        def forward(self, x):
-            y = torch.relu(self.b1(self.c1(x)))
-            y = self.b2(self.c2(y))
-            s = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
-            if self.extra:
-                s = nn.functional.pad(s, (0, 0, 0, 0, 0, self.extra))
-            return torch.relu(y + s)
-
-    blocks, cin = [], 16
-    for stage, cout in enumerate((16, 32, 64)):
-        for b in range(9):
-            blocks.append(Block(cin, cout, 2 if stage > 0 and b == 0 else 1))
-            cin = cout
-    return nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-                         *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
-
-
 def keras_runner(model, batch, steps, shape, classes, path, autotune=False):
     """A function running ``steps`` training steps of ``model`` through ``path``, on a dataset
     built as training.data builds them (tf.data autotuning off) unless ``autotune``."""
@@ -92,28 +62,6 @@ def keras_runner(model, batch, steps, shape, classes, path, autotune=False):
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True),
                   jit_compile=path == "fit_xla", steps_per_execution=steps if path != "fit" else 1)
     return lambda: model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-
-
-def torch_runner(model, batch, steps, shape, classes, dtype="float32"):
-    import torch
-
-    torch.set_num_threads(os.cpu_count())
-    model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.rand(batch, shape[2], shape[0], shape[1]).to(memory_format=torch.channels_last)
-    y = torch.randint(0, classes, (batch,))
-    loss_fn = torch.nn.CrossEntropyLoss()
-    autocast = dtype == "bfloat16"
-
-    def run():
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
-
-    return run
 
 
 def _report(rates, batch, dtype, labels):
@@ -151,12 +99,22 @@ def main():
                 labels[label, path] = dict(model=label, path=path)
         runners["autotune"] = keras_runner(reszoo.create_model("resnet56"), batch, steps, shape, 10, "fit", autotune=True)
         labels["autotune"] = dict(model="reszoo resnet56", path="fit, tf.data default (autotune on)")
+        peer = None
         if not args.no_torch:
-            import torch
-
-            runners["torch"] = torch_runner(torch_resnet56(), batch, steps, shape, 10, args.dtype)
-            labels["torch"] = dict(model="torch resnet56", path="eager channels_last", backend=f"torch {torch.__version__}")
-        _report(interleaved_rates(runners, batch * steps, args.repeats), batch, args.dtype, labels)
+            try:
+                peer = ProcessPeer([sys.executable, "-m", "benchmarks.torch_peer", f"--batch={batch}",
+                                    f"--steps={steps}", f"--dtype={args.dtype}"])
+            except PeerError as err:
+                emit(bench="train_step", model="torch resnet56", skipped=str(err))
+            else:
+                runners["torch"] = peer
+                labels["torch"] = dict(model="torch resnet56", path="eager channels_last, own process",
+                                       backend=peer.version)
+        try:
+            _report(interleaved_rates(runners, batch * steps, args.repeats), batch, args.dtype, labels)
+        finally:
+            if peer is not None:
+                peer.close()
     if "imagenet" in nets:
         shape, batch = (224, 224, 3), args.imagenet_batch
         for pair in ([("reszoo resnet50", lambda: reszoo.create_model("resnet50")),
