@@ -161,9 +161,52 @@ def test_predict_prints_the_top_classes_of_an_image(run, tmp_path):
     assert float(lines[1].split()[2]) == pytest.approx(float(top["top_k_scores"].numpy()[0][0]), abs=1e-4)
     (tmp_path / "notes.png").write_text("not an image")
     proc = cli("training.predict", f"--saved_model={base}", tmp_path / "notes.png")
-    assert proc.returncode == 2 and "is not a JPEG, PNG" in _one_error_line(proc, "predict")
+    line = _one_error_line(proc, "predict")
+    assert proc.returncode == 2 and "notes.png cannot be decoded as an image (Unknown image file format" in line
     proc = cli("training.predict", f"--saved_model={tmp_path}", tmp_path / "digit.png")
     assert proc.returncode == 2 and "neither a SavedModel" in _one_error_line(proc, "predict")
+
+
+def test_predict_reads_cmyk_jpeg_and_webp_into_a_grey_model(run, tmp_path):
+    """TensorFlow's decoders refuse a CMYK JPEG or a WebP to grey; the export decodes each in
+    its own colour space and converts, as training does."""
+    from PIL import Image
+
+    _, _, base, _ = run
+    x, _, _ = _digits()
+    rgb = Image.fromarray(np.repeat(x[0] * 15, 3, axis=2).astype("uint8"))
+    rgb.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    rgb.save(tmp_path / "digit.webp", lossless=True)
+    rgb.save(tmp_path / "digit.png")
+    proc = cli("training.predict", f"--saved_model={base}", "--top=1", *(tmp_path / n for n in ("cmyk.jpg", "digit.webp", "digit.png")))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tops = [l.split()[1] for l in proc.stdout.splitlines() if l.startswith("  1.")]
+    assert len(tops) == 3 and tops[1] == tops[2]  # lossless WebP: the same pixels as the PNG
+
+
+def test_predict_on_a_damaged_export_says_what_is_wrong(run, tmp_path):
+    import shutil
+
+    _, _, base, _ = run
+    x, _, _ = _digits()
+    (tmp_path / "digit.png").write_bytes(_png(x[0]))
+    cases = {"no_variables": "has no variables/", "truncated": "cannot be loaded, its files are damaged",
+             "bad_pb": "cannot be loaded, its files are damaged"}
+    for name, message in cases.items():
+        copy = tmp_path / name / "1"
+        shutil.copytree(base / "1", copy)
+        if name == "no_variables":
+            shutil.rmtree(copy / "variables")
+        elif name == "truncated":
+            data = next((copy / "variables").glob("variables.data-*"))
+            data.write_bytes(data.read_bytes()[:100])
+        else:
+            (copy / "saved_model.pb").write_bytes(b"\x08\x01garbage")
+        proc = cli("training.predict", f"--saved_model={copy.parent}", tmp_path / "digit.png")
+        assert proc.returncode == 2, (name, proc.stderr[-1500:])
+        line = _one_error_line(proc, "predict")
+        assert message in line and "export it again" in line, (name, line)
+        assert "Traceback" not in proc.stderr
 
 
 def test_onnx_and_tflite_are_verified_against_the_keras_model(run, tmp_path):
@@ -246,7 +289,8 @@ def test_bad_requests_give_one_line(run, tmp_path):
     cases.append(((f"--model_dir={tmp_path / 'unfinished'}",), 2, "has not finished"))
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "last.keras").write_bytes(b"PK not a zip")
-    cases.append(((f"--model_dir={tmp_path / 'corrupt'}", f"--export_dir={tmp_path}"), 1, "cannot load"))
+    cases.append(((f"--model_dir={tmp_path / 'corrupt'}", f"--export_dir={tmp_path}"), 1,
+                  "is not a .keras file, or is truncated"))
     for args, code, message in cases:
         proc = cli("training.export", *args)
         assert proc.returncode == code, (args, proc.stderr[-1500:])

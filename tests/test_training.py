@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -59,11 +60,9 @@ def test_resume_after_kill_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen([sys.executable, "-m", "training.train", *flags, f"--model_dir={run_dir}"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metadata = run_dir / "backup" / "training_metadata.json"
+    second = run_dir / "backup" / "epoch-000002"
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2:
-            break
+    while time.time() < deadline and proc.poll() is None and not second.exists():
         time.sleep(0.05)
     assert proc.poll() is None, "run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
@@ -79,17 +78,26 @@ def test_resume_after_kill_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     assert [int(l.split(",")[0]) for l in history[1:]][-1] == 3
 
 
-def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_with_a_message_whose_advice_works(tmp_path):
     good = train(*SMALL, "--epochs=2", f"--model_dir={tmp_path}")
     assert good.returncode == 0, good.stderr[-2000:]
     last = (tmp_path / "last.keras").read_bytes()
-    backup = (tmp_path / "backup" / "latest.weights.h5").read_bytes()
-    bad = train(*SMALL, "--epochs=4", "--learning_rate=1e30", "--overwrite", f"--model_dir={tmp_path}")
+    backup = (tmp_path / "backup" / "epoch-000002" / "checkpoint.keras").read_bytes()
+    bad = train(*SMALL, "--epochs=4", "--learning_rate=1e30", "--allow_flag_changes", f"--model_dir={tmp_path}")
     assert bad.returncode == 1
     errors = _error_lines(bad)
-    assert len(errors) == 1 and "NaN in epoch 3" in errors[0] and "(epoch 2)" in errors[0]
+    assert len(errors) == 1 and "NaN in epoch 3" in errors[0] and "(epoch 2)" in errors[0], bad.stderr[-2000:]
     assert (tmp_path / "last.keras").read_bytes() == last
-    assert (tmp_path / "backup" / "latest.weights.h5").read_bytes() == backup
+    assert (tmp_path / "backup" / "epoch-000002" / "checkpoint.keras").read_bytes() == backup
+    assert not (tmp_path / "backup" / "epoch-000003").exists()
+    # The advice (a lower --learning_rate, with --allow_flag_changes) continues from epoch 2.
+    advice = re.search(r"re-run with (--learning_rate=\S+) .* and (--allow_flag_changes)", errors[0])
+    assert advice and advice.group(1) == "--learning_rate=1e+29", errors[0]
+    again = train(*SMALL, "--epochs=4", "--learning_rate=0.05", "--allow_flag_changes", f"--model_dir={tmp_path}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming {tmp_path} from epoch 2" in again.stdout
+    assert json.loads((tmp_path / "flags.json").read_text())["learning_rate"] == 0.05
+    assert [int(l.split(",")[0]) for l in (tmp_path / "history.csv").read_text().splitlines()[1:]] == [0, 1, 2, 3]
 
 
 def test_model_dir_of_another_run_is_not_overwritten(tmp_path):
@@ -97,7 +105,7 @@ def test_model_dir_of_another_run_is_not_overwritten(tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_file()}
     proc = train(*SMALL, "--epochs=1", "--learning_rate=0.05", f"--model_dir={tmp_path}")
     assert proc.returncode == 2
-    assert "holds a run with other flags (learning_rate)" in _error_lines(proc)[0]
+    assert "holds a run with other flags (--learning_rate)" in _error_lines(proc)[0]
     assert before == {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_file()}
 
 
@@ -142,7 +150,7 @@ def test_fine_tune_errors_name_the_problem(tmp_path):
     bad = tmp_path / "bad.keras"
     bad.write_bytes(b"not a model")
     proc = train(f"--init_from={bad}", "--epochs=1", f"--model_dir={tmp_path / 'x'}")
-    assert proc.returncode == 1 and "cannot load" in _error_lines(proc)[0]
+    assert proc.returncode == 1 and "is not a .keras file, or is truncated" in _error_lines(proc)[0]
     proc = train(f"--init_from={tmp_path / 'missing.keras'}", f"--model_dir={tmp_path / 'y'}")
     assert proc.returncode == 2 and "no such file" in _error_lines(proc)[0]
     model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(3, name="fc")])
@@ -197,6 +205,8 @@ def flags():
     "--distribution_strategy=tpu", "--seed=-1", "--eval_every=0", "--recipe=he2099",
     "--optimizer=lamb", "--model_args=depth", "--validation_split=1.5", "--image_size=-8",
     "--steps_per_execution=0", "--backbone_lr_multiplier=-1", "--export_formats=pmml", "--no_such_flag=1",
+    "--learning_rate=nan", "--learning_rate=inf", "--weight_decay=nan", "--image_size=100000",
+    "--worker_timeout=0",
 ])
 def test_every_flag_validator_rejects_a_bad_value(flags, capsys, flag):
     with pytest.raises(SystemExit) as exit_info:
@@ -218,7 +228,8 @@ def test_recipe_fills_unset_flags_and_explicit_flags_win(flags):
 
 def test_model_args_are_parsed_as_literals(flags):
     flags.parse(["train", "--model_args=drop_path_rate=0.1,shortcut=B,zero_init_last_bn=True"])
-    assert flags.model_args() == {"drop_path_rate": 0.1, "shortcut": "B", "zero_init_last_bn": True}
+    assert flags.model_args(flags.options().model_args) == {
+        "drop_path_rate": 0.1, "shortcut": "B", "zero_init_last_bn": True}
 
 
 def test_schedule_step_cosine_and_warmup_values():

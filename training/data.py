@@ -3,6 +3,8 @@ tf.data pipelines (stateless augmentation, so a resumed run sees the same batche
 
 import dataclasses
 import os
+import re
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -38,11 +40,14 @@ class Data:
         return len(self.class_names)
 
 
-def load(dataset, data_dir=None, image_size=None, validation_split=0.2, seed=0):
+def load(dataset, data_dir=None, image_size=None, validation_split=0.2, seed=0, channels=None, say=None):
+    """``dataset`` ("digits", "folder" or a tfds name) as ``Data``. ``channels`` (1 or 3)
+    converts a folder's images (default: grey when every image is grey, else RGB); ``say``
+    takes the one-line warnings about skipped files (default: standard error)."""
     if dataset == "digits":
         return _digits()
     if dataset == "folder":
-        return _folder(data_dir, image_size or 64, validation_split, seed)
+        return _folder(data_dir, image_size or 64, validation_split, seed, channels, say)
     return _tfds(dataset, data_dir, image_size)
 
 
@@ -79,29 +84,154 @@ def _digits():
                 len(y_train), len(y_test), names, x_train.shape[1:], mean, std, "crop")
 
 
-def _folder(data_dir, image_size, validation_split, seed):
-    import keras
+def dataset_name(dataset, data_dir=None):
+    """The name a dataset goes by in run folders and exports: a folder's base name, else
+    ``dataset``."""
+    if dataset == "folder" and data_dir:
+        return os.path.basename(os.path.normpath(data_dir))
+    return dataset
 
+
+def decode_image(data, channels):
+    """Encoded bytes (JPEG, CMYK JPEG included, PNG, GIF, BMP, WebP) as a uint8 image of
+    ``channels`` (1 or 3). The file is decoded in its own colour space and then converted
+    (alpha dropped, grey <-> RGB), because TensorFlow's decoders refuse some conversions
+    themselves (a CMYK JPEG or a WebP to grey). Training folders and the exported
+    ``serving_bytes`` signature both decode through this function."""
+    return to_channels(tf.io.decode_image(data, channels=0, expand_animations=False), channels)
+
+
+def to_channels(image, channels):
+    """A uint8 image of 1-4 channels (grey, grey + alpha, RGB, RGBA) as ``channels``."""
+    native = tf.shape(image)[-1]
+    if channels == 3:
+        out = tf.cond(native >= 3, lambda: image[..., :3], lambda: tf.image.grayscale_to_rgb(image[..., :1]))
+    else:
+        out = tf.cond(native >= 3, lambda: tf.image.rgb_to_grayscale(image[..., :3]), lambda: image[..., :1])
+    return tf.ensure_shape(out, [None, None, channels])
+
+
+def _decode_error(path):
+    """Why ``path`` is not an image TensorFlow can decode, in a few words."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return "a dangling symbolic link"
+    try:
+        if os.path.getsize(path) == 0:
+            return "an empty file"
+        decode_image(tf.io.read_file(path), 3)
+    except (tf.errors.OpError, OSError) as err:
+        return error_reason(err)
+    return "unreadable"
+
+
+def error_reason(err):
+    """The reason in a TensorFlow error, without its ``{{function_node ...}}`` and ``[Op:...]``
+    wrapping (e.g. "Unknown image file format. One of JPEG, ... required")."""
+    message = getattr(err, "message", None) or str(err)
+    line = message.strip().splitlines()[0] if message.strip() else ""
+    line = re.sub(r"^(\{\{[^}]*\}\}\s*)+", "", line)
+    return line.split(" [Op:")[0].strip().rstrip(".") or type(err).__name__
+
+
+def _memory_budget():
+    """Half the machine's memory: what a folder's decoded images may take."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return _IN_MEMORY_BYTES
+
+
+def _index_folder(data_dir):
+    """``(class names, [(path, label)], loose files)`` of a folder of class sub-folders
+    (searched recursively; hidden folders such as .ipynb_checkpoints are no classes)."""
+    entries = sorted(os.listdir(data_dir))
+    names = [d for d in entries if os.path.isdir(os.path.join(data_dir, d)) and not d.startswith(".")]
+    loose = [f for f in entries if os.path.isfile(os.path.join(data_dir, f)) and not f.startswith(".")]
+    examples = []
+    for label, name in enumerate(names):
+        for root, dirs, files in os.walk(os.path.join(data_dir, name)):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            examples += [(os.path.join(root, f), label) for f in sorted(files)]
+    return names, examples, loose
+
+
+def _folder(data_dir, image_size, validation_split, seed, channels=None, say=None):
+    """A folder of class sub-folders of images, decoded and resized into memory. Files that
+    cannot be decoded are skipped and counted (the first few named); a class left empty,
+    or images outside class sub-folders with no class sub-folder, are errors."""
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     if not data_dir or not os.path.isdir(data_dir):
         raise DataError(f"--dataset=folder needs --data_dir pointing at a folder of class "
                         f"sub-folders; {data_dir!r} is not a folder")
     if not 0 < validation_split < 1:
         raise DataError(f"--validation_split must be in (0, 1) for a folder, got {validation_split}")
-    try:
-        train, val = keras.utils.image_dataset_from_directory(
-            data_dir, labels="inferred", label_mode="int", color_mode="rgb", batch_size=None,
-            image_size=(image_size, image_size), shuffle=True, seed=seed,
-            validation_split=validation_split, subset="both", verbose=False)
-    except ValueError as err:
-        raise DataError(f"cannot read images from {data_dir}: {err}") from None
-    names = list(train.class_names)
+    names, examples, loose = _index_folder(data_dir)
+    if not names:
+        found = f"{len(loose)} file(s) directly in it (e.g. {loose[0]})" if loose else "nothing"
+        raise DataError(f"{data_dir} has no class sub-folders ({found}): put each class's images in a "
+                        f"sub-folder named after the class, e.g. {os.path.join(data_dir, 'cat', '1.jpg')}")
     if len(names) < 2:
         raise DataError(f"{data_dir} needs at least two class sub-folders, found {names}")
-    x_train, y_train = _arrays(train)
-    x_val, y_val = _arrays(val)
+    if loose:
+        say(f"train: warning: ignored {len(loose)} file(s) outside the class sub-folders of {data_dir} "
+            f"(e.g. {loose[0]})")
+    need = len(examples) * image_size * image_size * 3
+    if need > _memory_budget():
+        raise DataError(f"--image_size={image_size}: the {len(examples):,} images of {data_dir} would take "
+                        f"{need / 2**30:,.1f} GiB in memory, more than half of this machine's; use a smaller "
+                        "--image_size")
+
+    paths = [p for p, _ in examples]
+
+    def load(i, path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=0, expand_animations=False)
+        native = tf.shape(image)[-1]
+        image = tf.cond(native >= 3, lambda: image[..., :3], lambda: tf.concat([image[..., :1]] * 3, -1))
+        image = tf.image.resize(image, (image_size, image_size))
+        return i, tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), native < 3
+
+    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths)), paths))
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+    decoded = {int(i): (x, bool(grey)) for i, x, grey in without_autotune(ds).as_numpy_iterator()}
+    skipped = [p for i, p in enumerate(paths) if i not in decoded]
+    if skipped:
+        shown = "; ".join(f"{os.path.relpath(p, data_dir)} ({_decode_error(p)})" for p in skipped[:3])
+        say(f"train: warning: skipped {len(skipped)} of {len(paths)} files in {data_dir} that are not images "
+            f"TensorFlow can decode: {shown}{'; ...' if len(skipped) > 3 else ''}")
+    labels = np.array([label for _, label in examples], "int32")
+    kept = np.array(sorted(decoded), "int64")
+    for label, name in enumerate(names):
+        if not np.any(labels[kept] == label):
+            total = int(np.sum(labels == label))
+            raise DataError(f"class {name!r} ({os.path.join(data_dir, name)}) has no readable image "
+                            f"({total} file(s), all skipped)" if total else
+                            f"class folder {os.path.join(data_dir, name)} is empty: remove it or add images")
+    if channels is None:
+        channels = 1 if all(decoded[i][1] for i in kept) else 3
+    if channels == 1:  # grey files were widened to R = G = B: take one channel back
+        images = np.stack([x[..., :1] if grey else np.asarray(tf.image.rgb_to_grayscale(x))
+                           for x, grey in (decoded[i] for i in kept)])
+    else:
+        images = np.stack([decoded[i][0] for i in kept])
+    labels = labels[kept]
+    train, test = _split(labels, validation_split, seed)
+    x_train, y_train = images[train], labels[train]
     mean, std = _stats(x_train)
-    return Data(os.path.basename(os.path.normpath(data_dir)), (x_train, y_train), _as_dataset(x_val, y_val),
-                len(y_train), len(y_val), names, (image_size, image_size, 3), mean, std, "crop_flip")
+    return Data(dataset_name("folder", data_dir), (x_train, y_train), _as_dataset(images[test], labels[test]),
+                len(train), len(test), names, (image_size, image_size, channels), mean, std, "crop_flip")
+
+
+def _split(labels, fraction, seed):
+    """Train and held-out indices, ``fraction`` of each class held out (at least one where a
+    class has two or more images), shuffled with ``seed``."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        held = min(max(round(len(members) * fraction), 1 if len(members) > 1 else 0), len(members) - 1)
+        test += list(members[:held])
+        train += list(members[held:])
+    return rng.permutation(train), np.array(sorted(test), "int64")
 
 
 def _tfds(name, data_dir, image_size):

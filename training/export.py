@@ -5,7 +5,7 @@ Writes ``saved_models/<name>/<version>/``, a SavedModel that TensorFlow Serving,
 
 - ``serving_default``: ``images`` float32 [batch, H, W, C], raw pixels (0..255);
 - ``serving_uint8``: ``images`` uint8 [batch, H, W, C];
-- ``serving_bytes``: ``image_bytes`` tf.string [batch], encoded JPEG/PNG/BMP/GIF, decoded and
+- ``serving_bytes``: ``image_bytes`` tf.string [batch], encoded JPEG/PNG/BMP/GIF/WebP, decoded and
   resized inside (bilinear, as in training).
 
 Each returns ``logits``, ``probabilities``, ``top_k_ids``, ``top_k_scores`` and
@@ -22,23 +22,19 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
+from training import files  # noqa: E402
+
 FORMATS = ("saved_model", "onnx", "tflite")
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)  # logits, float32 model vs exported graph
-_TMP = ".tmp-"
 
 
-class ExportError(Exception):
+class ExportError(files.CommandError):
     """A problem with the export request; printed as one line. ``code`` 2 is a usage error."""
-
-    def __init__(self, message, code=1):
-        super().__init__(message)
-        self.code = code
 
 
 def define_flags():
@@ -53,39 +49,43 @@ def define_flags():
                              f"must be a comma-separated list of {', '.join(FORMATS)}")
 
 
+def versions(base):
+    """The version numbers under a model folder of TF Serving's layout (integer folder
+    names), ascending."""
+    if not os.path.isdir(base):
+        return []
+    return sorted(int(d) for d in os.listdir(base) if d.isdigit() and os.path.isdir(os.path.join(base, d)))
+
+
 def next_version(base):
-    versions = [int(d) for d in os.listdir(base) if d.isdigit()] if os.path.isdir(base) else []
-    return max(versions, default=0) + 1
+    return max(versions(base), default=0) + 1
 
 
 def _read_run(model_dir, checkpoint):
+    from training import run_folder
+
     if not model_dir or not os.path.isdir(model_dir):
         raise ExportError(f"--model_dir: {model_dir!r} is not a training run folder", 2)
-    path = os.path.join(model_dir, f"{checkpoint}.keras")
+    path = os.path.join(model_dir, run_folder.BEST if checkpoint == "best" else run_folder.LAST)
     if not os.path.isfile(path):
         raise ExportError(f"{path} does not exist: the run has not finished (train it to the end, or "
                           "pass --checkpoint=best)", 2)
     info = {}
-    for name in ("results.json", "flags.json"):
+    for name in (run_folder.RESULTS, run_folder.FLAGS_FILE):
         file = os.path.join(model_dir, name)
         if os.path.isfile(file):
-            with open(file) as f:
-                try:
-                    info[name] = json.load(f)
-                except json.JSONDecodeError:
-                    raise ExportError(f"{file} is corrupt") from None
-    return path, info.get("results.json", {}), info.get("flags.json", {})
+            try:
+                info[name] = files.read_json(file)
+            except files.CommandError as err:
+                raise ExportError(str(err)) from None
+    return path, info.get(run_folder.RESULTS, {}), info.get(run_folder.FLAGS_FILE, {})
 
 
 def _load(path):
-    import keras
-
-    import reszoo  # noqa: F401  (registers reszoo's layers for deserialization)
-
     try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as err:  # a corrupt or foreign file: keras raises many kinds
-        raise ExportError(f"cannot load {path}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+        return files.load_model(path, "--model_dir")
+    except files.CommandError as err:
+        raise ExportError(str(err), err.code) from None
 
 
 def _preprocessing(model):
@@ -106,6 +106,8 @@ def _preprocessing(model):
 
 def _serving_module(tf, core, image_shape, class_names, top_k):
     """A tf.Module around the Keras-exported ``core`` (float32 pixels -> logits)."""
+    from training.data import decode_image
+
     height, width, channels = image_shape
     names = tf.constant([str(n) for n in class_names])
     k = min(top_k, len(class_names))
@@ -118,8 +120,7 @@ def _serving_module(tf, core, image_shape, class_names, top_k):
                 "top_k_scores": scores, "top_k_names": tf.gather(names, ids)}
 
     def decode(data):
-        image = tf.io.decode_image(data, channels=channels, dtype=tf.uint8, expand_animations=False)
-        image = tf.cast(image, tf.float32)
+        image = tf.cast(decode_image(data, channels), tf.float32)
         same = tf.reduce_all(tf.shape(image)[:2] == [height, width])
         image = tf.cond(same, lambda: image, lambda: tf.image.resize(image, (height, width)))
         return tf.ensure_shape(image, image_shape)
@@ -196,11 +197,40 @@ def _run_tflite(tf, path, x):
 def export(model_dir, export_dir="saved_models", name=None, version=0, formats=("saved_model",),
            checkpoint="last", top_k=5):
     """Export a run; returns the version folder. Raises ExportError with a one-line message."""
-    import keras
-    import numpy as np
-    import tensorflow as tf
+    _check_formats(formats)
+    path, results, run_flags = _read_run(model_dir, checkpoint)
+    model = _load(path)
+    info = _describe(model, path, model_dir, results, run_flags, name)
+    base = os.path.join(export_dir, info["name"])
+    final = _version_folder(base, version)
+    tmp = files.tmp_name(final)
+    try:
+        os.makedirs(tmp)
+        out = _write_version(model, tmp, info, formats, top_k, int(os.path.basename(final)))
+        files.fsync_tree(out)
+        try:
+            os.rename(out, final)  # atomic; fails rather than replace a version made meanwhile
+        except FileExistsError:
+            raise ExportError(f"{final} appeared during the export; not overwritten", 2) from None
+        files.fsync_dir(base)
+    except OSError as err:
+        raise ExportError(files.os_error_message(err, base) + "; nothing was exported") from None
+    except Exception as err:
+        if _is_disk_full(err):
+            raise ExportError(f"no space left on the device of {base}; nothing was exported") from None
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
-    import reszoo
+
+def _is_disk_full(err):
+    """TensorFlow reports a full disk as one of its own errors, not an OSError."""
+    return "No space left on device" in str(err) or "ENOSPC" in str(err)
+
+
+def _check_formats(formats):
+    import keras
 
     unknown = set(formats) - set(FORMATS)
     if unknown:
@@ -210,8 +240,10 @@ def export(model_dir, export_dir="saved_models", name=None, version=0, formats=(
         raise ExportError(f"--formats={','.join(extra)} needs the TensorFlow backend (tf2onnx and the "
                           f"TFLite converter cannot read {keras.backend.backend()}'s XLA graph): re-run "
                           "with KERAS_BACKEND=tensorflow; the .keras file is the same", 2)
-    path, results, run_flags = _read_run(model_dir, checkpoint)
-    model = _load(path)
+
+
+def _describe(model, path, model_dir, results, run_flags, name):
+    """What the export says about the model: input shape, class names, names."""
     image_shape = tuple(model.input_shape[1:])
     if len(image_shape) != 3 or None in image_shape:
         raise ExportError(f"{path}: expected an image model with a fixed [H, W, C] input, got {image_shape}", 2)
@@ -224,74 +256,81 @@ def export(model_dir, export_dir="saved_models", name=None, version=0, formats=(
     name = name or f"{model_name}_{dataset}"
     if not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
         raise ExportError(f"--name={name!r}: use letters, digits, '_', '-' and '.'", 2)
+    return dict(path=path, image_shape=image_shape, class_names=list(class_names), model=model_name,
+                dataset=dataset, name=name, results=results, flags=run_flags)
 
-    base = os.path.join(export_dir, name)
+
+def _version_folder(base, version):
+    """The new version's folder under ``base`` (created): ``version``, or the next one."""
     try:
         os.makedirs(base, exist_ok=True)
     except OSError as err:
-        raise ExportError(f"cannot create {base}: {err.strerror}", 2) from None
+        raise ExportError(f"--export_dir: cannot create {base}: {err.strerror}", 2) from None
     if not os.access(base, os.W_OK):
         raise ExportError(f"{base} is not writable", 2)
-    _remove_stale(base)
-    version = version or next_version(base)
-    final = os.path.join(base, str(version))
+    files.remove_stale_tmp(base)  # exports whose process died (TF Serving ignores them anyway)
+    final = os.path.join(base, str(version or next_version(base)))
     if os.path.exists(final):
         raise ExportError(f"{final} exists; a version is never overwritten (omit --version for the next one)", 2)
-
-    tmp = tempfile.mkdtemp(prefix=f"{_TMP}{version}-{os.getpid()}-", dir=base)
-    try:
-        core_dir = os.path.join(tmp, "core")
-        spec = keras.InputSpec(shape=(None, *image_shape), dtype="float32")
-        model.export(core_dir, format="tf_saved_model", input_signature=[spec], verbose=False)
-        core = tf.saved_model.load(core_dir)
-        module = _serving_module(tf, core, image_shape, class_names, top_k)
-        out = os.path.join(tmp, "model")
-        tf.saved_model.save(module, out, signatures={
-            "serving_default": module.serving_default, "serving_uint8": module.serving_uint8,
-            "serving_bytes": module.serving_bytes},
-            options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))  # inference only
-
-        x = np.random.default_rng(0).integers(0, 256, (4, *image_shape)).astype("float32")
-        expected = np.asarray(model.predict(x, verbose=0), "float32")
-        served = tf.saved_model.load(out).signatures
-        _check("the SavedModel", served["serving_default"](images=tf.constant(x))["logits"], expected)
-        _check("the uint8 signature", served["serving_uint8"](images=tf.constant(x.astype("uint8")))["logits"], expected)
-        written = ["saved_model"]
-        if "onnx" in formats:
-            _export_onnx(core_dir, os.path.join(out, "model.onnx"))
-            _check("model.onnx", _run_onnx(os.path.join(out, "model.onnx"), x), expected)
-            written.append("onnx")
-        if "tflite" in formats:
-            _export_tflite(tf, core_dir, os.path.join(out, "model.tflite"))
-            _check("model.tflite", _run_tflite(tf, os.path.join(out, "model.tflite"), x), expected)
-            written.append("tflite")
-
-        metadata = {
-            "name": name, "version": version, "model": model_name, "dataset": dataset,
-            "class_names": list(class_names), "input": {"height": image_shape[0], "width": image_shape[1],
-                                                        "channels": image_shape[2]},
-            "preprocessing": _preprocessing(model),
-            "signatures": {"serving_default": "images: float32 [batch, H, W, C] raw pixels",
-                           "serving_uint8": "images: uint8 [batch, H, W, C]",
-                           "serving_bytes": "image_bytes: string [batch], JPEG/PNG/BMP/GIF, resized to H x W"},
-            "outputs": ["logits", "probabilities", "top_k_ids", "top_k_scores", "top_k_names"],
-            "top_k": min(top_k, classes), "formats": written, "params": reszoo.count_params(model),
-            "verified": {"inputs": "4 random images", **TOLERANCE},
-            "source": {"file": os.path.abspath(path), "sha256": _sha256(path), "results": results,
-                       "flags": run_flags},
-            "versions": {"reszoo": reszoo.__version__, "keras": keras.__version__,
-                         "keras_backend": keras.backend.backend(), "tensorflow": tf.__version__},
-            "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
-        with open(os.path.join(out, "metadata.json"), "w") as f:
-            json.dump(metadata, f, indent=2)
-        try:
-            os.rename(out, final)  # atomic; fails rather than replace a version made meanwhile
-        except OSError:
-            raise ExportError(f"{final} appeared during the export; not overwritten", 2) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _write_version(model, tmp, info, formats, top_k, version):
+    """The SavedModel (and the other formats) in ``tmp/model``, each checked against the
+    Keras model; returns that folder."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import reszoo
+
+    image_shape, class_names = info["image_shape"], info["class_names"]
+    core_dir = os.path.join(tmp, "core")
+    spec = keras.InputSpec(shape=(None, *image_shape), dtype="float32")
+    model.export(core_dir, format="tf_saved_model", input_signature=[spec], verbose=False)
+    core = tf.saved_model.load(core_dir)
+    module = _serving_module(tf, core, image_shape, class_names, top_k)
+    out = os.path.join(tmp, "model")
+    tf.saved_model.save(module, out, signatures={
+        "serving_default": module.serving_default, "serving_uint8": module.serving_uint8,
+        "serving_bytes": module.serving_bytes},
+        options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))  # inference only
+
+    x = np.random.default_rng(0).integers(0, 256, (4, *image_shape)).astype("float32")
+    expected = np.asarray(model.predict(x, verbose=0), "float32")
+    served = tf.saved_model.load(out).signatures
+    _check("the SavedModel", served["serving_default"](images=tf.constant(x))["logits"], expected)
+    _check("the uint8 signature", served["serving_uint8"](images=tf.constant(x.astype("uint8")))["logits"], expected)
+    written = ["saved_model"]
+    if "onnx" in formats:
+        _export_onnx(core_dir, os.path.join(out, "model.onnx"))
+        _check("model.onnx", _run_onnx(os.path.join(out, "model.onnx"), x), expected)
+        written.append("onnx")
+    if "tflite" in formats:
+        _export_tflite(tf, core_dir, os.path.join(out, "model.tflite"))
+        _check("model.tflite", _run_tflite(tf, os.path.join(out, "model.tflite"), x), expected)
+        written.append("tflite")
+
+    metadata = {
+        "name": info["name"], "version": version, "model": info["model"], "dataset": info["dataset"],
+        "class_names": class_names, "input": {"height": image_shape[0], "width": image_shape[1],
+                                              "channels": image_shape[2]},
+        "preprocessing": _preprocessing(model),
+        "signatures": {"serving_default": "images: float32 [batch, H, W, C] raw pixels",
+                       "serving_uint8": "images: uint8 [batch, H, W, C]",
+                       "serving_bytes": "image_bytes: string [batch], JPEG/PNG/BMP/GIF/WebP, resized to H x W"},
+        "outputs": ["logits", "probabilities", "top_k_ids", "top_k_scores", "top_k_names"],
+        "top_k": min(top_k, len(class_names)), "formats": written, "params": reszoo.count_params(model),
+        "verified": {"inputs": "4 random images", **TOLERANCE},
+        "source": {"file": os.path.abspath(info["path"]), "sha256": _sha256(info["path"]),
+                   "results": info["results"], "flags": info["flags"]},
+        "versions": {"reszoo": reszoo.__version__, "keras": keras.__version__,
+                     "keras_backend": keras.backend.backend(), "tensorflow": tf.__version__},
+        "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    with open(os.path.join(out, "metadata.json"), "w") as f:
+        json.dump(metadata, f, indent=2)
+    return out
 
 
 def _sha256(path):
@@ -300,20 +339,6 @@ def _sha256(path):
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _remove_stale(base):
-    """Temporary folders of exports whose process died (TF Serving ignores them anyway)."""
-    for entry in os.listdir(base):
-        if not entry.startswith(_TMP):
-            continue
-        try:
-            pid = int(entry[len(_TMP):].split("-")[1])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
-        except (ValueError, IndexError, PermissionError):
-            continue
 
 
 FLAGS = flags.FLAGS

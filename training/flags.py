@@ -1,6 +1,8 @@
 """Flags of ``python -m training.train``, their checks, and the papers' recipes."""
 
 import ast
+import collections
+import math
 import os
 import sys
 
@@ -10,6 +12,7 @@ FLAGS = flags.FLAGS
 
 AUGMENTATIONS = ("auto", "none", "crop", "crop_flip", "inception")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
+MAX_IMAGE_SIZE = 4096
 
 # One flag sets a paper's recipe; flags given explicitly win.
 RECIPES = {
@@ -35,10 +38,13 @@ def define():
     flags.DEFINE_list("model_args", [], "builder overrides, key=value (e.g. drop_path_rate=0.1,shortcut=B)")
     flags.DEFINE_string("dataset", "digits", "digits (embedded), folder (see --data_dir), or a tfds name")
     flags.DEFINE_string("data_dir", None, "tfds data_dir, or the image folder for --dataset=folder")
-    flags.DEFINE_integer("image_size", 0, "resize images to this side (folder and variable-size tfds; 0: default)", lower_bound=0)
+    flags.DEFINE_integer("image_size", 0, "resize images to this side (folder and variable-size tfds; 0: default)",
+                         lower_bound=0, upper_bound=MAX_IMAGE_SIZE)
     flags.DEFINE_float("validation_split", 0.2, "fraction of a folder held out for evaluation")
     flags.DEFINE_string("model_dir", None, "run folder: checkpoints, history, logs, flags (default runs/MODEL-DATASET)")
-    flags.DEFINE_boolean("overwrite", False, "reuse a model_dir that holds a run with different flags")
+    flags.DEFINE_boolean("overwrite", False, "start model_dir's run again from scratch, deleting its checkpoints")
+    flags.DEFINE_boolean("allow_flag_changes", False, "resume model_dir's run although optimisation flags changed "
+                         "(learning rate, schedule, epochs, batch size...); model and data flags must match")
     flags.DEFINE_integer("batch_size", 64, "global batch size", lower_bound=1)
     flags.DEFINE_integer("epochs", 30, "training epochs", lower_bound=1)
     flags.DEFINE_integer("train_steps", 0, "total steps instead of --epochs (rounded up to whole epochs)", lower_bound=0)
@@ -60,6 +66,8 @@ def define():
     flags.DEFINE_integer("steps_per_execution", 1, "train steps per tf.function call", lower_bound=1)
     flags.DEFINE_enum("distribution_strategy", "default", list(STRATEGIES), "tf.distribute strategy")
     flags.DEFINE_string("tpu", None, "TPU address for --distribution_strategy=tpu")
+    flags.DEFINE_float("worker_timeout", 600.0, "multi_worker_mirrored: seconds to wait for the other workers "
+                       "(at start and in each collective) before giving up", lower_bound=1.0)
     flags.DEFINE_integer("seed", 0, "random seed (weights, data order, augmentation)", lower_bound=0)
     flags.DEFINE_boolean("deterministic", False, "deterministic ops: the same flags give the same weights")
     flags.DEFINE_integer("eval_every", 1, "evaluate every N epochs", lower_bound=1)
@@ -72,6 +80,9 @@ def define():
     flags.DEFINE_string("export_dir", "saved_models", "--export: base folder of EXPORT_DIR/MODEL_DATASET/VERSION")
     flags.DEFINE_list("export_formats", ["saved_model"], "--export: saved_model, onnx, tflite")
 
+    for flag in FLAGS.get_key_flags_for_module(sys.modules[__name__]):
+        if flag.flag_type() == "float":  # absl's bounds let nan and inf through
+            flags.register_validator(flag.name, lambda v: v is None or math.isfinite(v), "must be a finite number")
     flags.register_validator("recipe", lambda v: v is None or v in RECIPES,
                              f"must be one of {', '.join(RECIPES)}")
     flags.register_validator("lr_decay_epochs", lambda v: all(s.strip().isdigit() for s in v),
@@ -98,10 +109,11 @@ def apply_recipe():
             FLAGS[name].value = value
 
 
-def model_args():
-    """--model_args as a dict with Python literals (numbers, booleans, tuples, None)."""
+def model_args(items):
+    """--model_args' ``key=value`` items as a dict with Python literals (numbers, booleans,
+    tuples, None)."""
     args = {}
-    for item in FLAGS.model_args:
+    for item in items:
         key, raw = item.split("=", 1)
         try:
             args[key.strip()] = ast.literal_eval(raw)
@@ -120,11 +132,35 @@ def parse(argv):
         sys.exit(2)
 
 
-# Flags that say what to do with a run, not what the run is: they may change on a resume.
-NOT_RUN_DEFINING = ("overwrite", "export", "export_dir", "export_formats")
+# Flags that say what to do with a run, or where, not what the run is: they may change on a
+# resume (a run folder may be moved, and its path spelled another way).
+NOT_RUN_DEFINING = ("overwrite", "allow_flag_changes", "model_dir", "export", "export_dir", "export_formats",
+                    "worker_timeout")
+# Flags a resumed run may change with --allow_flag_changes: how it is optimised, not which
+# model it trains on which data (those change the variables a checkpoint holds, or the split).
+CHANGEABLE = ("epochs", "train_steps", "learning_rate", "lr_schedule", "lr_decay_epochs", "lr_decay_rate",
+              "warmup", "warmup_epochs", "lr_batch_base", "momentum", "nesterov", "weight_decay",
+              "label_smoothing", "augment", "batch_size", "eval_every", "steps_per_execution", "jit_compile",
+              "distribution_strategy", "tpu", "deterministic", "backbone_lr_multiplier", "recipe")
+_PATHS = ("data_dir", "init_from", "weights_path")
 
 
-def as_dict():
-    """The flags that define a run, for model_dir/flags.json."""
-    names = [f.name for f in FLAGS.get_key_flags_for_module(sys.modules[__name__])]
-    return {name: FLAGS[name].value for name in sorted(names)}
+def _names():
+    return sorted(f.name for f in FLAGS.get_key_flags_for_module(sys.modules[__name__]))
+
+
+def record(opts):
+    """The run's flags (an ``Options``) for model_dir/flags.json, paths spelled one way."""
+    values = opts._asdict()
+    for name in _PATHS:
+        if values[name] and "://" not in values[name] and not values[name].startswith("keras_applications:"):
+            values[name] = os.path.normpath(os.path.expanduser(values[name]))
+    return values
+
+
+def options():
+    """Every flag of the command, recipe applied, as an immutable ``Options``: the flags are
+    read here once, and the training code takes this object (or its fields) as arguments."""
+    apply_recipe()
+    names = _names()
+    return collections.namedtuple("Options", names)(**{name: FLAGS[name].value for name in names})

@@ -5,68 +5,17 @@ so this is the loop the TensorFlow guide "Custom training loop with MultiWorkerM
 prescribes: a compiled Keras model and optimizer built under the strategy's scope, a
 distributed dataset, per-example losses averaged over the global batch, and gradients summed
 across workers by the Keras optimizer. Every worker trains; only the chief writes to
-model_dir (shared storage on a real cluster), and every worker resumes from it.
+model_dir (shared storage on a real cluster, through ``training.run_folder``), and every
+worker resumes from it.
 """
 
-import csv
-import json
 import math
 import os
 
 import keras
 import tensorflow as tf
 
-
-def is_chief(strategy):
-    """The chief of a TF_CONFIG cluster: task "chief", or worker 0 when there is none."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    cluster = resolver.cluster_spec().as_dict()
-    if "chief" in cluster:
-        return resolver.task_type == "chief"
-    return resolver.task_type == "worker" and resolver.task_id == 0
-
-
-def write_json(path, value, **dump_args):
-    """A whole JSON file, written then renamed: never a half-written one."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, **dump_args)
-    os.replace(path + ".tmp", path)
-
-
-def save_model(model, path):
-    """A whole ``.keras`` file, written then renamed: never a half-written model."""
-    model.save(path + ".tmp.keras")
-    os.replace(path + ".tmp.keras", path)
-
-
-class Backup:
-    """Weights and optimizer state after each finished epoch, written by the chief alone:
-    ``backup/last.weights.h5`` + ``backup/epoch.json``, each written whole then renamed."""
-
-    def __init__(self, backup_dir, chief):
-        self.dir, self.chief = backup_dir, chief
-        self.weights = os.path.join(backup_dir, "last.weights.h5")
-        self.meta = os.path.join(backup_dir, "epoch.json")
-
-    def saved_epoch(self):
-        if not (os.path.exists(self.meta) and os.path.exists(self.weights)):
-            return 0
-        with open(self.meta) as f:
-            return int(json.load(f)["epoch"])
-
-    def restore(self, model):
-        if self.saved_epoch():
-            model.load_weights(self.weights)
-
-    def save(self, model, epoch):
-        if not self.chief:
-            return
-        os.makedirs(self.dir, exist_ok=True)
-        model.save_weights(self.weights + ".tmp.weights.h5")
-        os.replace(self.weights + ".tmp.weights.h5", self.weights)
-        write_json(self.meta, {"epoch": epoch})
+from training.strategy import is_chief
 
 
 class CustomLoop:
@@ -140,39 +89,34 @@ class CustomLoop:
         loss, correct, count = total.numpy()
         return {"loss": float(loss / count), "accuracy": float(correct / count)}
 
-    def fit(self, dataset, epochs, steps_per_epoch, first_epoch, backup, test, eval_every, model_dir):
+    def fit(self, dataset, epochs, steps_per_epoch, first_epoch, test, eval_every, recorder, log_dir):
         """Train epochs ``first_epoch .. epochs - 1``, evaluating on ``test`` every
-        ``eval_every`` epochs; the chief writes history.csv, logs/ and best.keras (highest
-        val_accuracy) to model_dir. Returns ``(history, bad_epoch)``: per-epoch logs, and the
-        epoch whose loss went non-finite (training stops there; the backup keeps the last
-        good epoch) or None."""
+        ``eval_every`` epochs; each good epoch goes to ``recorder.end_epoch`` (which writes on
+        the chief only) and, on the chief, to TensorBoard in ``log_dir`` and stdout. Returns
+        the epoch whose loss went non-finite (training stops there; the last checkpoint
+        stays the last good epoch), or None."""
         iterator = iter(self._distribute(dataset))
-        writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs", "train")) if self.chief else None
-        best = -1.0
-        history = []
+        writer = tf.summary.create_file_writer(os.path.join(log_dir, "train")) if self.chief else None
         for epoch in range(first_epoch, epochs):
             loss_sum = correct = 0.0
             for _ in range(steps_per_epoch):
                 loss, hits = self._train_step(next(iterator))
                 loss_sum += float(loss)
                 correct += float(hits)
-            logs = {"epoch": epoch, "loss": loss_sum / steps_per_epoch,
+            logs = {"loss": loss_sum / steps_per_epoch,
                     "accuracy": correct / (steps_per_epoch * self.global_batch_size)}
             if not math.isfinite(logs["loss"]):
-                return history, epoch
+                return epoch
             self._sync()
             if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
                 logs.update({"val_" + k: v for k, v in self.evaluate(test).items()})
-            backup.save(self.model, epoch + 1)
-            history.append(logs)
+            recorder.end_epoch(self.model, epoch, logs)
             if self.chief:
-                if logs.get("val_accuracy", -1.0) > best:
-                    best = logs["val_accuracy"]
-                    save_model(self.model, os.path.join(model_dir, "best.keras"))
-                self._write(logs, os.path.join(model_dir, "history.csv"), writer)
-                print(f"epoch {epoch + 1}/{epochs} " + " ".join(
-                    f"{k} {v:.4f}" for k, v in logs.items() if k != "epoch"), flush=True)
-        return history, None
+                with writer.as_default(step=epoch):
+                    for k, v in logs.items():
+                        tf.summary.scalar(k, v)
+                print(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
+        return None
 
     def replica_checksums(self):
         """Per replica, the sum of |w| over all model variables (trainable or not), gathered
@@ -185,17 +129,3 @@ class CustomLoop:
 
         gathered = self.strategy.gather(self.strategy.run(tf.function(checksum)), axis=0)
         return gathered.numpy().tolist()
-
-    @staticmethod
-    def _write(logs, csv_path, writer):
-        fields = ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
-        new = not os.path.exists(csv_path)
-        with open(csv_path, "a", newline="") as f:
-            out = csv.DictWriter(f, fields, extrasaction="ignore")
-            if new:
-                out.writeheader()
-            out.writerow(logs)
-        with writer.as_default(step=logs["epoch"]):
-            for k, v in logs.items():
-                if k != "epoch":
-                    tf.summary.scalar(k, v)

@@ -19,24 +19,52 @@ FLAGS = flags.FLAGS
 
 def resolve(path):
     """The version folder to load: ``path`` itself, or its highest integer sub-folder."""
+    from training.export import versions
+
     if path and os.path.isfile(os.path.join(path, "saved_model.pb")):
         return path
-    if path and os.path.isdir(path):
-        versions = sorted(int(d) for d in os.listdir(path) if d.isdigit())
-        if versions:
-            return os.path.join(path, str(versions[-1]))
+    found = versions(path) if path else []
+    if found:
+        return os.path.join(path, str(found[-1]))
     raise ValueError(f"--saved_model: {path!r} is neither a SavedModel folder nor a folder of versions")
+
+
+def _problem(version):
+    """What is missing from a SavedModel folder, or None."""
+    index = os.path.join(version, "variables", "variables.index")
+    if not os.path.isfile(os.path.join(version, "saved_model.pb")):
+        return "has no saved_model.pb"
+    if not os.path.isfile(index):
+        return "has no variables/ (variables.index): it was copied or written incompletely"
+    return None
+
+
+def load(saved_model):
+    """The ``serving_bytes`` signature of an export, or ValueError saying why not."""
+    import tensorflow as tf
+
+    from training.files import first_line
+
+    version = resolve(saved_model)
+    problem = _problem(version)
+    if problem:
+        raise ValueError(f"{version} {problem}; export it again")
+    try:
+        loaded = tf.saved_model.load(version)
+    except Exception as err:  # TF raises OSError, DecodeError, DataLossError... for damaged files
+        raise ValueError(f"{version} cannot be loaded, its files are damaged ({type(err).__name__}: "
+                         f"{first_line(err)[:200]}); export it again") from None
+    if "serving_bytes" not in loaded.signatures:
+        raise ValueError(f"{version} is not a reszoo export (no serving_bytes signature; it has "
+                         f"{', '.join(loaded.signatures) or 'none'})")
+    return loaded.signatures["serving_bytes"]
 
 
 def predict(saved_model, images, top=5):
     """``[(path, [(name, score), ...]), ...]`` for image files, through ``serving_bytes``."""
     import tensorflow as tf
 
-    version = resolve(saved_model)
-    try:
-        serve = tf.saved_model.load(version).signatures["serving_bytes"]
-    except (KeyError, OSError, ValueError) as err:
-        raise ValueError(f"{version} is not a reszoo export with a serving_bytes signature ({type(err).__name__})") from None
+    serve = load(saved_model)
     results = []
     for path in images:
         try:
@@ -46,8 +74,10 @@ def predict(saved_model, images, top=5):
             raise ValueError(f"cannot read {path}: {err.strerror}") from None
         try:
             out = serve(image_bytes=tf.constant([data]))
-        except tf.errors.InvalidArgumentError:
-            raise ValueError(f"{path} is not a JPEG, PNG, BMP or GIF image") from None
+        except tf.errors.InvalidArgumentError as err:
+            from training.data import error_reason
+
+            raise ValueError(f"{path} cannot be decoded as an image ({error_reason(err)})") from None
         names = [n.decode() for n in out["top_k_names"].numpy()[0][:top]]
         scores = out["top_k_scores"].numpy()[0][:top].tolist()
         results.append((path, list(zip(names, scores))))
