@@ -28,3 +28,50 @@ def test_ci_runs_the_readme_test_command():
     test_command = next(c for c in commands if "pytest" in c)
     ci = (ROOT / ".ci" / "run").read_text()
     assert test_command in ci.splitlines()
+
+
+def _commands_after(heading):
+    """The shell commands of the first code block after ``heading``, continuations joined."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```\n(.*?)```", text[text.index(heading):], re.S).group(1)
+    return [line.strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def test_the_fine_tuning_example_runs_as_written(tmp_path):
+    """README's set-up command trains the digits model; its fine-tuning example then trains
+    on my_images/, a folder of grey images of another size (upscaled digits of 5 classes)."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    from reszoo.datasets import load_digits
+
+    (x, y), _, _ = load_digits()
+    for digit in range(5):
+        folder = tmp_path / "my_images" / f"digit{digit}"
+        folder.mkdir(parents=True)
+        for i, image in enumerate(x[y == digit][:30]):
+            Image.fromarray((image[..., 0] * 15).astype("uint8")).resize((20, 20)).save(folder / f"{i}.png")
+    readme = (ROOT / "README.md").read_text()
+    setup = re.search(r"^pip install -e .* && (python -m training\.train)$", readme, re.M).group(1)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    for command in [setup, *_commands_after("### Fine-tuning")]:
+        proc = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, (command, proc.stderr[-2000:])
+    import json
+
+    import keras
+
+    import reszoo  # noqa: F401
+
+    results = json.loads((tmp_path / "runs" / "resnet20-my_images" / "results.json").read_text())
+    assert results["class_names"] == [f"digit{d}" for d in range(5)] and np.isfinite(results["test_loss"])
+    tuned = keras.saving.load_model(tmp_path / "runs" / "resnet20-my_images" / "last.keras", compile=False)
+    digits = keras.saving.load_model(tmp_path / "runs" / "resnet20-digits" / "last.keras", compile=False)
+    assert tuned.input_shape == (None, 64, 64, 1) and tuned.output_shape == (None, 5)
+    for layer in digits.layers[1:-1]:  # --freeze=backbone: every weight as the digits model has it
+        for a, b in zip(layer.get_weights(), tuned.get_layer(layer.name).get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)
