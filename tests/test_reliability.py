@@ -47,7 +47,7 @@ def wait_for(proc, predicate, timeout=300, every=0.05):
 
 
 def paused(proc, folder, name):
-    """Wait until ``proc`` pauses at a write of ``name`` (files.pause_point); its marker."""
+    """Wait until ``proc`` pauses at a write of ``name`` (reszoo.io.pause_point); its marker."""
     return wait_for(proc, lambda: glob.glob(os.path.join(folder, "**", f".tmp-*-{name}.paused"), recursive=True))[0]
 
 
