@@ -160,6 +160,26 @@ def _check_min_size(shape, min_size):
                          f"{min_size}x{min_size} (its total stride)")
 
 
+def preprocess(x, preprocessing):
+    """The ``preprocess`` layer on ``x``: keras.applications' ``preprocess_input`` by mode
+    ("caffe", "tf", "torch"), or per-channel standardisation with ``{"mean", "std"}``."""
+    from reszoo.layers import ImagePreprocess
+
+    if preprocessing is None:
+        return x
+    if isinstance(preprocessing, str):
+        return ImagePreprocess(preprocessing, name="preprocess")(x)
+    if not isinstance(preprocessing, dict) or set(preprocessing) != {"mean", "std"}:
+        raise ValueError('preprocessing must be None, "caffe", "tf", "torch" or {"mean": [...], "std": [...]}, '
+                         f"got {preprocessing!r}")
+    mean, std = (list(map(float, preprocessing[k])) for k in ("mean", "std"))
+    channels = x.shape[-1]
+    if len(mean) != channels or len(std) != channels or min(std) <= 0:
+        raise ValueError(f"preprocessing needs a mean and a positive std per channel ({channels}), got "
+                         f"{len(mean)} and {len(std)} values")
+    return layers.Normalization(mean=mean, variance=[s * s for s in std], name="preprocess")(x)
+
+
 VARIANTS = ("paper", "keras")
 KERAS_BN_EPSILON = 1.001e-5
 

@@ -12,7 +12,8 @@ import keras
 from keras import layers
 
 from reszoo import common
-from reszoo.layers import ImagePreprocess, Recompute
+from reszoo.layers import Recompute
+from reszoo.model import ZooModel
 
 # ImageNet layouts, Table 1 of Huang et al. (DenseNet-161 is k=48 with a 96-channel stem).
 IMAGENET_BLOCKS = {
@@ -181,8 +182,7 @@ def densenet(
 
     inputs, x = common.model_input(input_shape, input_tensor, (32, 32, 3) if cifar else (224, 224, 3),
                                    common.min_input_size(stem, len(blocks)))
-    if preprocessing is not None:
-        x = ImagePreprocess(preprocessing, name="preprocess")(x)
+    x = common.preprocess(x, preprocessing)
     if cifar:
         x = f.conv(x, init_channels, 3, name="conv1_conv")
     else:
@@ -197,4 +197,4 @@ def densenet(
     if name is None:
         bc = "_bc" if bottleneck and compression < 1.0 else ""
         name = f"densenet{bc}{depth}_k{growth_rate}"
-    return keras.Model(inputs, outputs, name=name)
+    return ZooModel(inputs, outputs, name=name)

@@ -7,7 +7,7 @@ import fnmatch
 import inspect
 import re
 
-from reszoo import flops
+from reszoo import flops, naming
 
 _REGISTRY = {}
 # Alternative ways to give a net's size: overriding one replaces the others' defaults.
@@ -61,29 +61,83 @@ def _natural_key(name):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def create_model(name, **overrides):
-    """Build a registered model; keyword ``overrides`` replace its default config."""
-    spec = get_spec(name)
+def create_model(model_name=None, /, *, weights=None, **overrides):
+    """Build a registered model; keyword ``overrides`` replace its default config (``name``
+    included: it names the Keras model). ``weights`` loads weights into it
+    (``reszoo.weights.load_weights``): a training run folder, a ``.keras`` or ``.weights.h5``
+    file, keras.applications' ``.h5`` file (the "keras" variant is then the default), or a
+    Keras model. With another ``num_classes`` than the weights' the classifier is new. The
+    model name may be left out when the weights say how they were built (a run folder or a
+    ``.keras`` file of reszoo's)."""
+    from reszoo import weights as weights_lib
+    from reszoo.model import BuildSpec
+
+    if model_name is None:
+        if weights is None:
+            raise ValueError("create_model needs a model name (reszoo.list_models() lists them) or weights")
+        found = _spec_of(weights)
+        model_name, overrides = found.name, {**found.arguments(), **overrides}
+    spec = get_spec(model_name)
     accepted = inspect.signature(spec.builder).parameters
     for key in overrides:
         if key not in accepted:
             raise ValueError(
-                f"{name}: unknown argument {key!r}{_suggest(key, list(accepted))}"
+                f"{model_name}: unknown argument {key!r}{_suggest(key, list(accepted))}"
             )
+    if weights is not None and "variant" not in overrides and weights_lib.is_keras_applications_file(weights):
+        overrides["variant"] = "keras"
     config = dict(spec.config)
     if overrides.keys() & _LAYOUT_KEYS:
         for key in _LAYOUT_KEYS - overrides.keys():
             config.pop(key, None)
-    return spec.builder(**{**config, "name": name, **overrides})
+    model = spec.builder(**{**config, "name": model_name, **overrides})
+    model.build_spec = BuildSpec.of(model_name, overrides)
+    if weights is not None:
+        weights_lib.load_weights(model, weights)
+    return model
 
 
-def model_card(name, model=None):
-    """Family, depth, parameters, multiply-adds at the default input size, paper and
-    published results of a registered model (its default config, or ``model`` if given
-    already built)."""
+def _spec_of(weights):
+    """The build spec saved with a reszoo model: a ``.keras`` file's, a run folder's model's,
+    or a model's in memory."""
+    import json
+    import os
+    import zipfile
+
+    from reszoo.model import BuildSpec
+    from reszoo.weights import RUN_MODELS, WeightsError
+
+    if hasattr(weights, "layers"):
+        found = getattr(weights, "build_spec", None)
+    else:
+        path = os.path.expanduser(str(weights))
+        if os.path.isdir(path):
+            path = next((os.path.join(path, n) for n in RUN_MODELS if os.path.isfile(os.path.join(path, n))), path)
+        try:
+            with zipfile.ZipFile(path) as archive:
+                config = json.loads(archive.read("config.json")).get("config", {})
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+            config = {}
+        found = BuildSpec.from_json(config["build_spec"]) if "build_spec" in config else None
+    if found is None:
+        raise WeightsError(f"{weights} does not say which model it holds (not saved from a reszoo model): "
+                           "give the model name, e.g. reszoo.create_model('resnet50', weights=...)")
+    return found
+
+
+def model_card(model):
+    """Family, depth, parameters, multiply-adds, paper and published results of a registered
+    model: ``model`` is a registry name (its default config) or a model reszoo built, also
+    one loaded from a file (it remembers how it was built)."""
+    if isinstance(model, str):
+        name, model = model, create_model(model)
+    else:
+        found = getattr(model, "build_spec", None)
+        if found is None:
+            raise ValueError(f"model {getattr(model, 'name', model)!r} was not built by reszoo.create_model, "
+                             "so it has no card")
+        name = found.name
     spec = get_spec(name)
-    model = create_model(name) if model is None else model
-    trainable = count_params(model)
     card = {
         "name": name,
         "family": spec.family,
@@ -91,13 +145,15 @@ def model_card(name, model=None):
         "dataset": spec.dataset,
         "input_shape": tuple(model.input_shape[1:]),
         "num_classes": model.output_shape[-1],
-        "params": trainable,
+        "params": count_params(model),
         "total_params": int(model.count_params()),
         "macs": flops.count_macs(model),
         "paper": spec.paper,
         "published": dict(spec.published),
         "config": dict(spec.config),
     }
+    if getattr(model, "build_spec", None) is not None and model.build_spec.overrides:
+        card["overrides"] = dict(model.build_spec.overrides)
     if spec.notes:
         card["notes"] = spec.notes
     return card
@@ -119,5 +175,5 @@ def _depth(spec, model):
     depth = spec.config.get("depth")
     if depth is None:
         weighted = [l for l in model.layers if type(l).__name__ in ("Conv2D", "Dense")]
-        depth = len([l for l in weighted if not l.name.endswith("_0_conv")])
+        depth = len([l for l in weighted if not naming.is_shortcut(l.name)])
     return depth

@@ -27,7 +27,8 @@ import keras
 from keras import layers
 
 from reszoo import common
-from reszoo.layers import ImagePreprocess, ResidualScale, ZeroPadShortcut
+from reszoo.layers import ResidualScale, ZeroPadShortcut
+from reszoo.model import ZooModel
 
 # ImageNet depths, Table 1 of He et al. 2015 (+ ResNet-200 of He et al. 2016).
 IMAGENET_LAYERS = {
@@ -210,9 +211,10 @@ def resnet(
         convolutions (``conv{stage}_tied_{j}_conv``) and keep their own BN.
       variant: "paper", or "keras" for keras.applications' layout (ImageNet stem; see the
         module docstring).
-      preprocessing: None, "caffe", "tf" or "torch" (``layers.ImagePreprocess`` first, so the
-        model takes raw pixels); "auto" is keras.applications' mode for the "keras" variant
-        (caffe for v1, tf for v2) and None otherwise.
+      preprocessing: the model's first layer, so it takes raw pixels: None, "caffe", "tf" or
+        "torch" (keras.applications' ``preprocess_input``), or ``{"mean": [...], "std": [...]}``
+        per channel (standardisation with a dataset's statistics); "auto" is
+        keras.applications' mode for the "keras" variant (caffe for v1, tf for v2), else None.
       norm, bn_momentum, bn_epsilon, kernel_initializer, kernel_regularizer: layer hooks
         (bn_epsilon defaults to 1e-5, 1.001e-5 for the "keras" variant).
       num_classes, input_shape, input_tensor, include_top, pooling, classifier_activation, name:
@@ -254,8 +256,7 @@ def resnet(
 
     inputs, x = common.model_input(input_shape, input_tensor, (32, 32, 3) if cifar else (224, 224, 3),
                                    common.min_input_size(stem, len(stage_layers)))
-    if preprocessing is not None:
-        x = ImagePreprocess(preprocessing, name="preprocess")(x)
+    x = common.preprocess(x, preprocessing)
     if cifar:
         x = f.conv(x, base_width, 3, name="conv1_conv")
         x = x if preact else f.bn_relu(x, name="conv1")
@@ -285,4 +286,4 @@ def resnet(
     if name is None:
         kind = ("preact_" if preact else "") + ("resnet" if residual else "plain")
         name = f"{kind}{depth}"
-    return keras.Model(inputs, outputs, name=name)
+    return ZooModel(inputs, outputs, name=name)

@@ -1,19 +1,28 @@
-"""Pretrained weights in: keras.applications' ResNet, ResNetV2 and DenseNet weights into
-reszoo's ``variant="keras"`` models.
+"""Weights in, behind ``reszoo.create_model(name, weights=...)`` and ``load_weights(model, source)``.
 
-    model = reszoo.create_model("resnet50", variant="keras")   # takes raw RGB pixels
-    reszoo.weights.load_keras_applications(model, "~/.keras/models/resnet50_weights_tf_dim_ordering_tf_kernels.h5")
+A source is a Keras model, a ``.keras`` file, a training run folder (its ``last.keras``, else
+``best.keras``), a Keras ``.weights.h5`` file (``model.save_weights``), or one of
+keras.applications' ``.h5`` files (ResNet50/101/152, ResNet50V2/101V2/152V2,
+DenseNet121/169/201, with or without top) for the ``variant="keras"`` models:
 
-The file is read by keras.applications itself (any format its ``weights=`` accepts: the
-downloaded ``.h5`` files, with or without top, or ``.weights.h5``); every weighted layer is
-then matched by its role in the network (stage, block, conv index: the names both libraries
-give it), and its configuration (kernel, strides, padding, bias, BN epsilon) and every tensor
-shape must agree. Nothing is assigned unless everything matches.
+    model = reszoo.create_model("resnet50", weights="resnet50_weights_tf_dim_ordering_tf_kernels.h5")
+    model = reszoo.create_model(weights="runs/resnet20-digits", num_classes=5)  # a new head
+
+Layers are matched by name (``reszoo.naming``); keras.applications' layers by their role
+(stage, block, conv), with their configuration (kernel, strides, padding, bias, BN epsilon)
+compared too. Every tensor's shape must agree, except the classifier's: when the number of
+classes differs, or the source has no classifier, it keeps its fresh initialisation (timm's
+behaviour) and the report says so. Anything else that differs is a ``WeightsError`` naming the
+first layer, and nothing is assigned.
 """
 
+import dataclasses
 import os
+import re
 
 import keras
+
+from reszoo import naming
 
 # keras.applications name -> (reszoo registry name, preprocess_input mode).
 KERAS_APPLICATIONS = {
@@ -27,20 +36,10 @@ KERAS_APPLICATIONS = {
     "DenseNet169": ("densenet169", "torch"),
     "DenseNet201": ("densenet201", "torch"),
 }
+# The models a training run folder holds, in the order they are taken.
+RUN_MODELS = ("last.keras", "best.keras")
 # keras.applications layer name -> reszoo layer name, where they differ.
 _RENAMES = {"predictions": "fc", "bn": "post_bn"}
-
-
-def _target_name(name, architecture):
-    """reszoo's name for a keras.applications layer. Its v2 blocks name a BN after the conv
-    it follows (``_1_bn`` after ``_1_conv``); reszoo after the conv it pre-activates (``_2_bn``)."""
-    import re
-
-    if architecture.endswith("V2"):
-        match = re.fullmatch(r"(conv\d+_block\d+)_(\d)_bn", name)
-        if match:
-            return f"{match.group(1)}_{int(match.group(2)) + 1}_bn"
-    return _RENAMES.get(name, name)
 _COMPARED = {
     "Conv2D": ("kernel_size", "strides", "padding", "dilation_rate", "use_bias", "filters"),
     "Dense": ("units", "use_bias"),
@@ -53,34 +52,53 @@ class WeightsError(ValueError):
     """Weights that cannot be loaded; the message names the layer or file."""
 
 
-def create_model(architecture, weights=None, **kwargs):
-    """The reszoo model that mirrors keras.applications' ``architecture`` (e.g. "ResNet50"),
-    with ``weights`` (a file path or a keras.applications model) loaded when given."""
-    import reszoo
+@dataclasses.dataclass(frozen=True)
+class LoadReport:
+    """What ``load_weights`` did: the layers it filled, and the classifier it left new."""
 
-    if architecture not in KERAS_APPLICATIONS:
-        raise WeightsError(f"unknown keras.applications model {architecture!r}; one of {', '.join(KERAS_APPLICATIONS)}")
-    model = reszoo.create_model(KERAS_APPLICATIONS[architecture][0], variant="keras", **kwargs)
-    if weights is not None:
-        load_keras_applications(model, weights, architecture)
-    return model
+    source: str
+    loaded: int
+    replaced: tuple = ()
+
+    def __str__(self):
+        new = f"; new classifier ({', '.join(self.replaced)})" if self.replaced else ""
+        return f"loaded {self.loaded} layers from {self.source}{new}"
+
+
+def _keras_applications_name(name, architecture):
+    """reszoo's name for a keras.applications layer. Its v2 blocks name a BN after the conv
+    it follows (``_1_bn`` after ``_1_conv``); reszoo after the conv it pre-activates (``_2_bn``)."""
+    if architecture.endswith("V2"):
+        match = re.fullmatch(r"(conv\d+_block\d+)_(\d)_bn", name)
+        if match:
+            return f"{match.group(1)}_{int(match.group(2)) + 1}_bn"
+    return _RENAMES.get(name, name)
+
+
+def is_keras_applications_file(path):
+    """A Keras 2 HDF5 weights file, as keras.applications publishes them."""
+    path = os.path.expanduser(str(path))
+    if not (os.path.isfile(path) and path.endswith(".h5") and not path.endswith(".weights.h5")):
+        return False
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "layer_names" in f.attrs or "model_weights" in f
+    except OSError:
+        return False
 
 
 def architecture_of(model):
     """The keras.applications name with ``model``'s structure: its family (ResNet v1,
     pre-activation v2, DenseNet) and its blocks per stage."""
-    import re
-
     from reszoo.densenet import IMAGENET_BLOCKS
     from reszoo.resnet import IMAGENET_LAYERS
 
     names = [layer.name for layer in model.layers]
     blocks = {}
-    for name in names:
-        match = re.match(r"conv(\d+)_block(\d+)_", name)
-        if match:
-            stage, block = map(int, match.groups())
-            blocks[stage] = max(blocks.get(stage, 0), block)
+    for found in filter(None, map(naming.block, names)):
+        blocks[found[0]] = max(blocks.get(found[0], 0), found[1])
     layout = tuple(blocks[s] for s in sorted(blocks))
     if any(n.endswith("_concat") for n in names):
         family, depths = "DenseNet{}", {v: k for k, v in IMAGENET_BLOCKS.items()}
@@ -94,67 +112,146 @@ def architecture_of(model):
     return architecture
 
 
-def _source(architecture, path, model):
-    path = os.path.expanduser(str(path))
-    if not os.path.isfile(path):
-        raise WeightsError(f"no such weights file: {path}")
+def _keras_applications_source(architecture, path):
+    """The keras.applications model holding the file's weights, at its default input size
+    (weights do not depend on it), with its top when the file has one."""
     build = getattr(keras.applications, architecture)
-    shape = tuple(model.input_shape[1:])
-    fc = [layer for layer in model.layers if layer.name == "fc"]
-    classes = fc[0].units if fc else 1000
     errors = []
     for include_top in (True, False):
         try:
-            return build(weights=path, include_top=include_top, input_shape=shape, classes=classes,
-                         classifier_activation=None)
+            return build(weights=path, include_top=include_top, classifier_activation=None)
         except Exception as err:  # keras raises ValueError, OSError, KeyError... for a wrong file
             errors.append(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
     raise WeightsError(f"{path} does not hold {architecture} weights ({errors[-1][:200]})")
+
+
+def _h5_classes(path):
+    """The classifier's units in a Keras 3 ``.weights.h5`` file (its Dense layer), or None."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        dense = [k for k in f.get("layers", {}) if k == "dense" or re.fullmatch(r"dense_\d+", k)]
+        if len(dense) != 1 or "vars" not in f["layers"][dense[0]]:
+            return None
+        return int(f["layers"][dense[0]]["vars"]["0"].shape[-1])
+
+
+def _twin(model, num_classes):
+    """A model built like ``model`` (from its build spec) with ``num_classes`` classes, or
+    without a head when None."""
+    from reszoo.model import build_spec
+    from reszoo.registry import create_model
+
+    spec = build_spec(model)
+    if spec is None:
+        raise WeightsError(f"{model.name} was not built by reszoo.create_model, so a .weights.h5 file "
+                           "(which holds no layer names) cannot be matched to it: load a .keras file")
+    arguments = spec.arguments()
+    if num_classes is None:
+        arguments.update(include_top=False, pooling=None)
+    else:
+        arguments.update(include_top=True, num_classes=num_classes)
+    return create_model(spec.name, **arguments)
+
+
+def _source(model, source):
+    """``(a Keras model holding the weights, its description, the layer rename, whether
+    layer configurations are compared)`` for any kind of source."""
+    from reszoo import io
+
+    if isinstance(source, keras.Model):
+        return source, f"model {source.name!r}", None, False
+    path = os.path.expanduser(str(source))
+    if os.path.isdir(path):
+        found = [os.path.join(path, n) for n in RUN_MODELS if os.path.isfile(os.path.join(path, n))]
+        if not found:
+            raise WeightsError(f"{path} holds no {' or '.join(RUN_MODELS)} (a training run folder that finished)")
+        path = found[0]
+    if not os.path.isfile(path):
+        raise WeightsError(f"no such weights file: {path}")
+    if path.endswith(".keras"):
+        problem = io.keras_file_problem(path)
+        if problem:
+            raise WeightsError(f"{path} {problem}")
+        try:
+            return keras.saving.load_model(path, compile=False), path, None, False
+        except Exception as err:  # keras raises many kinds for a foreign or damaged file
+            raise WeightsError(f"cannot load {path}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+    if is_keras_applications_file(path):
+        architecture = architecture_of(model)
+        return _keras_applications_source(architecture, path), path, _renamer(architecture), True
+    if path.endswith(".weights.h5"):
+        try:
+            classes = _h5_classes(path)
+        except OSError as err:
+            raise WeightsError(f"{path} is not a weights file ({err})") from None
+        twin = _twin(model, classes)
+        try:
+            twin.load_weights(path)
+        except Exception as err:  # Keras raises ValueError for a structure that differs
+            raise WeightsError(f"{path} does not hold weights of {model.name}'s architecture: "
+                               f"{str(err).splitlines()[0]}") from None
+        return twin, path, None, False
+    raise WeightsError(f"{path}: weights come from a .keras, .weights.h5 or keras.applications .h5 file, "
+                       "a training run folder, or a Keras model")
+
+
+def _renamer(architecture):
+    return lambda name: _keras_applications_name(name, architecture)
 
 
 def _weighted(model):
     return {layer.name: layer for layer in model.layers if layer.weights}
 
 
-def load_keras_applications(model, source, architecture=None):
-    """Load keras.applications weights (a file path or a keras.applications model) into a
-    reszoo ``variant="keras"`` model, in place; returns the model. Raises WeightsError naming
-    the first layer that is missing, unmapped or different."""
-    architecture = architecture or architecture_of(model)
-    if architecture not in KERAS_APPLICATIONS:
-        raise WeightsError(f"unknown keras.applications model {architecture!r}; one of {', '.join(KERAS_APPLICATIONS)}")
-    src = source if isinstance(source, keras.Model) else _source(architecture, source, model)
-    targets, sources = _weighted(model), _weighted(src)
-    if "predictions" in sources and "fc" not in targets:
-        del sources["predictions"]  # a backbone takes the weights without their classifier
-    assignments = []
+def load_weights(model, source):
+    """Load ``source`` (see the module docstring) into ``model``, in place. Returns a
+    ``LoadReport``; raises ``WeightsError`` naming the first layer that is missing or
+    different, before anything is assigned."""
+    return _assign(model, *_source(model, source))
+
+
+def _assign(model, src, described, rename, compare):
+    rename = rename or (lambda name: name)
+    targets = _weighted(model)
+    sources = {rename(name): layer for name, layer in _weighted(src).items()}
+    assignments, replaced = [], []
     for name, layer in sources.items():
-        target_name = _target_name(name, architecture)
-        target = targets.pop(target_name, None)
-        if target is None:
-            raise WeightsError(f"keras.applications layer {name!r} has no counterpart {target_name!r} in "
-                               f"{model.name} (build it with variant='keras')")
-        src_config, dst_config = layer.get_config(), target.get_config()
-        for key in _COMPARED.get(type(layer).__name__, ()):
-            if key == "padding" and tuple(src_config["kernel_size"]) == (1, 1):
-                continue  # a 1x1 kernel pads nothing either way
-            if _norm(src_config.get(key)) != _norm(dst_config.get(key)):
-                raise WeightsError(f"layer {target_name!r}: {key} is {dst_config.get(key)!r}, keras.applications' "
-                                   f"{name!r} has {src_config.get(key)!r} (build it with variant='keras')")
-        values = layer.get_weights()
+        if name not in targets and not naming.is_head(name):
+            raise WeightsError(f"layer {name!r} of {described} has no counterpart in {model.name}"
+                               + (" (build it with variant='keras')" if compare else ""))
+    for name, target in targets.items():
+        layer = sources.get(name)
+        values = layer.get_weights() if layer is not None else None
+        if name == naming.CLASSIFIER and (values is None or [v.shape for v in values] !=
+                                          [tuple(w.shape) for w in target.weights]):
+            old = f"{values[0].shape[-1]} -> " if values else ""
+            replaced.append(f"{name}: {old}{target.weights[0].shape[-1]} classes")
+            continue
+        if layer is None:
+            raise WeightsError(f"{described} has no weights for layer {name!r} of {model.name}")
+        if compare:
+            _compare_config(layer, target, name)
+        if len(values) != len(target.weights):
+            raise WeightsError(f"layer {name!r} has {len(target.weights)} tensors, {described}'s has {len(values)}")
         for variable, value in zip(target.weights, values):
             if tuple(variable.shape) != value.shape:
-                raise WeightsError(f"{variable.path}: shape {tuple(variable.shape)} != keras.applications' "
-                                   f"{name} {value.shape}")
-        if len(values) != len(target.weights):
-            raise WeightsError(f"layer {target_name!r} has {len(target.weights)} tensors, keras.applications' "
-                               f"{name!r} has {len(values)}")
+                raise WeightsError(f"layer {name!r}: {variable.path} has shape {tuple(variable.shape)}, "
+                                   f"{described}'s {value.shape}")
         assignments.append((target, values))
-    if targets:
-        raise WeightsError(f"no keras.applications weights for layer(s) {', '.join(sorted(targets))} of {model.name}")
     for target, values in assignments:
         target.set_weights(values)
-    return model
+    return LoadReport(str(described), len(assignments), tuple(replaced))
+
+
+def _compare_config(layer, target, name):
+    src_config, dst_config = layer.get_config(), target.get_config()
+    for key in _COMPARED.get(type(layer).__name__, ()):
+        if key == "padding" and tuple(src_config["kernel_size"]) == (1, 1):
+            continue  # a 1x1 kernel pads nothing either way
+        if _norm(src_config.get(key)) != _norm(dst_config.get(key)):
+            raise WeightsError(f"layer {name!r}: {key} is {dst_config.get(key)!r}, keras.applications' "
+                               f"{layer.name!r} has {src_config.get(key)!r} (build it with variant='keras')")
 
 
 def _norm(value):
@@ -163,3 +260,33 @@ def _norm(value):
     if isinstance(value, float):
         return round(value, 12)
     return value
+
+
+def load_keras_applications(model, source, architecture=None):
+    """keras.applications weights (a file path or a keras.applications model) into a
+    ``variant="keras"`` model, in place; returns the model. (``load_weights`` takes these
+    sources too; this is its keras.applications-only form, with ``architecture`` checked.)"""
+    architecture = architecture or architecture_of(model)
+    if architecture not in KERAS_APPLICATIONS:
+        raise WeightsError(f"unknown keras.applications model {architecture!r}; one of {', '.join(KERAS_APPLICATIONS)}")
+    described = f"keras.applications {architecture}"
+    if not isinstance(source, keras.Model):
+        path = os.path.expanduser(str(source))
+        if not os.path.isfile(path):
+            raise WeightsError(f"no such weights file: {path}")
+        source, described = _keras_applications_source(architecture, path), path
+    _assign(model, source, described, _renamer(architecture), compare=True)
+    return model
+
+
+def create_model(architecture, weights=None, **kwargs):
+    """The reszoo model that mirrors keras.applications' ``architecture`` (e.g. "ResNet50"),
+    with ``weights`` loaded when given: ``reszoo.create_model(NAME, variant="keras", ...)``."""
+    from reszoo.registry import create_model as create
+
+    if architecture not in KERAS_APPLICATIONS:
+        raise WeightsError(f"unknown keras.applications model {architecture!r}; one of {', '.join(KERAS_APPLICATIONS)}")
+    model = create(KERAS_APPLICATIONS[architecture][0], variant="keras", **kwargs)
+    if weights is not None:
+        load_keras_applications(model, weights, architecture)
+    return model

@@ -23,7 +23,7 @@ def model_table(build=None):
     rows = ["| model | family | data | depth | params | MACs | published |",
             "|---|---|---|---:|---:|---:|---|"]
     for name in reszoo.list_models():
-        card = reszoo.model_card(name, model=build(name))
+        card = reszoo.model_card(build(name))
         macs = card["macs"]
         macs = f"{macs / 1e9:.2f}G" if macs >= 1e9 else f"{macs / 1e6:.1f}M"
         rows.append(f"| `{name}` | {card['family']} | {card['dataset']} | {card['depth']} | "
@@ -40,6 +40,33 @@ def flag_table():
         default = flag.default_as_str if flag.default not in (None, [], "") else ""
         rows.append(f"| `--{flag.name}` | {default.strip(chr(39))} | {flag.help.replace('|', '/')} |")
     return "\n".join(rows)
+
+
+def continual_table():
+    """Experiment 9's committed numbers (experiments/results/continual.json)."""
+    import json
+
+    with open(os.path.join(os.path.dirname(README), "experiments", "results", "continual.json")) as f:
+        r = json.load(f)
+    names = {"0-4": "digits 0-4 (first task)", "5-9": "digits 5-9", "inverted:all": "inverted digits"}
+    tasks = r["tasks"]
+    rows = ["| method | " + " | ".join(names.get(t, t) for t in tasks) + " | trained per task | stored per task |",
+            "|---|" + "---:|" * (len(tasks) + 2)]
+    percent = lambda values: [f"{100 * v:.1f}%" for v in values]
+    rows.append("| backbone alone | " + " | ".join(percent([r["base_accuracy"]]) + [""] * (len(tasks) - 1))
+                + f" | {r['head']['trained_params'][0]:,} | {r['head']['stored_params'][0]:,} |")
+    labels = {"head": "new head, backbone frozen", "adapters": "residual adapters (parallel)",
+              "full": "full fine-tuning, one shared network"}
+    for method, label in labels.items():
+        m = r[method]
+        rows.append(f"| {label} | " + " | ".join(percent(m["accuracy"][-1])) +
+                    f" | {max(m['trained_params'][1:]):,} | {max(m['stored_params'][1:]):,} |")
+    return "\n".join(rows)
+
+
+def tables(build=None):
+    """Every generated table of README.md, by marker name."""
+    return {"models": model_table(build), "flags": flag_table(), "continual": continual_table()}
 
 
 def render(text, tables):
@@ -59,5 +86,5 @@ if __name__ == "__main__":
     with open(README) as f:
         text = f.read()
     with open(README, "w") as f:
-        f.write(render(text, {"models": model_table(), "flags": flag_table()}))
+        f.write(render(text, tables()))
     print(f"updated {README}")

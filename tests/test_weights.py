@@ -67,9 +67,35 @@ def test_notop_files_model_objects_and_keras3_weight_files_load(tmp_path):
     for given in (str(tmp_path / "notop.h5"), str(tmp_path / "notop.weights.h5"), source):
         model = weights.create_model("DenseNet121", given, input_shape=SHAPE, include_top=False)
         assert _relative_error(expected, model.predict(x, verbose=0)) < 1e-5
-    # A head cannot be filled from a file without one.
-    with pytest.raises(weights.WeightsError, match="no keras.applications weights for layer"):
-        weights.create_model("DenseNet121", str(tmp_path / "notop.h5"), input_shape=SHAPE)
+    # A file without a head fills everything but the classifier, which stays new (timm's way).
+    model = reszoo.create_model("densenet121", input_shape=SHAPE, num_classes=7, variant="keras")
+    report = weights.load_weights(model, str(tmp_path / "notop.h5"))
+    assert report.replaced == ("fc: 7 classes",) and report.loaded == len(source.layers) - sum(
+        not l.weights for l in source.layers)
+    np.testing.assert_array_equal(model.get_layer("conv5_block16_2_conv").get_weights()[0],
+                                  source.get_layer("conv5_block16_2_conv").get_weights()[0])
+
+
+def test_a_top_file_loads_into_other_classes_and_any_input_size(tmp_path):
+    """It used to fail with "does not hold ResNet50 weights", which was untrue."""
+    source = keras.applications.ResNet50(weights=None, classifier_activation=None)
+    _randomize(source, seed=5)
+    _save_like_the_downloads(source, tmp_path / "resnet50.h5")
+    model = reszoo.create_model("resnet50", weights=str(tmp_path / "resnet50.h5"), num_classes=7,
+                                input_shape=(None, None, 3))
+    assert model.get_layer("preprocess").mode == "caffe"  # the file chose the keras variant
+    assert model.output_shape == (None, 7)
+    for name in ("conv1_conv", "conv5_block3_3_conv", "conv5_block3_3_bn"):
+        for a, b in zip(model.get_layer(name).get_weights(), source.get_layer(name).get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(6).uniform(0, 255, (2, *SHAPE)).astype("float32")
+    features = keras.Model(model.inputs, model.get_layer("avg_pool").output).predict(x, verbose=0)
+    at_size = keras.applications.ResNet50(weights=None, input_shape=SHAPE, include_top=False, pooling="avg")
+    for layer in at_size.layers[1:]:
+        layer.set_weights(source.get_layer(layer.name).get_weights())
+    assert _relative_error(at_size.predict(PREPROCESS["caffe"](x.copy()), verbose=0), features) < 1e-5
+    same = reszoo.create_model("resnet50", weights=str(tmp_path / "resnet50.h5"))
+    np.testing.assert_array_equal(same.get_layer("fc").get_weights()[0], source.get_layer("predictions").get_weights()[0])
 
 
 def test_wrong_files_and_models_give_one_clear_error(tmp_path):

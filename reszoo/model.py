@@ -1,0 +1,82 @@
+"""A model that remembers how it was built: the registry name and the arguments given to
+``reszoo.create_model``, in memory and in the ``.keras`` files it is saved to, so a model
+loaded from disk can be described (``model_card``) and built again."""
+
+import dataclasses
+
+import keras
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildSpec:
+    """``reszoo.create_model(name, **overrides)`` as data. ``overrides`` hold JSON values and
+    serialised Keras objects (a regularizer, say); ``arguments()`` gives them back as the
+    builder takes them."""
+
+    name: str
+    overrides: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, name, overrides):
+        """The spec of ``create_model(name, **overrides)``. An ``input_tensor`` is recorded as
+        its shape: the layers before it are not part of the build."""
+        overrides = dict(overrides)
+        tensor = overrides.pop("input_tensor", None)
+        if tensor is not None:
+            overrides["input_shape"] = tuple(tensor.shape[1:])
+        return cls(name, {k: _encode(v) for k, v in sorted(overrides.items())})
+
+    def arguments(self):
+        return {k: _decode(v) for k, v in self.overrides.items()}
+
+    def to_json(self):
+        return {"name": self.name, "overrides": dict(self.overrides)}
+
+    @classmethod
+    def from_json(cls, value):
+        return cls(value["name"], dict(value.get("overrides", {})))
+
+
+def _encode(value):
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    return {"keras_object": keras.saving.serialize_keras_object(value)}
+
+
+def _decode(value):
+    if isinstance(value, dict):
+        if set(value) == {"keras_object"}:
+            return keras.saving.deserialize_keras_object(value["keras_object"])
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+@keras.saving.register_keras_serializable(package="reszoo")
+class ZooModel(keras.Model):
+    """A Keras functional model with a ``build_spec`` (``BuildSpec`` or None), saved with
+    its config. Every reszoo builder returns one."""
+
+    def __init__(self, *args, build_spec=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if isinstance(build_spec, dict):
+            build_spec = BuildSpec.from_json(build_spec)
+        self.build_spec = build_spec
+
+    def get_config(self):
+        config = super().get_config()
+        if self.build_spec is not None:
+            config["build_spec"] = self.build_spec.to_json()
+        return config
+
+
+def build_spec(model):
+    """How ``model`` was built (a ``BuildSpec``), or None for a model reszoo did not build."""
+    return getattr(model, "build_spec", None)
