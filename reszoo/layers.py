@@ -184,3 +184,47 @@ class Recompute(keras.layers.Layer):
         config = dict(config)
         config["inner"] = keras.saving.deserialize_keras_object(config["inner"])
         return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="reszoo")
+class ResidualAdapter(keras.layers.Layer):
+    """A convolution with a 1x1 adapter beside it (Rebuffi, Bilen, Vedaldi 2017, "Learning
+    multiple visual domains with residual adapters"; 2018, "Efficient parametrization of
+    multi-domain deep neural networks"). ``conv`` keeps its weights (freeze it); the adapter
+    ``A`` (its filters, zero-initialised, so the layer starts as ``conv`` alone) learns the task:
+
+        parallel:  y = conv(x) + A(x)       (A strides as conv does; 2018)
+        series:    y = z + A(z), z = conv(x)   (2017; the BN after it is the task's own)
+    """
+
+    MODES = ("parallel", "series")
+
+    def __init__(self, conv, mode="parallel", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {list(self.MODES)}, got {mode!r}")
+        self.conv, self.mode = conv, mode
+        self.adapter = keras.layers.Conv2D(
+            conv.filters, 1, strides=conv.strides if mode == "parallel" else 1, padding="same", use_bias=False,
+            kernel_initializer="zeros", name=f"{self.name}_adapter")
+
+    def build(self, input_shape):
+        if not self.conv.built:
+            self.conv.build(input_shape)
+        self.adapter.build(input_shape if self.mode == "parallel" else self.conv.compute_output_shape(input_shape))
+
+    def call(self, inputs):
+        y = self.conv(inputs)
+        return y + self.adapter(inputs if self.mode == "parallel" else y)
+
+    def compute_output_shape(self, input_shape):
+        return self.conv.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "conv": keras.saving.serialize_keras_object(self.conv), "mode": self.mode}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["conv"] = keras.saving.deserialize_keras_object(config["conv"])
+        return cls(**config)

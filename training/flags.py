@@ -72,10 +72,13 @@ def define():
     flags.DEFINE_boolean("deterministic", False, "deterministic ops: the same flags give the same weights")
     flags.DEFINE_integer("eval_every", 1, "evaluate every N epochs", lower_bound=1)
     flags.DEFINE_string("recipe", None, f"paper recipe preset: {', '.join(RECIPES)}")
-    flags.DEFINE_string("init_from", None, "fine-tune: a .keras model, or keras_applications:NAME (e.g. ResNet50) with --weights_path; its head is replaced")
+    flags.DEFINE_string("init_from", None, "fine-tune: a .keras model or a run folder, or keras_applications:NAME (e.g. ResNet50) with --weights_path; its head is replaced")
     flags.DEFINE_string("weights_path", None, "--init_from=keras_applications:NAME: the keras.applications weights file (.h5)")
     flags.DEFINE_string("freeze", "none", "fine-tune: none, backbone, or a stage (e.g. conv3) frozen with all before it")
     flags.DEFINE_float("backbone_lr_multiplier", 1.0, "fine-tune: backbone lr = lr * this", lower_bound=0.0)
+    flags.DEFINE_enum("adapters", "none", ["none", "parallel", "series"], "fine-tune with residual adapters "
+                      "(Rebuffi et al.): the backbone frozen, adapters, BatchNorm and classifier trained; "
+                      "the task is saved on its own to model_dir/task.npz")
     flags.DEFINE_boolean("export", False, "at the end, export a SavedModel (python -m training.export)")
     flags.DEFINE_string("export_dir", "saved_models", "--export: base folder of EXPORT_DIR/MODEL_DATASET/VERSION")
     flags.DEFINE_list("export_formats", ["saved_model"], "--export: saved_model, onnx, tflite")

@@ -9,6 +9,7 @@ survive a kill at any instant.
         state.json               epochs done, the history, the best score and its epoch
       best.keras               the model of the best validation accuracy so far
       last.keras               the finished model
+      task.npz                 with --adapters: the task alone (reszoo.transfer.load_task)
       history.csv              one row per epoch, rewritten from the checkpoint's history
       results.json             the final evaluation
       logs/                    TensorBoard
@@ -33,14 +34,15 @@ import shutil
 import sys
 import warnings
 
+from reszoo.weights import RUN_MODELS
 from training import files
 from training.files import CommandError
 
 FLAGS_FILE = "flags.json"
 LOCK_FILE = ".lock"
 BACKUP = "backup"
-BEST = "best.keras"
-LAST = "last.keras"
+LAST, BEST = RUN_MODELS  # what reszoo.create_model(weights=model_dir) loads, in this order
+TASK = "task.npz"
 HISTORY = "history.csv"
 RESULTS = "results.json"
 LOGS = "logs"

@@ -43,37 +43,51 @@ def check_options(opts):
         raise CommandError("--freeze and --backbone_lr_multiplier need --init_from", 2)
     if opts.weights_path and not (opts.init_from or "").startswith(KERAS_APPLICATIONS_PREFIX):
         raise CommandError("--weights_path needs --init_from=keras_applications:NAME", 2)
+    if opts.adapters != "none" and opts.init_from is None:
+        raise CommandError("--adapters needs --init_from (the backbone they adapt)", 2)
+    if opts.adapters != "none" and opts.freeze != "none":
+        raise CommandError("--freeze goes without --adapters: with adapters the backbone is frozen and "
+                           "only adapters, BatchNorm and the classifier train", 2)
 
 
 def new_model(opts, data):
-    """Raw pixels in: per-channel normalisation with the training set's statistics is the
+    """Raw pixels in: per-channel standardisation with the training set's statistics is the
     model's first layer, so saved and exported models take images as they are."""
     import keras
 
     import reszoo
 
-    inputs = keras.Input(data.image_shape, name="image")
-    x = keras.layers.Normalization(mean=data.mean, variance=data.std**2, name="preprocess")(inputs)
     overrides = run_flags.model_args(opts.model_args)
+    overrides.setdefault("preprocessing", {"mean": data.mean.tolist(), "std": data.std.tolist()})
     if opts.optimizer == "sgd" and opts.weight_decay:
         overrides.setdefault("kernel_regularizer", keras.regularizers.L2(opts.weight_decay / 2))
     try:
-        return reszoo.create_model(opts.model, input_tensor=x, num_classes=data.num_classes, **overrides)
-    except ValueError as err:
+        return reszoo.create_model(opts.model, input_shape=data.image_shape, num_classes=data.num_classes,
+                                   **overrides)
+    except (ValueError, TypeError) as err:
         raise CommandError(str(err), 2) from None
 
 
 def load_init_model(init_from):
-    """The ``.keras`` model of ``--init_from`` (None for keras_applications:NAME, which is
-    built once the data's image shape is known)."""
+    """The model of ``--init_from``: a ``.keras`` file or a run folder (its last.keras, else
+    best.keras); None for keras_applications:NAME, which is built once the data's image shape
+    is known."""
+    from reszoo.weights import RUN_MODELS
+
     if init_from.startswith(KERAS_APPLICATIONS_PREFIX):
         return None
+    if os.path.isdir(init_from):
+        found = [os.path.join(init_from, n) for n in RUN_MODELS if os.path.isfile(os.path.join(init_from, n))]
+        if not found:
+            raise CommandError(f"--init_from: {init_from} holds no {' or '.join(RUN_MODELS)} (a run that finished)", 2)
+        init_from = found[0]
     return files.load_model(init_from, "--init_from")
 
 
 def keras_applications_model(init_from, weights_path, image_shape):
     """reszoo's mirror of a keras.applications model with its weights, its preprocessing
     inside (raw RGB pixels in), at the dataset's image size."""
+    import reszoo
     from reszoo import weights
 
     architecture = init_from[len(KERAS_APPLICATIONS_PREFIX):]
@@ -87,15 +101,16 @@ def keras_applications_model(init_from, weights_path, image_shape):
         raise CommandError(f"--init_from={init_from}: keras.applications models take RGB images of at least "
                            f"32x32, the dataset has {tuple(image_shape)}", 2)
     try:
-        return weights.create_model(architecture, weights_path, input_shape=image_shape,
-                                    include_top=False, pooling="avg")
+        return reszoo.create_model(weights.KERAS_APPLICATIONS[architecture][0], variant="keras",
+                                   weights=os.path.expanduser(weights_path), input_shape=image_shape,
+                                   include_top=False, pooling="avg")
     except weights.WeightsError as err:
         raise CommandError(f"--weights_path: {err}", 2) from None
 
 
 def resized(model, image_shape, source):
-    """``model`` taking images of ``image_shape``: the same layers (and weights) applied to a
-    new input, which a fully convolutional net up to its pooling allows."""
+    """``model``, or, for another image size, a copy of it (same weights) on an input of
+    ``image_shape``, which a fully convolutional net up to its pooling allows."""
     import keras
 
     expected = tuple(model.input_shape[1:])
@@ -106,30 +121,35 @@ def resized(model, image_shape, source):
                            f"{image_shape[-1]}", 2)
     image = keras.Input(image_shape, name=model.inputs[0].name)
     try:
-        return keras.models.clone_model(model, input_tensors=[image] if isinstance(model.input, list) else image,
-                                        clone_function=lambda layer: layer)
+        copy = keras.models.clone_model(model, input_tensors=[image] if isinstance(model.input, list) else image)
     except Exception as err:  # a layer that needs its trained size (Flatten + Dense, ...)
         raise CommandError(f"--init_from: {source} takes images of {expected[:2]} and cannot take "
                            f"{tuple(image_shape[:2])} ({files.first_line(err)}); set --image_size={expected[0]}", 2) from None
+    copy.set_weights(model.get_weights())
+    copy.build_spec = getattr(model, "build_spec", None)
+    return copy
 
 
 def fine_tune_model(old, data, opts):
-    """``old`` (the model of --init_from) with a new classifier for this dataset's classes."""
-    import keras
+    """``old`` (the model of --init_from) with a new classifier for this dataset's classes,
+    and residual adapters with --adapters."""
+    from reszoo import transfer
 
     source = opts.init_from
     if old is None:
         old = keras_applications_model(opts.init_from, opts.weights_path, data.image_shape)
         source = opts.weights_path
-    names = [layer.name for layer in old.layers]
-    if "avg_pool" not in names:
+    if "avg_pool" not in [layer.name for layer in old.layers]:
         raise CommandError(f"--init_from: {source} has no 'avg_pool' + 'fc' head to replace (layers end with "
-                           f"{names[-3:]})", 2)
-    mixed = keras.config.dtype_policy().name.startswith("mixed")
-    dtype = old.get_layer("fc").dtype_policy if "fc" in names else ("float32" if mixed else None)
-    backbone = resized(keras.Model(old.inputs, old.get_layer("avg_pool").output), data.image_shape, source)
-    logits = keras.layers.Dense(data.num_classes, dtype=dtype, name="fc")(backbone.outputs[0])
-    model = keras.Model(backbone.inputs, logits, name=old.name)
+                           f"{[layer.name for layer in old.layers][-3:]})", 2)
+    old = resized(old, data.image_shape, source)
+    try:
+        if opts.adapters != "none":
+            model = transfer.add_adapters(old, opts.adapters, num_classes=data.num_classes)
+        else:
+            model = transfer.replace_classifier(old, data.num_classes)
+    except ValueError as err:
+        raise CommandError(f"--init_from: {source}: {err}", 2) from None
     set_l2(model, opts.weight_decay / 2 if opts.optimizer == "sgd" else 0.0)
     return model
 
@@ -139,43 +159,30 @@ def set_l2(model, factor):
     run's --weight_decay, not the one it was trained with (AdamW decays in the optimizer)."""
     import keras
 
+    from reszoo.layers import ResidualAdapter
+
     regularizer = keras.regularizers.L2(factor) if factor else None
     for layer in model.layers:
+        layer = layer.adapter if isinstance(layer, ResidualAdapter) else layer
         if getattr(layer, "kernel", None) is not None and hasattr(layer, "kernel_regularizer"):
             layer.kernel_regularizer = regularizer
             layer.kernel.regularizer = regularizer
 
 
-def freeze(model, stage):
-    """``stage`` "backbone" freezes all but the classifier; "convN" freezes the stem and
-    stages up to N. Frozen BN layers run in inference mode (Keras does this for
-    trainable=False)."""
-    if stage == "none":
-        return
-    names = [layer.name for layer in model.layers]
-    if stage == "backbone":
-        last = names.index("fc") - 1
-    else:
-        hits = [i for i, n in enumerate(names) if n.startswith(stage + "_")]
-        if not hits:
-            stages = sorted({n.split("_")[0] for n in names if n.startswith(("conv", "pool"))})
-            raise CommandError(f"--freeze={stage}: no such stage; use none, backbone or one of {', '.join(stages)}", 2)
-        last = hits[-1]
-    for layer in model.layers[: last + 1]:
-        layer.trainable = False
+def freeze(model, up_to):
+    """--freeze, by reszoo.transfer.freeze."""
+    from reszoo import transfer
 
-
-def lr_multipliers(model, backbone_multiplier):
-    if backbone_multiplier == 1.0:
-        return {}
-    head = set(id(v) for v in model.get_layer("fc").trainable_variables)
-    return {v.path: backbone_multiplier for v in model.trainable_variables if id(v) not in head}
+    try:
+        transfer.freeze(model, up_to)
+    except ValueError as err:
+        raise CommandError(f"--{err}", 2) from None
 
 
 def compile_model(model, opts, steps_per_epoch, epochs):
     import keras
 
-    from reszoo import optim
+    from reszoo import optim, transfer
 
     lr = opts.learning_rate
     if opts.lr_batch_base:
@@ -188,7 +195,7 @@ def compile_model(model, opts, steps_per_epoch, epochs):
     optimizer = optim.make_optimizer(
         opts.optimizer, schedule, momentum=opts.momentum, nesterov=opts.nesterov,
         weight_decay=opts.weight_decay, model=model,
-        lr_multipliers=lr_multipliers(model, opts.backbone_lr_multiplier))
+        lr_multipliers=transfer.lr_multipliers(model, backbone=opts.backbone_lr_multiplier))
     metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
     if model.output_shape[-1] > 10:
         metrics.append(keras.metrics.TopKCategoricalAccuracy(5, name="top5"))
@@ -288,6 +295,13 @@ def _train(strategy, model, data, opts, epochs, steps_per_epoch, folder, recorde
                    model=opts.model)
     if chief:
         files.save_model(model, folder.file(run_folder.LAST))
+        if opts.adapters != "none":
+            from reszoo import transfer
+
+            try:
+                results["task_bytes"] = transfer.save_task(model, folder.file(run_folder.TASK))
+            except OSError as err:
+                raise CommandError(files.os_error_message(err, folder.file(run_folder.TASK))) from None
         files.write_json(folder.file(run_folder.RESULTS), results, indent=2)
     print(f"test accuracy {results['test_accuracy']:.4f} ({data.num_test} images) -> {folder.path}")
     if opts.export and chief:
