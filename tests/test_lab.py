@@ -184,3 +184,40 @@ def test_experiment_on_unprepared_cifar10_says_so_and_exits_2(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "tfds build cifar10" in proc.stderr.strip().splitlines()[-1]
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_continual_tasks_are_built_from_the_spec():
+    from reszoo.lab import continual
+
+    x = np.arange(10 * 4, dtype="float32").reshape(10, 2, 2, 1)
+    y = np.arange(10) % 5
+    task = continual.make_task("inverted:2-3", x, y, x[:5], y[:5])
+    assert task.num_classes == 2 and sorted(set(task.y.tolist())) == [0, 1]
+    np.testing.assert_array_equal(task.x[0], 39.0 - x[2])  # inverted against the data's maximum
+    rotated = continual.make_task("rotated:all", x, y, x, y)
+    np.testing.assert_array_equal(rotated.x[0], np.rot90(x[0], 1))
+    for spec, message in [("blurred:all", "inverted or rotated"), ("3-9", "the data has classes"), ("x", "a range")]:
+        with pytest.raises(ValueError, match=message):
+            continual.make_task(spec, x, y, x, y)
+
+
+def test_with_a_frozen_backbone_nothing_is_forgotten_and_full_fine_tuning_forgets():
+    """Exactly: the first task's accuracy after every later task equals the backbone's."""
+    from reszoo.datasets import load_digits
+    from reszoo.lab import continual
+
+    (x, y), (x_test, y_test), _ = load_digits()
+    tasks = [continual.make_task(s, x, y, x_test, y_test) for s in ("0-4", "5-9", "inverted:all")]
+    build = lambda n: reszoo.create_model("resnet20", base_width=8, input_shape=(8, 8, 1), num_classes=n,
+                                          preprocessing={"mean": [5.0], "std": [6.0]})
+    results = continual.learn(build, tasks, epochs=3, say=lambda line: None)
+    base = results["base_accuracy"]
+    assert base > 0.8
+    for method in ("head", "adapters"):
+        assert [step[0] for step in results[method]["accuracy"]] == [base, base, base]  # exactly
+        assert results[method]["accuracy"][2][1] == results[method]["accuracy"][1][1]
+    full = results["full"]["accuracy"]
+    assert full[2][0] < base - 0.1  # it forgets
+    stored = {m: results[m]["stored_params"][1] for m in continual.METHODS}
+    assert stored["head"] < stored["adapters"] < 0.2 * stored["full"]
+    assert results["adapters"]["accuracy"][1][1] > results["head"]["accuracy"][1][1]

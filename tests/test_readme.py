@@ -17,7 +17,7 @@ def _tables_module():
 def test_readme_tables_are_generated_from_the_registry_and_flags(registered):
     tables = _tables_module()
     text = (ROOT / "README.md").read_text()
-    fresh = tables.render(text, {"models": tables.model_table(build=registered), "flags": tables.flag_table()})
+    fresh = tables.render(text, tables.tables(build=registered))
     assert fresh == text, "README tables are stale: run python scripts/readme_tables.py"
 
 
@@ -75,3 +75,34 @@ def test_the_fine_tuning_example_runs_as_written(tmp_path):
     for layer in digits.layers[1:-1]:  # --freeze=backbone: every weight as the digits model has it
         for a, b in zip(layer.get_weights(), tuned.get_layer(layer.name).get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def _python_blocks(heading):
+    """The python code blocks of README's section ``heading`` (up to the next "## ")."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index(heading):]
+    section = section[: section.find("\n## ", len(heading))]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_the_weights_and_transfer_examples_run_as_written(tmp_path, monkeypatch, capsys):
+    """Each block runs in one namespace, from a folder holding the digits run of the set-up
+    command (trained 2 epochs here, not 30)."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "training.train", "--epochs=2"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)
+    blocks = _python_blocks("## Weights") + _python_blocks("## Transfer learning")
+    assert len(blocks) == 3
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out.split()
+    assert printed[:3] == ["{'num_classes':", "3}", "269267"]  # the comment in README
+    assert 0.0 <= float(printed[3]) <= 1.0
+    task = namespace["task"]
+    assert task.output_shape == (None, 5) and (tmp_path / "digits0to4.npz").stat().st_size > 0
