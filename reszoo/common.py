@@ -1,6 +1,7 @@
 """What every family's builder shares: argument checks, the conv/norm factory, input and head."""
 
 import dataclasses
+import math
 import numbers
 import re
 import sys
@@ -8,6 +9,7 @@ import sys
 import keras
 from keras import layers
 
+from reszoo import naming
 from reszoo.layers import BatchNorm
 
 # Keras builds, traces and saves functional graphs recursively: ~600+ layer nets
@@ -184,9 +186,10 @@ VARIANTS = ("paper", "keras")
 KERAS_BN_EPSILON = 1.001e-5
 
 
-def imagenet_stem(x, f, filters, variant, norm=True, conv_bias=None):
-    """7x7/2 conv [-BN-ReLU] + 3x3/2 max pool. The "keras" variant pads explicitly (3, then
-    1) and pools "valid", as keras.applications does; "same" padding samples other pixels."""
+def imagenet_stem(x, f, filters, variant, pyramid, norm=True, conv_bias=None):
+    """7x7/2 conv [-BN-ReLU] (stage 1's output, stride 2) + 3x3/2 max pool. The "keras"
+    variant pads explicitly (3, then 1) and pools "valid", as keras.applications does; "same"
+    padding samples other pixels."""
     keras_layout = variant == "keras"
     if keras_layout:
         x = layers.ZeroPadding2D(3, name="conv1_pad")(x)
@@ -194,9 +197,76 @@ def imagenet_stem(x, f, filters, variant, norm=True, conv_bias=None):
                padding="valid" if keras_layout else "same")
     if norm:
         x = f.bn_relu(x, name="conv1")
+    x = pyramid.end(x, 1, 2)
     if keras_layout:
         x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
+    pyramid.stride = 4
     return layers.MaxPooling2D(3, strides=2, padding="valid" if keras_layout else "same", name="pool1_pool")(x)
+
+
+class Pyramid:
+    """Each stage's output, marked by an identity layer ``conv{s}_end`` on the main path
+    (``reszoo.naming``), with its stride: the maps a detection or segmentation head reads.
+    Level "Pk" is the map at stride 2**k (keras-hub's ``pyramid_outputs``); where two stages
+    share a stride (a CIFAR stem and its first stage, or the last two stages of
+    keras.applications' ResNetV2, which downsamples at the end of a stage), the later stage
+    is the level."""
+
+    def __init__(self):
+        self.ends, self.stride = [], 1
+
+    def end(self, x, stage, stride):
+        x = layers.Identity(name=naming.stage_end(stage))(x)
+        self.ends.append((stage, stride, x))
+        self.stride = stride
+        return x
+
+    def levels(self):
+        return {level_name(stride): x for _, stride, x in self.ends}
+
+    def outputs(self, out_levels=None):
+        levels = self.levels()
+        if out_levels is None:
+            return levels
+        if isinstance(out_levels, str) or not all(isinstance(k, str) for k in out_levels):
+            raise ValueError(f"out_levels must be a list of level names such as ['P3', 'P4'], got {out_levels!r}")
+        missing = [k for k in out_levels if k not in levels]
+        if missing:
+            raise ValueError(f"out_levels {missing} are not levels of this model; it has {list(levels)}")
+        return {k: levels[k] for k in out_levels}
+
+
+def level_name(stride):
+    """"Pk" for a map at stride 2**k."""
+    return f"P{int(round(math.log2(stride)))}"
+
+
+def default_input(stem, include_top, features_only):
+    """The input shape when none is given: the papers' size with a classifier, else any size
+    (keras-hub's default for backbones)."""
+    if features_only or not include_top:
+        return (None, None, 3)
+    return (32, 32, 3) if stem == "cifar" else (224, 224, 3)
+
+
+def check_data_format():
+    """reszoo builds channels-last models only: with a channels_first global format the
+    convolutions would follow it while BatchNorm and the shortcuts normalise and pad the
+    last axis, a model that runs and is wrong."""
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError("reszoo builds channels_last models only, and keras.config.image_data_format() is "
+                         f"{keras.config.image_data_format()!r}: call keras.config.set_image_data_format("
+                         "'channels_last') first (on GPUs Keras and cuDNN run channels_last at full speed)")
+
+
+def outputs(x, pyramid, factory, include_top, pooling, num_classes, classifier_activation, features_only,
+            out_levels):
+    """The model's outputs: the pyramid's levels (``features_only``), or the head."""
+    if features_only:
+        return pyramid.outputs(out_levels)
+    if out_levels is not None:
+        raise ValueError("out_levels needs features_only=True")
+    return head(x, factory, include_top, pooling, num_classes, classifier_activation)
 
 
 def head(x, factory, include_top, pooling, num_classes, classifier_activation):

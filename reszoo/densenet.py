@@ -8,6 +8,8 @@ transition by theta. Layer names follow keras.applications; ``variant="keras"`` 
 its explicit stem padding and BN epsilon (1.001e-5), so its DenseNet weights load.
 """
 
+import dataclasses
+
 import keras
 from keras import layers
 
@@ -25,6 +27,18 @@ IMAGENET_BLOCKS = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerOptions:
+    """What the dense layers of one net share: the "B" bottleneck of ``bottleneck_width * k``
+    maps, the "C" compression theta of the transitions, dropout, and recomputation."""
+
+    bottleneck: bool = False
+    bottleneck_width: int = 4
+    compression: float = 1.0
+    dropout_rate: float = 0.0
+    memory_efficient: bool = False
+
+
 def _dropout(x, rate, name):
     return layers.Dropout(rate, name=name)(x) if rate > 0 else x
 
@@ -32,21 +46,21 @@ def _dropout(x, rate, name):
 def _first_conv(y, growth_rate, opts, f, name):
     """BN-ReLU and H_l's first conv: the 1x1 bottleneck of 4k maps ("B"), else the 3x3 of k."""
     y = f.bn_relu(y, name=f"{name}_0")
-    if opts["bottleneck"]:
-        return f.conv(y, opts["bottleneck_width"] * growth_rate, 1, name=f"{name}_1_conv")
+    if opts.bottleneck:
+        return f.conv(y, opts.bottleneck_width * growth_rate, 1, name=f"{name}_1_conv")
     return f.conv(y, growth_rate, 3, name=f"{name}_2_conv")
 
 
 def _rest(y, growth_rate, opts, f, name):
     """The rest of H_l: [dropout-BN-ReLU-Conv3x3(k) after a bottleneck], dropout."""
-    if opts["bottleneck"]:
-        y = _dropout(y, opts["dropout_rate"], name=f"{name}_1_drop")
+    if opts.bottleneck:
+        y = _dropout(y, opts.dropout_rate, name=f"{name}_1_drop")
         y = f.bn_relu(y, name=f"{name}_1")
         y = f.conv(y, growth_rate, 3, name=f"{name}_2_conv")
-    return _dropout(y, opts["dropout_rate"], name=f"{name}_2_drop")
+    return _dropout(y, opts.dropout_rate, name=f"{name}_2_drop")
 
 
-def dense_layer(x, growth_rate, opts, f, name):
+def dense_layer(x, growth_rate=12, opts=LayerOptions(), f=common.LayerFactory(), name="layer"):
     """H_l: [BN-ReLU-Conv1x1(4k)]-BN-ReLU-Conv3x3(k), concatenated to its input."""
     y = _rest(_first_conv(x, growth_rate, opts, f, name), growth_rate, opts, f, name)
     return layers.Concatenate(name=f"{name}_concat")([x, y])
@@ -66,7 +80,7 @@ def efficient_dense_layer(features, growth_rate, opts, f, name):
 
 def dense_block(x, count, growth_rate, opts, f, name):
     """``count`` layers H_l, each reading the concatenation of all before it (Eq. 2)."""
-    if not opts["memory_efficient"]:
+    if not opts.memory_efficient:
         for i in range(count):
             x = dense_layer(x, growth_rate, opts, f, name=f"{name}_block{i + 1}")
         return x
@@ -76,12 +90,13 @@ def dense_block(x, count, growth_rate, opts, f, name):
     return layers.Concatenate(name=f"{name}_concat")(features)
 
 
-def transition(x, opts, f, name):
-    """BN-ReLU-Conv1x1(floor(theta * c))-AvgPool2x2 between dense blocks."""
-    filters = int(x.shape[-1] * opts["compression"])
-    x = f.bn_relu(x, name=name)
+def transition(x, opts, f, name, pyramid, stage):
+    """BN-ReLU-Conv1x1(floor(theta * c))-AvgPool2x2 between dense blocks. The BN-ReLU output
+    is the stage's output in ``pyramid`` (as timm's DenseNet features)."""
+    filters = int(x.shape[-1] * opts.compression)
+    x = pyramid.end(f.bn_relu(x, name=name), stage, pyramid.stride)
     x = f.conv(x, filters, 1, name=f"{name}_conv")
-    x = _dropout(x, opts["dropout_rate"], name=f"{name}_drop")
+    x = _dropout(x, opts.dropout_rate, name=f"{name}_drop")
     return layers.AveragePooling2D(2, strides=2, name=f"{name}_pool")(x)
 
 
@@ -135,6 +150,8 @@ def densenet(
     include_top=True,
     pooling=None,
     classifier_activation=None,
+    features_only=False,
+    out_levels=None,
     name=None,
 ):
     """Build a DenseNet (Huang et al. 2017).
@@ -153,8 +170,10 @@ def densenet(
         instead of storing it (Pleiss et al. 2017, arXiv 1707.06990): less memory, more compute.
       variant: "paper", or "keras" for keras.applications' DenseNet layout (ImageNet stem).
       preprocessing: as ``reszoo.resnet.resnet``; "auto" is "torch" for the "keras" variant.
-      Other args as ``reszoo.resnet.resnet``.
+      Other args as ``reszoo.resnet.resnet``; a stage's feature map (``features_only``) is the
+      BN-ReLU before its transition, the last one the final BN-ReLU.
     """
+    common.check_data_format()
     common.check_choice("stem", stem, ("cifar", "imagenet"))
     growth_rate = common.check_int("growth_rate", growth_rate)
     bottleneck_width = common.check_int("bottleneck_width", bottleneck_width)
@@ -174,26 +193,26 @@ def densenet(
     if num_classes is None:
         num_classes = 10 if cifar else 1000
     f = common.LayerFactory(norm, bn_momentum, bn_epsilon, kernel_initializer, kernel_regularizer)
-    opts = dict(
-        bottleneck=bottleneck, bottleneck_width=bottleneck_width,
-        compression=compression, dropout_rate=dropout_rate, memory_efficient=bool(memory_efficient),
-    )
+    opts = LayerOptions(bottleneck, bottleneck_width, compression, dropout_rate, bool(memory_efficient))
     common.ensure_recursion_limit()
 
-    inputs, x = common.model_input(input_shape, input_tensor, (32, 32, 3) if cifar else (224, 224, 3),
+    inputs, x = common.model_input(input_shape, input_tensor, common.default_input(stem, include_top, features_only),
                                    common.min_input_size(stem, len(blocks)))
     x = common.preprocess(x, preprocessing)
+    pyramid = common.Pyramid()
     if cifar:
-        x = f.conv(x, init_channels, 3, name="conv1_conv")
+        x = pyramid.end(f.conv(x, init_channels, 3, name="conv1_conv"), 1, 1)
     else:
-        x = common.imagenet_stem(x, f, init_channels, variant)
+        x = common.imagenet_stem(x, f, init_channels, variant, pyramid)
     for s, count in enumerate(blocks):
         x = dense_block(x, count, growth_rate, opts, f, name=f"conv{s + 2}")
         if s < len(blocks) - 1:
-            x = transition(x, opts, f, name=f"pool{s + 2}")
-    x = f.bn_relu(x, name="post")
+            x = transition(x, opts, f, f"pool{s + 2}", pyramid, s + 2)
+            pyramid.stride *= 2
+    x = pyramid.end(f.bn_relu(x, name="post"), len(blocks) + 1, pyramid.stride)
 
-    outputs = common.head(x, f, include_top, pooling, num_classes, classifier_activation)
+    outputs = common.outputs(x, pyramid, f, include_top, pooling, num_classes, classifier_activation,
+                             features_only, out_levels)
     if name is None:
         bc = "_bc" if bottleneck and compression < 1.0 else ""
         name = f"densenet{bc}{depth}_k{growth_rate}"

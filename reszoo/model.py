@@ -70,6 +70,14 @@ class ZooModel(keras.Model):
             build_spec = BuildSpec.from_json(build_spec)
         self.build_spec = build_spec
 
+    @property
+    def pyramid_outputs(self):
+        """The stage outputs by level, ``{"P2": tensor, ...}`` (``reszoo.common.Pyramid``):
+        keras-hub's backbone interface, which its DeepLabV3 and RetinaNet read."""
+        from reszoo.registry import features
+
+        return {f["level"]: self.get_layer(f["layer"]).output for f in features(self)}
+
     def get_config(self):
         config = super().get_config()
         if self.build_spec is not None:

@@ -11,6 +11,10 @@ keras.applications' names:
     conv{s}_block{b}_{end}        the block's end: out (post-activation ReLU), add (the sum),
                                   sqrt2 (the scaled sum), concat (DenseNet)
     conv{s}_tied[_...]            the shared block (or convs) of a weight-tied stage
+    conv{s}_end                   the map stage s hands on (an identity layer): the stem's
+                                  output before pooling, a block stack's output, DenseNet's
+                                  BN-ReLU before the transition, and after the final BN-ReLU
+                                  for the last stage of pre-activation nets and DenseNet
     pool{s}_*                     DenseNet's transition after stage s: part of stage s
     post_*                        the final BN-ReLU of pre-activation nets and DenseNet
     avg_pool, max_pool, fc        the head; fc is the classifier
@@ -23,6 +27,7 @@ CLASSIFIER = "fc"
 POOLS = ("avg_pool", "max_pool")
 STEM = 1
 _STAGE = re.compile(r"(?:conv|pool)(\d+)_")
+_END = re.compile(r"conv(\d+)_end")
 _BLOCK = re.compile(r"conv(\d+)_block(\d+)_(?:(\d+)_)?")
 
 
@@ -38,8 +43,27 @@ def block(name):
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+_BLOCK_END = re.compile(r"conv\d+_block\d+_(?:out|add|sqrt2|concat)")
+
+
+def block_end(name):
+    """Whether ``name`` is a layer that ends a block (the last of them is the block's output)."""
+    return _BLOCK_END.fullmatch(name) is not None
+
+
 def block_name(stage_index, block_index):
     return f"conv{stage_index}_block{block_index}"
+
+
+def stage_end(stage_index):
+    """The name of stage ``stage_index``'s output layer."""
+    return f"conv{stage_index}_end"
+
+
+def end_stage(name):
+    """The stage whose output layer ``name`` is, or None."""
+    match = _END.fullmatch(name)
+    return int(match.group(1)) if match else None
 
 
 def is_shortcut(name):

@@ -152,11 +152,34 @@ def model_card(model):
         "published": dict(spec.published),
         "config": dict(spec.config),
     }
+    card["features"] = features(model)
     if getattr(model, "build_spec", None) is not None and model.build_spec.overrides:
         card["overrides"] = dict(model.build_spec.overrides)
     if spec.notes:
         card["notes"] = spec.notes
     return card
+
+
+def features(model):
+    """Each pyramid level of ``model`` (timm's ``feature_info``): level "Pk", the stage, the
+    layer (``reszoo.naming.stage_end``), channels and stride, measured on the model's input
+    size (on a 256 x 256 probe where the size is free)."""
+    import keras
+
+    ends = [layer for layer in model.layers if naming.end_stage(layer.name) is not None]
+    if not ends:
+        return []
+    height, width, channels = model.input_shape[1:]
+    probe = (256, 256) if height is None or width is None else (height, width)
+    shapes = keras.Model(model.inputs, [layer.output for layer in ends]).compute_output_shape(
+        (1, *probe, channels))
+    levels = {}
+    for layer, shape in zip(ends, shapes):
+        stride = probe[0] // shape[1]
+        level = f"P{stride.bit_length() - 1}"
+        levels[level] = {"level": level, "stage": naming.end_stage(layer.name), "layer": layer.name,
+                         "channels": int(shape[-1]), "stride": stride}
+    return list(levels.values())
 
 
 def count_params(model):

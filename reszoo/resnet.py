@@ -21,6 +21,7 @@ bottlenecks stride on the first 1x1 conv; v2 strides at the last block of a stag
 the last 1x1 conv a bias; both pad the stem explicitly and use BN epsilon 1.001e-5.
 """
 
+import dataclasses
 import math
 
 import keras
@@ -43,6 +44,24 @@ EXPANSION = {"basic": 1, "bottleneck": 4}
 CONVS_PER_BLOCK = {"basic": 2, "bottleneck": 3}
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockOptions:
+    """What the blocks of one net share. ``variant="keras"`` is keras.applications' layout:
+    stride on the first 1x1 conv (v1), or its v2 pre-activation block (``keras_v2``)."""
+
+    block: str = "basic"
+    residual: bool = True
+    preact: bool = False
+    shortcut: str = "A"
+    residual_scale: str = None
+    zero_init_last_bn: bool = False
+    variant: str = "paper"
+
+    @property
+    def keras_v2(self):
+        return self.variant == "keras" and self.preact
+
+
 def _branch_convs(block, filters, strides, stride_first=False):
     """(kernel, filters, strides) of the residual function F. Bottlenecks stride on the 3x3
     conv, as torchvision ("ResNet v1.5"), or on the first 1x1 (the paper's Caffe model and
@@ -58,63 +77,65 @@ def _shortcut(x, preact_x, out_filters, strides, opts, f, name):
     projection everywhere (He et al. 2015, Sec. 4.1). Pre-activation projections read the
     pre-activated input and carry no BN (He et al. 2016)."""
     same_shape = strides == 1 and x.shape[-1] == out_filters
-    if opts["keras_v2"]:
+    if opts.keras_v2:
         if x.shape[-1] != out_filters:
             return f.conv(preact_x, out_filters, 1, strides, name=f"{name}_0_conv", use_bias=True)
         return layers.MaxPooling2D(1, strides, name=f"{name}_0_pool")(x) if strides > 1 else x
-    if opts["shortcut"] != "C" and same_shape:
+    if opts.shortcut != "C" and same_shape:
         return x
-    if opts["shortcut"] == "A":
+    if opts.shortcut == "A":
         return ZeroPadShortcut(out_filters, strides, name=f"{name}_0_pad")(x)
-    if opts["preact"]:
+    if opts.preact:
         return f.conv(preact_x, out_filters, 1, strides, name=f"{name}_0_conv")
     s = f.conv(x, out_filters, 1, strides, name=f"{name}_0_conv")
     return f.bn(s, name=f"{name}_0_bn")
 
 
 def _merge(shortcut, y, opts, drop_rate, name):
-    if opts["residual_scale"] == "learnable":
+    if opts.residual_scale == "learnable":
         y = ResidualScale(name=f"{name}_scale")(y)
     if drop_rate > 0:
         y = layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1), name=f"{name}_drop_path")(y)
     x = layers.Add(name=f"{name}_add")([shortcut, y])
-    if opts["residual_scale"] == "sqrt2":
+    if opts.residual_scale == "sqrt2":
         x = layers.Rescaling(1.0 / math.sqrt(2.0), name=f"{name}_sqrt2")(x)
     return x
 
 
-def post_activation_block(x, filters, strides, opts, f, drop_rate, name):
+def post_activation_block(x, filters, strides=1, opts=BlockOptions(), f=common.LayerFactory(), drop_rate=0.0,
+                          name="block"):
     """conv-BN-ReLU ... conv-BN, add the shortcut, ReLU (He et al. 2015, Fig. 2 and 5)."""
-    convs = _branch_convs(opts["block"], filters, strides, stride_first=opts["variant"] == "keras")
+    convs = _branch_convs(opts.block, filters, strides, stride_first=opts.variant == "keras")
     y = x
     for j, (kernel, width, stride) in enumerate(convs, start=1):
         last = j == len(convs)
         y = f.conv(y, width, kernel, stride, name=f"{name}_{j}_conv")
-        y = f.bn(y, name=f"{name}_{j}_bn", zero_init=last and opts["zero_init_last_bn"])
+        y = f.bn(y, name=f"{name}_{j}_bn", zero_init=last and opts.zero_init_last_bn)
         if not last:
             y = layers.ReLU(name=f"{name}_{j}_relu")(y)
-    if opts["residual"]:
+    if opts.residual:
         shortcut = _shortcut(x, x, convs[-1][1], strides, opts, f, name)
         y = _merge(shortcut, y, opts, drop_rate, name)
     return layers.ReLU(name=f"{name}_out")(y)
 
 
-def pre_activation_block(x, filters, strides, opts, f, drop_rate, name):
+def pre_activation_block(x, filters, strides=1, opts=BlockOptions(preact=True), f=common.LayerFactory(),
+                         drop_rate=0.0, name="block"):
     """BN-ReLU-conv ... BN-ReLU-conv, add the untouched shortcut (He et al. 2016, Fig. 4e)."""
-    convs = _branch_convs(opts["block"], filters, strides)
+    convs = _branch_convs(opts.block, filters, strides)
     preact = f.bn_relu(x, name=f"{name}_preact")
     y = preact
     for j, (kernel, width, stride) in enumerate(convs, start=1):
         if j > 1:
-            y = f.bn(y, name=f"{name}_{j}_bn", zero_init=j == len(convs) and opts["zero_init_last_bn"])
+            y = f.bn(y, name=f"{name}_{j}_bn", zero_init=j == len(convs) and opts.zero_init_last_bn)
             y = layers.ReLU(name=f"{name}_{j}_relu")(y)
         padding = "same"
-        if opts["keras_v2"] and kernel > 1:
+        if opts.keras_v2 and kernel > 1:
             y = layers.ZeroPadding2D(kernel // 2, name=f"{name}_{j}_pad")(y)
             padding = "valid"
         y = f.conv(y, width, kernel, stride, name=f"{name}_{j}_conv", padding=padding,
-                   use_bias=opts["keras_v2"] and j == len(convs))
-    if not opts["residual"]:
+                   use_bias=opts.keras_v2 and j == len(convs))
+    if not opts.residual:
         return y
     shortcut = _shortcut(x, preact, convs[-1][1], strides, opts, f, name)
     return _merge(shortcut, y, opts, drop_rate, name)
@@ -186,6 +207,8 @@ def resnet(
     include_top=True,
     pooling=None,
     classifier_activation=None,
+    features_only=False,
+    out_levels=None,
     name=None,
 ):
     """Build a plain net, ResNet or pre-activation ResNet.
@@ -218,8 +241,13 @@ def resnet(
       norm, bn_momentum, bn_epsilon, kernel_initializer, kernel_regularizer: layer hooks
         (bn_epsilon defaults to 1e-5, 1.001e-5 for the "keras" variant).
       num_classes, input_shape, input_tensor, include_top, pooling, classifier_activation, name:
-        as in keras.applications.
+        as in keras.applications; without the classifier (or with ``features_only``) the default
+        input size is free, ``(None, None, 3)``.
+      features_only, out_levels: a backbone whose output is a dict of stage outputs keyed by
+        level, "Pk" at stride 2**k (``common.Pyramid``; keras-hub's ``pyramid_outputs``),
+        all levels or those in ``out_levels``.
     """
+    common.check_data_format()
     common.check_choice("stem", stem, ("cifar", "imagenet"))
     common.check_choice("block", block, (None, "basic", "bottleneck"))
     common.check_choice("variant", variant, common.VARIANTS)
@@ -229,9 +257,7 @@ def resnet(
     if preprocessing == "auto":
         preprocessing = ("tf" if preact else "caffe") if keras_layout else None
     depth, block, stage_layers = _stage_layout(depth, block, stem, layers)
-    shortcut = shortcut or ("A" if stem == "cifar" and block == "basic" else "B")
-    common.check_choice("shortcut", shortcut, ("A", "B", "C"))
-    common.check_choice("residual_scale", residual_scale, (None, "sqrt2", "learnable"))
+    opts = _block_options(block, stem, residual, preact, shortcut, residual_scale, zero_init_last_bn, variant)
     drop_path_rate = common.check_float("drop_path_rate", drop_path_rate, 0.0, 1.0)
     if not residual and (drop_path_rate or residual_scale):
         raise ValueError("drop_path_rate and residual_scale need residual=True")
@@ -241,30 +267,47 @@ def resnet(
                          "has one drop rate and strides in no block)")
     cifar = stem == "cifar"
     base_width = common.check_int("base_width", base_width or (16 if cifar else 64))
-    if num_classes is None:
-        num_classes = 10 if cifar else 1000
     if bn_epsilon is None:
         bn_epsilon = common.KERAS_BN_EPSILON if keras_layout else 1e-5
     f = common.LayerFactory(norm, bn_momentum, bn_epsilon, kernel_initializer, kernel_regularizer,
                             conv_bias=keras_layout and not preact)
-    opts = dict(
-        block=block, residual=residual, preact=preact, shortcut=shortcut,
-        residual_scale=residual_scale, zero_init_last_bn=zero_init_last_bn,
-        variant=variant, keras_v2=keras_layout and preact,
-    )
     common.ensure_recursion_limit()
 
-    inputs, x = common.model_input(input_shape, input_tensor, (32, 32, 3) if cifar else (224, 224, 3),
+    inputs, x = common.model_input(input_shape, input_tensor, common.default_input(stem, include_top, features_only),
                                    common.min_input_size(stem, len(stage_layers)))
     x = common.preprocess(x, preprocessing)
+    pyramid = common.Pyramid()
     if cifar:
         x = f.conv(x, base_width, 3, name="conv1_conv")
-        x = x if preact else f.bn_relu(x, name="conv1")
+        x = pyramid.end(x if preact else f.bn_relu(x, name="conv1"), 1, 1)
     else:
-        x = common.imagenet_stem(x, f, base_width, variant, norm=not preact, conv_bias=keras_layout or None)
+        x = common.imagenet_stem(x, f, base_width, variant, pyramid, norm=not preact, conv_bias=keras_layout or None)
+    x = _stages(x, stage_layers, base_width, opts, f, weight_tied, drop_path_rate, head_norm, pyramid)
 
-    block_fn = pre_activation_block if preact else post_activation_block
+    if num_classes is None:
+        num_classes = 10 if cifar else 1000
+    outputs = common.outputs(x, pyramid, f, include_top, pooling, num_classes, classifier_activation,
+                             features_only, out_levels)
+    if name is None:
+        name = ("preact_" if preact else "") + ("resnet" if residual else "plain") + str(depth)
+    return ZooModel(inputs, outputs, name=name)
+
+
+def _block_options(block, stem, residual, preact, shortcut, residual_scale, zero_init_last_bn, variant):
+    shortcut = shortcut or ("A" if stem == "cifar" and block == "basic" else "B")
+    common.check_choice("shortcut", shortcut, ("A", "B", "C"))
+    common.check_choice("residual_scale", residual_scale, (None, "sqrt2", "learnable"))
+    return BlockOptions(block, residual, preact, shortcut, residual_scale, zero_init_last_bn, variant)
+
+
+def _stages(x, stage_layers, base_width, opts, f, weight_tied, drop_path_rate, head_norm, pyramid):
+    """Stages 2, 3, ... of blocks; each stage's output is marked in ``pyramid``. A
+    pre-activation stage hands on the sum of its last block (the residual stream, not
+    normalised: each block normalises its own input); the last one, with ``head_norm``, the
+    final BN-ReLU, which is what the classifier sees (as timm's ResNetV2 features)."""
+    block_fn = pre_activation_block if opts.preact else post_activation_block
     rates = iter(common.linear_rates(drop_path_rate, sum(stage_layers)))
+    stride = pyramid.stride
     for s, count in enumerate(stage_layers):
         filters = base_width * 2**s
         tied, shared = None, common.SharedConvs(f)
@@ -273,17 +316,14 @@ def resnet(
                 tied = tied or _tied_block(x, block_fn, filters, opts, f, name=f"conv{s + 2}_tied")
                 x = tied(x)
                 continue
-            if opts["keras_v2"]:  # keras.applications v2: the last block of stages 2-4 strides
+            if opts.keras_v2:  # keras.applications v2: the last block of stages 2-4 strides
                 strides = 2 if s < len(stage_layers) - 1 and b == count - 1 else 1
             else:
                 strides = 2 if s > 0 and b == 0 else 1
+            stride *= strides
             factory = shared if weight_tied == "convs" and b > 0 else f
             x = block_fn(x, filters, strides, opts, factory, next(rates), name=f"conv{s + 2}_block{b + 1}")
-    if preact and head_norm:
-        x = f.bn_relu(x, name="post")
-
-    outputs = common.head(x, f, include_top, pooling, num_classes, classifier_activation)
-    if name is None:
-        kind = ("preact_" if preact else "") + ("resnet" if residual else "plain")
-        name = f"{kind}{depth}"
-    return ZooModel(inputs, outputs, name=name)
+        if opts.preact and head_norm and s == len(stage_layers) - 1:
+            x = f.bn_relu(x, name="post")
+        x = pyramid.end(x, s + 2, stride)
+    return x

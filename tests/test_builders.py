@@ -8,7 +8,7 @@ import pytest
 
 import reszoo
 from reszoo import common
-from reszoo.resnet import post_activation_block, pre_activation_block
+from reszoo.resnet import BlockOptions, post_activation_block, pre_activation_block
 
 
 @pytest.mark.parametrize("name", reszoo.list_models())
@@ -39,18 +39,23 @@ def test_forward_pass_gives_finite_logits_that_depend_on_input(registered, name)
     ("densenet_bc100_k12", (8, 8, 342), 342),
 ])
 def test_backbone_feature_map_and_pooling(name, feature_shape, pooled):
-    assert reszoo.create_model(name, include_top=False).output_shape == (None, *feature_shape)
+    backbone = reszoo.create_model(name, include_top=False)
+    assert backbone.input_shape == (None, None, None, 3)  # a backbone takes any size (keras-hub's default)
+    size = (32, 32, 3) if "cifar" in reszoo.model_card(name)["dataset"] else (224, 224, 3)
+    assert reszoo.create_model(name, include_top=False, input_shape=size).output_shape == (None, *feature_shape)
     for pooling in ("avg", "max"):
         model = reszoo.create_model(name, include_top=False, pooling=pooling)
         assert model.output_shape == (None, pooled)
 
 
-def test_backbone_avg_pooling_is_mean_of_feature_map():
+@pytest.mark.parametrize("pooling,reduce", [("avg", np.mean), ("max", np.max)])
+def test_backbone_pooling_reduces_the_feature_map(pooling, reduce):
     features = reszoo.create_model("resnet20", include_top=False)
-    pooled = keras.Model(features.input, keras.layers.GlobalAveragePooling2D()(features.output))
-    x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype("float32")
+    pooled = reszoo.create_model("resnet20", include_top=False, pooling=pooling)
+    pooled.set_weights(features.get_weights())
+    x = np.random.default_rng(1).normal(size=(2, 24, 40, 3)).astype("float32")
     fmap = features.predict(x, verbose=0)
-    np.testing.assert_allclose(pooled.predict(x, verbose=0), fmap.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pooled.predict(x, verbose=0), reduce(fmap, axis=(1, 2)), rtol=1e-5, atol=1e-6)
 
 
 def test_custom_input_shape_classes_and_softmax():
@@ -87,11 +92,8 @@ def test_input_tensor_after_a_preprocessing_layer():
 
 def _block_model(block_fn, preact, norm="batch", **opts):
     inp = keras.Input((8, 8, 16))
-    options = dict(block="basic", residual=True, preact=preact, shortcut="A",
-                   residual_scale=None, zero_init_last_bn=False, variant="paper", keras_v2=False)
-    options.update(opts)
-    drop = options.pop("drop_rate", 0.0)
-    out = block_fn(inp, 16, 1, options, common.LayerFactory(norm=norm), drop, name="b")
+    drop = opts.pop("drop_rate", 0.0)
+    out = block_fn(inp, 16, 1, BlockOptions(preact=preact, **opts), common.LayerFactory(norm=norm), drop, name="b")
     return keras.Model(inp, out)
 
 

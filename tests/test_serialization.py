@@ -1,4 +1,5 @@
-"""Saved models load with identical outputs, and the builders run on the JAX backend."""
+"""Saved models load with identical outputs, and the builders (pyramid features included)
+run on the JAX backend."""
 
 import json
 import os
@@ -44,8 +45,11 @@ JAX_SCRIPT = textwrap.dedent("""
     for key, (name, overrides, shape) in cases.items():
         model = keras.saving.load_model(os.path.join(sys.argv[1], key + ".keras"))
         x = np.load(os.path.join(sys.argv[1], key + ".npy"))
+        features = reszoo.create_model(name, features_only=True, **overrides)
+        reszoo.weights.load_weights(features, model)
         out[key] = {"logits": model.predict(x, verbose=0).tolist(),
-                    "params": reszoo.count_params(reszoo.create_model(name, **overrides))}
+                    "params": reszoo.count_params(reszoo.create_model(name, **overrides)),
+                    "features": {k: v.tolist() for k, v in features.predict(x, verbose=0).items()}}
     assert "tensorflow" not in sys.modules, "reszoo imported tensorflow"
     print("RESULT" + json.dumps(out))
 """)
@@ -71,15 +75,21 @@ def test_models_run_on_jax_backend_with_the_same_numbers(tmp_path):
         model.train_on_batch(x, np.arange(2))  # move BN statistics off their defaults
         model.save(tmp_path / f"{key}.keras")
         np.save(tmp_path / f"{key}.npy", x)
-        expected[key] = (model.predict(x, verbose=0), reszoo.count_params(model))
+        levels = reszoo.registry.features(model)
+        maps = keras.Model(model.inputs, [model.get_layer(f["layer"]).output for f in levels]).predict(x, verbose=0)
+        expected[key] = (model.predict(x, verbose=0), reszoo.count_params(model),
+                         {f["level"]: m for f, m in zip(levels, maps)})
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(tmp_path), json.dumps(JAX_CASES)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
-    for key, (logits, params) in expected.items():
+    for key, (logits, params, features) in expected.items():
         assert result[key]["params"] == params, key
         np.testing.assert_allclose(result[key]["logits"], logits, rtol=1e-4, atol=1e-4, err_msg=key)
+        assert list(result[key]["features"]) == list(features), key  # features_only on JAX: same levels
+        for level, value in features.items():
+            np.testing.assert_allclose(result[key]["features"][level], value, rtol=1e-4, atol=1e-4, err_msg=key)
 
 
 def test_reszoo_does_not_import_tensorflow():

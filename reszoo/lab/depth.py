@@ -12,6 +12,8 @@ import re
 import keras
 import numpy as np
 
+from reszoo import naming
+
 
 def train_curve(model, x, y, epochs, batch_size=64, learning_rate=0.05, verbose=0):
     """Train with SGD (momentum 0.9) on integer labels; training error per epoch."""
@@ -29,9 +31,9 @@ def blocks(model):
     """Block names (``conv{stage}_block{i}``) in depth order."""
     names = []
     for layer in model.layers:
-        match = re.match(r"(conv\d+_block\d+)_", layer.name)
-        if match and match.group(1) not in names:
-            names.append(match.group(1))
+        found = naming.block(layer.name)
+        if found and naming.block_name(*found) not in names:
+            names.append(naming.block_name(*found))
     return names
 
 

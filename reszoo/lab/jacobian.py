@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from reszoo import common
-from reszoo.resnet import pre_activation_block
+from reszoo.resnet import BlockOptions, pre_activation_block
 
 
 def jacobian(model, x, step=1e-3):
@@ -24,10 +24,9 @@ def block_spectra(eps=0.1, shape=(4, 4, 4), seed=0):
     ||J_F||_2 = eps, and of the residual block x + F(x) with that branch (no normalisation)."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(shape)
-    opts = dict(block="basic", residual=False, preact=True, shortcut="A", residual_scale=None,
-                zero_init_last_bn=False, variant="paper", keras_v2=False)
+    opts = BlockOptions(residual=False, preact=True)
     branch = keras.Model(inputs, pre_activation_block(inputs, shape[-1], 1, opts, common.LayerFactory(norm=None),
-                                                      0.0, name="b"))
+                                                      name="b"))
     x = np.random.default_rng(seed).normal(size=shape)
     plain = np.linalg.svd(jacobian(branch, x), compute_uv=False)
     last = branch.get_layer("b_2_conv")

@@ -10,11 +10,13 @@ branch scale at 0 (SkipInit/ReZero) makes each block the identity.
 import keras
 import numpy as np
 
+from reszoo import naming
+
 
 def conv_kernels(model):
     """Conv kernels in depth order (the stem first, shortcut projections left out)."""
     return [v for layer in model.layers if isinstance(layer, keras.layers.Conv2D)
-            and not layer.name.endswith("_0_conv") for v in layer.weights if v.path.endswith("kernel")]
+            and not naming.is_shortcut(layer.name) for v in layer.weights if v.path.endswith("kernel")]
 
 
 def gradient_norms(model, x, y):
@@ -46,14 +48,13 @@ def gradient_norms(model, x, y):
     raise NotImplementedError(f"gradient_norms supports the tensorflow and jax backends, not {backend}")
 
 
-def block_outputs(model, x, suffixes=("_out", "_add", "_sqrt2")):
-    """Outputs of every residual block (the layer ending a block: ``_out`` post-activation,
-    ``_sqrt2`` if scaled, else ``_add``), in depth order, as numpy arrays."""
+def block_outputs(model, x):
+    """Outputs of every residual block (the layer ending a block, ``reszoo.naming``: ``out``
+    post-activation, ``sqrt2`` if scaled, else ``add``), in depth order, as numpy arrays."""
     ends = {}
     for layer in model.layers:
-        for suffix in suffixes:
-            if layer.name.endswith(suffix):
-                ends[layer.name.rsplit("_", 1)[0]] = layer  # the last of a block's ends wins
+        if naming.block_end(layer.name):
+            ends[naming.block(layer.name)] = layer  # the last of a block's ends wins
     probe = keras.Model(model.inputs, [layer.output for layer in ends.values()])
     return [np.asarray(o) for o in probe.predict(x, verbose=0)]
 
@@ -62,7 +63,7 @@ def block_second_moments(model, x):
     """Mean squared activation after each block, divided by that of the first block's input
     (the stem's output). Use one stage (``layers=(L,)``) to leave out downsampling blocks,
     whose zero-padded or projected shortcuts change the scale by themselves."""
-    stem = next(layer for layer in reversed(model.layers) if layer.name in ("conv1_relu", "conv1_conv"))
+    stem = model.get_layer(naming.stage_end(naming.STEM))
     first = keras.Model(model.inputs, stem.output).predict(x, verbose=0)
     base = float(np.mean(np.square(first)))
     return np.array([float(np.mean(np.square(o))) / base for o in block_outputs(model, x)])
