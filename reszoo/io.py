@@ -48,12 +48,7 @@ def remove_stale_tmp(folder, only_dead=True):
         pid = pid_of_tmp(name) if is_tmp(name) else None
         if pid is None or (only_dead and (pid == os.getpid() or _alive(pid))):
             continue
-        path = os.path.join(folder, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                os.remove(path)
+        _discard(os.path.join(folder, name))
 
 
 def _alive(pid):

@@ -112,9 +112,16 @@ class ResidualScale(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="reszoo")
 class ImagePreprocess(keras.layers.Layer):
-    """keras.applications' ``preprocess_input`` as a layer, so a model takes raw RGB pixels
+    """keras.applications' ``preprocess_input`` as a layer, so a model takes raw pixels
     (0..255): "caffe" (RGB to BGR, minus the ImageNet mean; ResNet v1), "tf" (scale to
-    [-1, 1]; ResNet v2) or "torch" (scale to [0, 1], minus mean, over std; DenseNet)."""
+    [-1, 1]; ResNet v2) or "torch" (scale to [0, 1], minus mean, over std; DenseNet).
+
+    Other channel counts, for RGB weights on other images: one (grey) channel becomes three
+    (R = G = B, then the RGB preprocessing), so a grey image gives exactly what its RGB copy
+    gives; summing the first conv over RGB instead (timm's ``adapt_input_conv``) would equal
+    it only for "tf", the one mode that treats all channels alike. With more than three
+    channels the per-channel statistics repeat (channel c takes those of c mod 3, "caffe"
+    reverses the first three), for a first conv adapted by repeating its kernel."""
 
     MEAN = {"caffe": (103.939, 116.779, 123.68), "torch": (0.485, 0.456, 0.406)}
     STD = {"torch": (0.229, 0.224, 0.225)}
@@ -125,18 +132,26 @@ class ImagePreprocess(keras.layers.Layer):
             raise ValueError(f"mode must be one of ['caffe', 'tf', 'torch'], got {mode!r}")
         self.mode = mode
 
+    def _statistic(self, values, channels, dtype):
+        return ops.convert_to_tensor([values[c % 3] for c in range(channels)], dtype)
+
     def call(self, inputs):
         x = ops.cast(inputs, self.compute_dtype)
+        if x.shape[-1] == 1:
+            x = ops.concatenate([x, x, x], axis=-1)
+        channels = x.shape[-1]
         if self.mode == "tf":
             return x / 127.5 - 1.0
         if self.mode == "caffe":
-            return ops.flip(x, axis=-1) - ops.convert_to_tensor(self.MEAN["caffe"], x.dtype)
-        mean = ops.convert_to_tensor(self.MEAN["torch"], x.dtype)
-        std = ops.convert_to_tensor(self.STD["torch"], x.dtype)
+            first = min(channels, 3)
+            x = ops.concatenate([ops.flip(x[..., :first], axis=-1), x[..., first:]], axis=-1)
+            return x - self._statistic(self.MEAN["caffe"], channels, x.dtype)
+        mean = self._statistic(self.MEAN["torch"], channels, x.dtype)
+        std = self._statistic(self.STD["torch"], channels, x.dtype)
         return (x / 255.0 - mean) / std
 
     def compute_output_shape(self, input_shape):
-        return input_shape
+        return (*input_shape[:-1], 3) if input_shape[-1] == 1 else tuple(input_shape)
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}

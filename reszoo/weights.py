@@ -12,7 +12,8 @@ Layers are matched by name (``reszoo.naming``); keras.applications' layers by th
 (stage, block, conv), with their configuration (kernel, strides, padding, bias, BN epsilon)
 compared too. Every tensor's shape must agree, except the classifier's: when the number of
 classes differs, or the source has no classifier, it keeps its fresh initialisation (timm's
-behaviour) and the report says so. Anything else that differs is a ``WeightsError`` naming the
+behaviour) and the report says so; and the first conv's input channels: RGB weights load into
+a model of 1 or more channels (``adapt_input_conv``). Anything else that differs is a ``WeightsError`` naming the
 first layer, and nothing is assigned.
 """
 
@@ -38,6 +39,7 @@ KERAS_APPLICATIONS = {
 }
 # The models a training run folder holds, in the order they are taken.
 RUN_MODELS = ("last.keras", "best.keras")
+FIRST_CONV = "conv1_conv"  # the stem's conv (reszoo.naming), adapted to other input channels
 # keras.applications layer name -> reszoo layer name, where they differ.
 _RENAMES = {"predictions": "fc", "bn": "post_bn"}
 _COMPARED = {
@@ -54,15 +56,18 @@ class WeightsError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class LoadReport:
-    """What ``load_weights`` did: the layers it filled, and the classifier it left new."""
+    """What ``load_weights`` did: the layers it filled, the classifier it left new, and the
+    first conv it adapted to another number of input channels."""
 
     source: str
     loaded: int
     replaced: tuple = ()
+    adapted: tuple = ()
 
     def __str__(self):
         new = f"; new classifier ({', '.join(self.replaced)})" if self.replaced else ""
-        return f"loaded {self.loaded} layers from {self.source}{new}"
+        adapted = f"; adapted {', '.join(self.adapted)}" if self.adapted else ""
+        return f"loaded {self.loaded} layers from {self.source}{new}{adapted}"
 
 
 def _keras_applications_name(name, architecture):
@@ -125,20 +130,25 @@ def _keras_applications_source(architecture, path):
     raise WeightsError(f"{path} does not hold {architecture} weights ({errors[-1][:200]})")
 
 
-def _h5_classes(path):
-    """The classifier's units in a Keras 3 ``.weights.h5`` file (its Dense layer), or None."""
+def _h5_layout(path):
+    """``(classes, input channels)`` of a Keras 3 ``.weights.h5`` file, read from its Dense
+    layer and its first conv (Keras names a file's layers by class, in creation order); None
+    where it has none."""
     import h5py
 
+    def first(group, name):
+        entry = group.get(name)
+        return entry["vars"]["0"].shape if entry is not None and "0" in entry.get("vars", {}) else None
+
     with h5py.File(path, "r") as f:
-        dense = [k for k in f.get("layers", {}) if k == "dense" or re.fullmatch(r"dense_\d+", k)]
-        if len(dense) != 1 or "vars" not in f["layers"][dense[0]]:
-            return None
-        return int(f["layers"][dense[0]]["vars"]["0"].shape[-1])
+        layers_group = f.get("layers", {})
+        dense, conv = first(layers_group, "dense"), first(layers_group, "conv2d")
+        return (int(dense[-1]) if dense else None), (int(conv[2]) if conv else None)
 
 
-def _twin(model, num_classes):
-    """A model built like ``model`` (from its build spec) with ``num_classes`` classes, or
-    without a head when None."""
+def _twin(model, num_classes, channels):
+    """A model built like ``model`` (from its build spec) with ``num_classes`` classes (no
+    head when None) and ``channels`` input channels."""
     from reszoo.model import build_spec
     from reszoo.registry import create_model
 
@@ -151,6 +161,8 @@ def _twin(model, num_classes):
         arguments.update(include_top=False, pooling=None)
     else:
         arguments.update(include_top=True, num_classes=num_classes)
+    if channels is not None and channels != model.input_shape[-1]:
+        arguments["input_shape"] = (*model.input_shape[1:3], channels)
     return create_model(spec.name, **arguments)
 
 
@@ -182,10 +194,10 @@ def _source(model, source):
         return _keras_applications_source(architecture, path), path, _renamer(architecture), True
     if path.endswith(".weights.h5"):
         try:
-            classes = _h5_classes(path)
+            classes, channels = _h5_layout(path)
         except OSError as err:
             raise WeightsError(f"{path} is not a weights file ({err})") from None
-        twin = _twin(model, classes)
+        twin = _twin(model, classes, channels)
         try:
             twin.load_weights(path)
         except Exception as err:  # Keras raises ValueError for a structure that differs
@@ -215,7 +227,7 @@ def _assign(model, src, described, rename, compare):
     rename = rename or (lambda name: name)
     targets = _weighted(model)
     sources = {rename(name): layer for name, layer in _weighted(src).items()}
-    assignments, replaced = [], []
+    assignments, replaced, adapted = [], [], []
     for name, layer in sources.items():
         if name not in targets and not naming.is_head(name):
             raise WeightsError(f"layer {name!r} of {described} has no counterpart in {model.name}"
@@ -234,6 +246,10 @@ def _assign(model, src, described, rename, compare):
             _compare_config(layer, target, name)
         if len(values) != len(target.weights):
             raise WeightsError(f"layer {name!r} has {len(target.weights)} tensors, {described}'s has {len(values)}")
+        have, want = values[0].shape[2:3], tuple(target.weights[0].shape[2:3])
+        if name == FIRST_CONV and values[0].ndim == 4 and have != want:
+            values = [adapt_input_conv(values[0], want[0]), *values[1:]]
+            adapted.append(f"{name}: {have[0]} -> {want[0]} input channels")
         for variable, value in zip(target.weights, values):
             if tuple(variable.shape) != value.shape:
                 raise WeightsError(f"layer {name!r}: {variable.path} has shape {tuple(variable.shape)}, "
@@ -241,7 +257,21 @@ def _assign(model, src, described, rename, compare):
         assignments.append((target, values))
     for target, values in assignments:
         target.set_weights(values)
-    return LoadReport(str(described), len(assignments), tuple(replaced))
+    return LoadReport(str(described), len(assignments), tuple(replaced), tuple(adapted))
+
+
+def adapt_input_conv(kernel, channels):
+    """A first-conv kernel ``[kh, kw, c, filters]`` for ``channels`` input channels, as timm's
+    ``adapt_input_conv``: summed over the channels for one, repeated and scaled by c / channels
+    for more (so a pixel of equal channels gives the same response)."""
+    import numpy as np
+
+    kernel = np.asarray(kernel)
+    have = kernel.shape[2]
+    if channels == 1:
+        return kernel.sum(axis=2, keepdims=True)
+    repeated = np.concatenate([kernel] * -(-channels // have), axis=2)[:, :, :channels]
+    return repeated * (have / channels)
 
 
 def _compare_config(layer, target, name):

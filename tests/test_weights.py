@@ -150,7 +150,7 @@ def test_keras_variant_only_changes_what_keras_applications_changes():
 def test_train_fine_tunes_from_keras_applications_weights(tmp_path):
     from test_training import _digit_folder, train  # pytest puts tests/ on sys.path
 
-    folder = _digit_folder(tmp_path / "digits", (3, 8))  # grey PNGs, read as RGB
+    folder = _digit_folder(tmp_path / "digits", (3, 8))  # grey PNGs: a grey model with RGB weights
     source = keras.applications.DenseNet121(weights=None, include_top=False, input_shape=(32, 32, 3))
     _randomize(source, seed=4)
     _save_like_the_downloads(source, tmp_path / "densenet121_notop.h5")
@@ -159,7 +159,7 @@ def test_train_fine_tunes_from_keras_applications_weights(tmp_path):
                  f"--weights_path={tmp_path / 'densenet121_notop.h5'}", f"--model_dir={tmp_path / 'run'}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     tuned = keras.saving.load_model(tmp_path / "run" / "last.keras", compile=False)
-    assert tuned.output_shape == (None, 2) and tuned.layers[1].mode == "torch"
+    assert tuned.output_shape == (None, 2) and tuned.layers[1].mode == "torch" and tuned.input_shape[-1] == 1
     for name in ("conv1_conv", "conv5_block16_2_conv"):  # frozen: still the file's weights
         np.testing.assert_array_equal(tuned.get_layer(name).get_weights()[0], source.get_layer(name).get_weights()[0])
     np.testing.assert_array_equal(tuned.get_layer("post_bn").get_weights()[2], source.get_layer("bn").get_weights()[2])
@@ -171,5 +171,5 @@ def test_train_fine_tunes_from_keras_applications_weights(tmp_path):
     ]:
         bad = train(*common, *args, f"--model_dir={tmp_path / 'bad'}", "--overwrite")
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr[-1500:]
-    grey = train("--init_from=keras_applications:ResNet50", "--weights_path=x.h5", f"--model_dir={tmp_path / 'g'}")
-    assert grey.returncode == 2 and "RGB images of at least 32x32" in grey.stderr
+    small = train("--init_from=keras_applications:ResNet50", "--weights_path=x.h5", f"--model_dir={tmp_path / 'g'}")
+    assert small.returncode == 2 and "images of at least 32x32" in small.stderr

@@ -86,7 +86,8 @@ def load_init_model(init_from):
 
 def keras_applications_model(init_from, weights_path, image_shape):
     """reszoo's mirror of a keras.applications model with its weights, its preprocessing
-    inside (raw RGB pixels in), at the dataset's image size."""
+    inside (raw pixels in), at the dataset's image size and channels (grey images through the
+    RGB preprocessing; more channels through an adapted first conv)."""
     import reszoo
     from reszoo import weights
 
@@ -97,8 +98,8 @@ def keras_applications_model(init_from, weights_path, image_shape):
     if not weights_path:
         raise CommandError(f"--init_from={init_from} needs --weights_path (e.g. ~/.keras/models/"
                            f"{architecture.lower()}_weights_tf_dim_ordering_tf_kernels_notop.h5)", 2)
-    if image_shape[-1] != 3 or min(image_shape[:2]) < 32:
-        raise CommandError(f"--init_from={init_from}: keras.applications models take RGB images of at least "
+    if min(image_shape[:2]) < 32:
+        raise CommandError(f"--init_from={init_from}: keras.applications models take images of at least "
                            f"32x32, the dataset has {tuple(image_shape)}", 2)
     try:
         return reszoo.create_model(weights.KERAS_APPLICATIONS[architecture][0], variant="keras",
@@ -235,7 +236,7 @@ def run(opts):
     keras.config.set_dtype_policy(opts.dtype)
 
     init = load_init_model(opts.init_from) if opts.init_from else None
-    channels = init.input_shape[-1] if init is not None else (3 if opts.init_from else None)
+    channels = init.input_shape[-1] if init is not None else None  # keras.applications weights take any
     try:
         data = data_lib.load(opts.dataset, opts.data_dir, opts.image_size or None, opts.validation_split,
                              opts.seed, channels=channels)
