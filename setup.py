@@ -15,6 +15,7 @@ setup(
         "tf": ["tensorflow>=2.21,<2.22", "tensorflow-datasets>=4.9", "tensorboard", "absl-py"],
         "export": ["tf2onnx>=1.17", "onnxruntime>=1.20"],
         "lab": ["matplotlib>=3.7"],
+        "hub": ["keras-hub>=0.32"],
         "dev": [
             "tensorflow>=2.21,<2.22",
             "tensorflow-datasets>=4.9",
@@ -25,6 +26,7 @@ setup(
             "tf2onnx>=1.17",
             "onnxruntime>=1.20",
             "matplotlib>=3.7",
+            "keras-hub>=0.32",
             "pytest>=8",
             "pytest-xdist>=3",
         ],

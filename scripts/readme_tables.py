@@ -64,9 +64,24 @@ def continual_table():
     return "\n".join(rows)
 
 
+def segmentation_table():
+    """examples/segmentation.py's committed numbers (examples/results/segmentation.json)."""
+    import json
+
+    with open(os.path.join(os.path.dirname(README), "examples", "results", "segmentation.json")) as f:
+        r = json.load(f)
+    return "\n".join([
+        "| backbone | head | train / test canvases | epochs | pixel accuracy | mean IoU (11 classes) |",
+        "|---|---|---:|---:|---:|---:|",
+        f"| `{r['model']}` (width {r['base_width']}) | keras-hub DeepLabV3+ | {r['train_canvases']:,} / "
+        f"{r['test_canvases']:,} | {r['epochs']} | {100 * r['pixel_accuracy']:.1f}% (background alone "
+        f"{100 * r['background_share']:.1f}%) | {r['mean_iou']:.3f} |"])
+
+
 def tables(build=None):
     """Every generated table of README.md, by marker name."""
-    return {"models": model_table(build), "flags": flag_table(), "continual": continual_table()}
+    return {"models": model_table(build), "flags": flag_table(), "continual": continual_table(),
+            "segmentation": segmentation_table()}
 
 
 def render(text, tables):

@@ -106,3 +106,11 @@ def test_the_weights_and_transfer_examples_run_as_written(tmp_path, monkeypatch,
     assert 0.0 <= float(printed[3]) <= 1.0
     task = namespace["task"]
     assert task.output_shape == (None, 5) and (tmp_path / "digits0to4.npz").stat().st_size > 0
+
+
+def test_the_backbones_example_prints_what_its_comments_say(capsys):
+    (block,) = _python_blocks("## Backbones")
+    exec(compile(block, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.strip().splitlines()
+    comments = [line[2:] for line in block.splitlines() if line.startswith("# ")]
+    assert printed == comments
