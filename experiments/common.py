@@ -47,9 +47,10 @@ def positive_int(text):
 
 def cifar_depth(text):
     """argparse type: a CIFAR basic-block depth, 6n + 2 (8, 14, 20, ...)."""
+    from reszoo.resnet import cifar_blocks
+
     value = positive_int(text)
-    if value < 8 or (value - 2) % 6:
-        raise ValueError(text)
+    cifar_blocks(value)  # its ValueError is argparse's "invalid value"
     return value
 
 

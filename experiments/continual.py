@@ -29,6 +29,7 @@ def main():
     import numpy as np
 
     import reszoo
+    from reszoo.datasets import channel_stats
     from reszoo.lab import continual
     from training import data as data_lib
 
@@ -47,7 +48,8 @@ def main():
     except ValueError as err:
         p.error(str(err))
     first = tasks[0].x
-    stats = {"mean": first.mean(axis=(0, 1, 2)).tolist(), "std": np.maximum(first.std(axis=(0, 1, 2)), 1e-3).tolist()}
+    mean, std = channel_stats(first)
+    stats = {"mean": mean.tolist(), "std": std.tolist()}
 
     def build(num_classes):
         return reszoo.create_model(args.model, base_width=args.base_width, input_shape=first.shape[1:],

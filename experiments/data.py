@@ -4,6 +4,8 @@ arrays standardised per channel with the training split's statistics."""
 
 import numpy as np
 
+from reszoo.datasets import channel_stats
+
 
 def load(dataset="digits", data_dir=None, limit=None):
     """``(x, y, x_test, y_test, num_classes)``; ``limit`` keeps the first N of each split."""
@@ -21,8 +23,7 @@ def load(dataset="digits", data_dir=None, limit=None):
         pairs = list(data.test.take(limit or -1).as_numpy_iterator())
         x_test, y_test = np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs])
     x, y, x_test, y_test = x[:limit], y[:limit], x_test[:limit], y_test[:limit]
-    mean = x.mean(axis=(0, 1, 2), dtype="float64")
-    std = np.maximum(x.std(axis=(0, 1, 2), dtype="float64"), 1e-3)
+    mean, std = channel_stats(x)
     scale = lambda a: ((a - mean) / std).astype("float32")
     return scale(x), y.astype("int32"), scale(x_test), y_test.astype("int32"), len(names)
 

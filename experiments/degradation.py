@@ -11,22 +11,14 @@ from experiments.data import title
 
 
 def run(data, depths, epochs, base_width, seed=0, verbose=1):
-    import keras
-
-    import reszoo
+    """Training error per epoch of plain and residual nets of each depth (``depth.train_nets``)."""
     from reszoo.lab import depth
 
     x, y, _, _, classes = data
-    curves = {}
-    for residual in (False, True):
-        for d in depths:
-            name = f"{'resnet' if residual else 'plain'}{d}"
-            print(f"training {name}", flush=True)
-            keras.utils.set_random_seed(seed)
-            model = reszoo.resnet(d, stem="cifar", residual=residual, base_width=base_width,
-                                  input_shape=x.shape[1:], num_classes=classes)
-            curves[name] = depth.train_curve(model, x, y, epochs, verbose=verbose).tolist()
-    return curves
+    names = [f"{kind}{d}" for kind in ("plain", "resnet") for d in depths]
+    trained = depth.train_nets(x, y, names, epochs, base_width, classes, seed, verbose,
+                               say=lambda line: print(line, flush=True))
+    return {name: curve.tolist() for name, (_, curve) in trained.items()}
 
 
 def main():

@@ -14,19 +14,13 @@ def main():
     parser.add_argument("--epochs", type=positive_int, default=8)
     parser.add_argument("--base_width", type=positive_int, default=8)
     args = parser.parse_args()
-    import keras
-
-    import reszoo
     from reszoo.lab import depth
 
     x, y, x_test, y_test, classes = load_data(args)
     results = {"dataset": args.dataset, "limit": args.limit}
-    for name, d, residual in (("resnet56", 56, True), ("plain20", 20, False)):
-        print(f"training {name}", flush=True)
-        keras.utils.set_random_seed(0)
-        model = reszoo.resnet(d, stem="cifar", residual=residual, base_width=args.base_width,
-                              input_shape=x.shape[1:], num_classes=classes)
-        depth.train_curve(model, x, y, args.epochs, verbose=2)
+    trained = depth.train_nets(x, y, ("resnet56", "plain20"), args.epochs, args.base_width, classes, verbose=2,
+                               say=lambda line: print(line, flush=True))
+    for name, (model, _) in trained.items():
         results[name] = depth.deletion_errors(model, x_test, y_test)
         deleted = [v for k, v in results[name].items() if k != "none"]
         print(f"{name}: test error {results[name]['none']:.3f}; one block deleted: median "

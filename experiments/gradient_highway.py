@@ -12,7 +12,7 @@ def measure(depths, batch, seed=0):
     import numpy as np
 
     import reszoo
-    from reszoo.lab import signal
+    from reszoo.lab import propagation
 
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(batch, 32, 32, 3)).astype("float32")
@@ -23,7 +23,7 @@ def measure(depths, batch, seed=0):
         for kind, kw in kinds.items():
             keras.utils.set_random_seed(seed)
             model = reszoo.resnet(depth, stem="cifar", **kw)
-            norms = signal.gradient_norms(model, x, y)
+            norms = propagation.gradient_norms(model, x, y)
             results[f"{kind}{depth}"] = {"depth": depth, "kind": kind, "norms": norms.tolist(),
                                          "first_over_last": float(norms[0] / norms[-1]),
                                          "max_over_min": float(norms.max() / norms.min())}

@@ -17,25 +17,15 @@ def main():
     parser.add_argument("--span", type=float, default=1.0)
     parser.add_argument("--samples", type=positive_int, default=512)
     args = parser.parse_args()
-    import keras
     import numpy as np
 
-    import reszoo
-    from reszoo.lab import depth, landscape
+    from reszoo.lab import landscape
 
     x, y, _, _, classes = load_data(args)
-    xs, ys = x[: args.samples], y[: args.samples]
     steps = np.linspace(-args.span, args.span, args.grid)
     results = {"alphas": steps.tolist(), "depth": args.depth, "epochs": args.epochs, "dataset": args.dataset}
-    for name, residual in ((f"resnet{args.depth}", True), (f"plain{args.depth}", False)):
-        print(f"training {name}", flush=True)
-        keras.utils.set_random_seed(0)
-        model = reszoo.resnet(args.depth, stem="cifar", residual=residual, base_width=8,
-                              input_shape=x.shape[1:], num_classes=classes)
-        depth.train_curve(model, x, y, args.epochs, verbose=2)
-        print(f"slicing {name}: 1-D, then a {args.grid}x{args.grid} grid", flush=True)
-        results[name] = {"1d": landscape.surface(model, xs, ys, steps).tolist(),
-                         "2d": landscape.surface(model, xs, ys, steps, steps).tolist()}
+    results.update(landscape.compare(x, y, args.depth, args.epochs, steps, args.samples, num_classes=classes,
+                                     say=lambda line: print(line, flush=True)))
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for name, color in ((f"resnet{args.depth}", "C0"), (f"plain{args.depth}", "C3")):

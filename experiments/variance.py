@@ -13,7 +13,7 @@ def measure(blocks, batch, seed=0):
     import numpy as np
 
     import reszoo
-    from reszoo.lab import signal
+    from reszoo.lab import propagation
 
     x = np.random.default_rng(seed).normal(size=(batch, 16, 16, 3)).astype("float32")
     results = {}
@@ -21,7 +21,7 @@ def measure(blocks, batch, seed=0):
         keras.utils.set_random_seed(seed)
         model = reszoo.resnet(layers=(blocks,), block="basic", preact=True, norm=None, residual_scale=scale,
                               input_shape=(16, 16, 3))
-        moments = signal.block_second_moments(model, x)
+        moments = propagation.block_second_moments(model, x)
         results[str(scale)] = {"second_moment": moments.tolist(),
                                "growth_per_block": float(moments[-1] ** (1 / blocks))}
         print(f"residual_scale={scale}: after {blocks} blocks x{moments[-1]:.3g} "

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import reszoo
-from reszoo.lab import jacobian, linear, signal
+from reszoo.lab import jacobian, linear, propagation
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def test_identity_path_keeps_gradients_flowing_where_the_plain_net_does_not():
     spread = {}
     for kind, kw in {"plain": dict(residual=False), "resnet": {}, "preact": dict(preact=True)}.items():
         keras.utils.set_random_seed(0)
-        norms = signal.gradient_norms(reszoo.resnet(56, stem="cifar", **kw), x, y)
+        norms = propagation.gradient_norms(reszoo.resnet(56, stem="cifar", **kw), x, y)
         assert len(norms) == 55 and np.all(np.isfinite(norms))
         spread[kind] = norms.max() / norms.min()
     # Measured at batch 64: plain-56 3.6e3, ResNet-56 8.1, pre-act 7.4.
@@ -38,7 +38,7 @@ def test_variance_doubles_without_scaling_stays_flat_with_sqrt2_and_is_preserved
         keras.utils.set_random_seed(0)
         model = reszoo.resnet(layers=(8,), block="basic", preact=True, norm=None, residual_scale=scale,
                               input_shape=(16, 16, 3))
-        moments = signal.block_second_moments(model, x)
+        moments = propagation.block_second_moments(model, x)
         growth[scale] = moments[-1] ** (1 / 8)
         if scale == "learnable":
             np.testing.assert_allclose(moments, 1.0, rtol=1e-6)
@@ -88,12 +88,9 @@ def test_degradation_and_block_deletion_on_the_digits():
     from reszoo.lab import depth
 
     x, y, x_test, y_test, classes = data.load()
-    final, models = {}, {}
-    for name, d, residual in [("plain20", 20, False), ("plain56", 56, False), ("resnet20", 20, True), ("resnet56", 56, True)]:
-        keras.utils.set_random_seed(0)
-        models[name] = reszoo.resnet(d, stem="cifar", residual=residual, base_width=8, input_shape=(8, 8, 1),
-                                     num_classes=classes)
-        final[name] = depth.train_curve(models[name], x, y, epochs=6)[-1]
+    trained = depth.train_nets(x, y, ("plain20", "plain56", "resnet20", "resnet56"), epochs=6, num_classes=classes)
+    final = {name: curve[-1] for name, (_, curve) in trained.items()}
+    models = {name: model for name, (model, _) in trained.items()}
     # Measured at 8 epochs: plain 2.2% vs 89%; ResNet 0.0% vs 1.3%.
     assert final["plain56"] > final["plain20"] + 0.3
     assert final["resnet56"] < final["resnet20"] + 0.08
@@ -174,6 +171,8 @@ def test_training_experiments_read_cifar10_through_tfds():
     np.testing.assert_allclose(x.std(axis=(0, 1, 2)), 1, atol=1e-3)
     curves = degradation.run((x, y, x_test, y_test, classes), [8], epochs=2, base_width=4, verbose=0)
     assert set(curves) == {"plain8", "resnet8"} and all(len(c) == 2 for c in curves.values())
+    for curve in curves.values():  # training errors on the 24 examples (one batch): multiples of 1/24
+        assert all(0 <= e <= 1 and abs(e * 24 - round(e * 24)) < 1e-4 for e in curve), curve
 
 
 def test_experiment_on_unprepared_cifar10_says_so_and_exits_2(tmp_path):
@@ -221,3 +220,19 @@ def test_with_a_frozen_backbone_nothing_is_forgotten_and_full_fine_tuning_forget
     stored = {m: results[m]["stored_params"][1] for m in continual.METHODS}
     assert stored["head"] < stored["adapters"] < 0.2 * stored["full"]
     assert results["adapters"]["accuracy"][1][1] > results["head"]["accuracy"][1][1]
+
+
+def test_landscape_comparison_slices_both_nets_through_their_trained_weights():
+    from experiments import data
+    from reszoo.lab import landscape
+
+    x, y, _, _, classes = data.load(limit=256)
+    steps = np.linspace(-0.5, 0.5, 3)
+    results = landscape.compare(x, y, depth=8, epochs=1, steps=steps, samples=64, base_width=4, num_classes=classes)
+    assert set(results) == {"resnet8", "plain8"}
+    for name, r in results.items():
+        one, two = np.asarray(r["1d"]), np.asarray(r["2d"])
+        assert one.shape == (3,) and two.shape == (3, 3) and np.isfinite(two).all()
+        # Both slices pass through the trained weights at their centre: the same loss.
+        assert one[1] == pytest.approx(two[1, 1], rel=1e-5), name
+        assert one[1] < one[0] or one[1] < one[2], name  # a step away raises the loss on one side at least

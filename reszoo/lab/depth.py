@@ -23,6 +23,23 @@ def train_curve(model, x, y, epochs, batch_size=64, learning_rate=0.05, verbose=
     return 1.0 - np.asarray(history.history["accuracy"])
 
 
+def train_nets(x, y, names, epochs, base_width=8, num_classes=None, seed=0, verbose=0, say=None):
+    """CIFAR-stem nets named "resnet{depth}" or "plain{depth}", each trained from the same
+    seed with ``train_curve``: ``{name: (model, training error per epoch)}``."""
+    import reszoo
+
+    trained = {}
+    for name in names:
+        kind, depth = re.fullmatch(r"(resnet|plain)(\d+)", name).groups()
+        if say:
+            say(f"training {name}")
+        keras.utils.set_random_seed(seed)
+        model = reszoo.resnet(int(depth), stem="cifar", residual=kind == "resnet", base_width=base_width,
+                              input_shape=x.shape[1:], num_classes=num_classes or int(np.max(y)) + 1)
+        trained[name] = (model, train_curve(model, x, y, epochs, verbose=verbose))
+    return trained
+
+
 def error(model, x, y):
     return float(np.mean(np.argmax(model.predict(x, verbose=0), -1) != y))
 

@@ -51,3 +51,20 @@ def surface(model, x, y, alphas, betas=None, seed=0):
         for v, w in zip(variables, origin):
             v.assign(w)
     return losses[0] if betas is None else losses
+
+
+def compare(x, y, depth, epochs, steps, samples=512, base_width=8, num_classes=None, seed=0, say=None):
+    """ResNet and plain nets of ``depth`` trained alike (``reszoo.lab.depth.train_nets``),
+    then sliced along ``steps`` in 1-D and on a ``steps`` x ``steps`` grid on the first
+    ``samples`` training examples: ``{name: {"1d": [...], "2d": [[...]]}}``."""
+    from reszoo.lab.depth import train_nets
+
+    xs, ys = x[:samples], y[:samples]
+    results = {}
+    for name, (model, _) in train_nets(x, y, (f"resnet{depth}", f"plain{depth}"), epochs, base_width,
+                                        num_classes, seed, say=say).items():
+        if say:
+            say(f"slicing {name}: 1-D, then a {len(steps)}x{len(steps)} grid")
+        results[name] = {"1d": surface(model, xs, ys, steps).tolist(),
+                         "2d": surface(model, xs, ys, steps, steps).tolist()}
+    return results
