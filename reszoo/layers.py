@@ -176,7 +176,7 @@ class Recompute(keras.layers.Layer):
             if not passes:
                 passes.append("forward")
                 return self.inner(list(xs), training=training)
-            norms = [l for l in self.inner._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+            norms = [l for l in _leaves(self.inner) if isinstance(l, keras.layers.BatchNormalization)]
             momenta = [l.momentum for l in norms]
             for layer in norms:
                 layer.momentum = 1.0  # moving = moving * 1 + batch * 0: unchanged
@@ -243,3 +243,12 @@ class ResidualAdapter(keras.layers.Layer):
         config = dict(config)
         config["conv"] = keras.saving.deserialize_keras_object(config["conv"])
         return cls(**config)
+
+
+def _leaves(model):
+    """Every layer under ``model``, sub-models opened (``Model.layers`` is one level)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaves(layer)
+        else:
+            yield layer
