@@ -13,3 +13,13 @@ def load_digits():
     with np.load(_DIGITS) as data:
         return ((data["x_train"], data["y_train"]), (data["x_test"], data["y_test"]),
                 [str(c) for c in data["class_names"]])
+
+
+def channel_stats(images, floor=1e-3):
+    """Per-channel mean and standard deviation of ``images`` [N, H, W, C] (float32 arrays),
+    the std floored at ``floor`` so that a constant channel does not divide by zero: the
+    normalisation a model built on this data takes as its first layer."""
+    images = np.asarray(images, "float64")
+    mean = images.mean(axis=(0, 1, 2))
+    std = np.maximum(images.std(axis=(0, 1, 2)), floor)
+    return mean.astype("float32"), std.astype("float32")

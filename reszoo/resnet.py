@@ -170,13 +170,20 @@ def _stage_layout(depth, block, stem, stage_layers):
             raise ValueError(f"depth={depth} is a {table_block} net; block={block!r} conflicts")
         return depth, table_block, stage_layers
     block = block or "basic"
+    return depth, block, (cifar_blocks(depth, block),) * 3
+
+
+def cifar_blocks(depth, block="basic"):
+    """Blocks per stage of a three-stage CIFAR net of ``depth`` weighted layers: depth =
+    6n + 2 for basic blocks, 9n + 2 for bottlenecks (He et al. 2015, Sec. 4.2; He et al.
+    2016). A ValueError says which depths there are."""
     per_block = 3 * CONVS_PER_BLOCK[block]
     if depth < per_block + 2 or (depth - 2) % per_block:
         raise ValueError(
             f"depth must be {per_block}n+2 for a CIFAR {block} net "
             f"(e.g. {per_block + 2}, {2 * per_block + 2}), got {depth}"
         )
-    return depth, block, (((depth - 2) // per_block),) * 3
+    return (depth - 2) // per_block
 
 
 def resnet(

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 import reszoo.datasets
+from reszoo.datasets import channel_stats
 
 _STATS_SAMPLE = 10_000
 _IN_MEMORY_BYTES = 2 * 2**30
@@ -51,16 +52,9 @@ def load(dataset, data_dir=None, image_size=None, validation_split=0.2, seed=0, 
     return _tfds(dataset, data_dir, image_size)
 
 
-def _stats(images):
-    images = np.asarray(images, "float64")
-    mean = images.mean(axis=(0, 1, 2))
-    std = np.maximum(images.std(axis=(0, 1, 2)), 1e-3)
-    return mean.astype("float32"), std.astype("float32")
-
-
 def _sample_stats(ds):
     images = np.stack([x for x, _ in ds.take(_STATS_SAMPLE).as_numpy_iterator()])
-    return _stats(images)
+    return channel_stats(images)
 
 
 def _arrays(ds):
@@ -79,7 +73,7 @@ def _as_dataset(x, y):
 
 def _digits():
     (x_train, y_train), (x_test, y_test), names = reszoo.datasets.load_digits()
-    mean, std = _stats(x_train)
+    mean, std = channel_stats(x_train)
     return Data("digits", (x_train, y_train.astype("int32")), _as_dataset(x_test, y_test),
                 len(y_train), len(y_test), names, x_train.shape[1:], mean, std, "crop")
 
@@ -216,7 +210,7 @@ def _folder(data_dir, image_size, validation_split, seed, channels=None, say=Non
     labels = labels[kept]
     train, test = _split(labels, validation_split, seed)
     x_train, y_train = images[train], labels[train]
-    mean, std = _stats(x_train)
+    mean, std = channel_stats(x_train)
     return Data(dataset_name("folder", data_dir), (x_train, y_train), _as_dataset(images[test], labels[test]),
                 len(train), len(test), names, (image_size, image_size, channels), mean, std, "crop_flip")
 
@@ -265,7 +259,7 @@ def _tfds(name, data_dir, image_size):
     num_train, num_test = _count(info, "train", train), _count(info, test_split, test)
     if num_train * np.prod(shape) <= _IN_MEMORY_BYTES:
         train = _arrays(train)
-        mean, std = _stats(train[0])
+        mean, std = channel_stats(train[0])
         num_train = len(train[1])
         test = test.cache()
     else:
