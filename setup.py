@@ -10,6 +10,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["reszoo", "reszoo.*", "training", "training.*"]),
     package_data={"reszoo": ["data/*.npz"]},
+    entry_points={"console_scripts": ["reszoo-train=reszoo.cli:train", "reszoo-export=reszoo.cli:export",
+                                      "reszoo-predict=reszoo.cli:predict"]},
     install_requires=["keras>=3.15.1,<4", "numpy"],
     extras_require={
         "tf": ["tensorflow>=2.21,<2.22", "tensorflow-datasets>=4.9", "tensorboard", "absl-py"],

@@ -361,8 +361,13 @@ def main(argv):
     print(f"exported {final}")
 
 
-if __name__ == "__main__":
+def cli():
+    """``reszoo-export`` and ``python -m training.export``."""
     from training import flags as run_flags
 
     define_flags()
     app.run(main, flags_parser=run_flags.parse)
+
+
+if __name__ == "__main__":
+    cli()

@@ -101,7 +101,12 @@ def main(argv):
             print(f"  {rank}. {name:<24} {score:.4f}")
 
 
-if __name__ == "__main__":
+def cli():
+    """``reszoo-predict`` and ``python -m training.predict``."""
     from training import flags as run_flags
 
     app.run(main, flags_parser=run_flags.parse)
+
+
+if __name__ == "__main__":
+    cli()

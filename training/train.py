@@ -375,5 +375,10 @@ def main(argv):
         sys.exit(128 + err.signum)
 
 
-if __name__ == "__main__":
+def cli():
+    """``reszoo-train`` and ``python -m training.train``."""
     app.run(main, flags_parser=run_flags.parse)
+
+
+if __name__ == "__main__":
+    cli()
