@@ -14,28 +14,12 @@ from training import data as data_lib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _image(value, mode="L", size=12):
-    from PIL import Image
-
-    rng = np.random.default_rng(value)
-    pixels = rng.integers(0, 256, (size, size, 3)).astype("uint8")
-    return Image.fromarray(pixels).convert(mode)
-
-
-def make_folder(root, classes=("a", "b"), per_class=4, mode="L", ext="png"):
-    for c, name in enumerate(classes):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            _image(10 * c + i, mode).save(root / name / f"{i}.{ext}")
-    return root
-
-
-def add_junk(folder):
+def add_junk(folder, random_image):
     """Files a real folder gets: each unreadable in its own way. Returns their names."""
     good = (folder / "0.png").read_bytes()
     (folder / "zero.png").write_bytes(b"")
     (folder / "truncated.png").write_bytes(good[: len(good) // 2])
-    _image(99, "RGB").save(folder / "whole.jpg")
+    random_image(99, "RGB").save(folder / "whole.jpg")
     jpeg = (folder / "whole.jpg").read_bytes()
     os.remove(folder / "whole.jpg")
     (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
@@ -52,9 +36,9 @@ def load(folder, **kwargs):
     return data, said
 
 
-def test_unreadable_files_are_skipped_counted_and_named(tmp_path):
-    folder = make_folder(tmp_path / "imgs")
-    junk = add_junk(folder / "a")
+def test_unreadable_files_are_skipped_counted_and_named(tmp_path, image_folder, random_image):
+    folder = image_folder(tmp_path / "imgs")
+    junk = add_junk(folder / "a", random_image)
     data, said = load(folder)
     assert data.num_train + data.num_test == 8  # the good ones, all of them
     assert len(said) == 1 and said[0].startswith(f"train: warning: skipped {len(junk)} of {8 + len(junk)} files")
@@ -63,18 +47,18 @@ def test_unreadable_files_are_skipped_counted_and_named(tmp_path):
     assert "a/._0.png (Unknown image file format" in named and "a/dangling.png (a dangling symbolic link)" in named
 
 
-def test_webp_and_cmyk_jpeg_are_read_and_make_the_folder_rgb(tmp_path):
-    folder = make_folder(tmp_path / "imgs", mode="RGB", ext="webp")
-    _image(7, "CMYK").save(folder / "b" / "cmyk.jpg")
+def test_webp_and_cmyk_jpeg_are_read_and_make_the_folder_rgb(tmp_path, image_folder, random_image):
+    folder = image_folder(tmp_path / "imgs", mode="RGB", ext="webp")
+    random_image(7, "CMYK").save(folder / "b" / "cmyk.jpg")
     data, said = load(folder)
     assert said == [] and data.num_train + data.num_test == 9 and data.image_shape == (12, 12, 3)
 
 
-def test_grey_folders_stay_grey_and_any_colour_makes_rgb(tmp_path):
-    grey, _ = load(make_folder(tmp_path / "grey"))
+def test_grey_folders_stay_grey_and_any_colour_makes_rgb(tmp_path, image_folder, random_image):
+    grey, _ = load(image_folder(tmp_path / "grey"))
     assert grey.image_shape == (12, 12, 1)
-    mixed_folder = make_folder(tmp_path / "mixed")
-    _image(5, "RGB").save(mixed_folder / "b" / "colour.png")
+    mixed_folder = image_folder(tmp_path / "mixed")
+    random_image(5, "RGB").save(mixed_folder / "b" / "colour.png")
     mixed, _ = load(mixed_folder)
     assert mixed.image_shape == (12, 12, 3)
     widened, _ = load(tmp_path / "grey", channels=3)  # a colour model fine-tuned on grey images
@@ -88,31 +72,31 @@ def test_grey_folders_stay_grey_and_any_colour_makes_rgb(tmp_path):
     (lambda f: [p.write_bytes(b"") for p in (f / "b").iterdir()], "class 'b' ({f}/b) has no readable image (4 file(s), all skipped)"),
     (lambda f: (f / "c").mkdir(), "class folder {f}/c is empty"),
 ])
-def test_a_class_left_empty_is_refused(tmp_path, setup, message):
-    folder = make_folder(tmp_path / "imgs")
+def test_a_class_left_empty_is_refused(tmp_path, setup, message, image_folder):
+    folder = image_folder(tmp_path / "imgs")
     setup(folder)
     with pytest.raises(data_lib.DataError) as error:
         load(folder)
     assert str(error.value).startswith(message.format(f=folder))
 
 
-def test_images_outside_class_folders(tmp_path):
+def test_images_outside_class_folders(tmp_path, image_folder, random_image):
     loose = tmp_path / "loose"
     loose.mkdir()
     for i in range(3):
-        _image(i).save(loose / f"{i}.png")
+        random_image(i).save(loose / f"{i}.png")
     with pytest.raises(data_lib.DataError, match=r"has no class sub-folders \(3 file\(s\) directly in it"):
         load(loose)
-    folder = make_folder(tmp_path / "imgs")
-    _image(3).save(folder / "stray.png")
+    folder = image_folder(tmp_path / "imgs")
+    random_image(3).save(folder / "stray.png")
     (folder / ".ipynb_checkpoints").mkdir()  # a hidden folder is no class
     data, said = load(folder)
     assert data.class_names == ["a", "b"]
     assert said == [f"train: warning: ignored 1 file(s) outside the class sub-folders of {folder} (e.g. stray.png)"]
 
 
-def test_an_absurd_image_size_is_refused_before_decoding(tmp_path, monkeypatch):
-    folder = make_folder(tmp_path / "imgs")
+def test_an_absurd_image_size_is_refused_before_decoding(tmp_path, monkeypatch, image_folder):
+    folder = image_folder(tmp_path / "imgs")
     monkeypatch.setattr(data_lib, "_memory_budget", lambda: 10 * 2**20)
     with pytest.raises(data_lib.DataError, match=r"--image_size=4096: the 8 images .* would take 0.4 GiB"):
         data_lib.load("folder", str(folder), 4096, 0.25, 0)
@@ -125,9 +109,9 @@ def test_the_split_holds_out_a_share_of_every_class():
     assert [int(np.sum(labels[test] == c)) for c in range(3)] == [2, 1, 0]  # a lone image stays in training
 
 
-def test_training_on_a_folder_with_junk_warns_once_and_trains(tmp_path):
-    folder = make_folder(tmp_path / "imgs", per_class=20)
-    add_junk(folder / "b")
+def test_training_on_a_folder_with_junk_warns_once_and_trains(tmp_path, image_folder, random_image):
+    folder = image_folder(tmp_path / "imgs", per_class=20)
+    add_junk(folder / "b", random_image)
     proc = subprocess.run(
         [sys.executable, "-m", "training.train", "--dataset=folder", f"--data_dir={folder}", "--image_size=12",
          "--epochs=1", "--batch_size=8", "--model_args=base_width=4", f"--model_dir={tmp_path / 'run'}"],

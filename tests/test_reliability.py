@@ -23,11 +23,6 @@ def _env(**extra):
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **extra}
 
 
-def train(*args, timeout=600, **env):
-    return subprocess.run([sys.executable, "-m", "training.train", *args], cwd=ROOT, env=_env(**env),
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def start(log, *args, **env):
     """A training process in the background, its output in ``log``."""
     out = open(log, "w")
@@ -74,7 +69,7 @@ def leftovers(folder):
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
+def straight(tmp_path_factory, train):
     """The uninterrupted run every interrupted one must end equal to."""
     folder = tmp_path_factory.mktemp("straight")
     proc = train(*RUN, f"--model_dir={folder}")
@@ -98,7 +93,7 @@ def assert_resumed_exactly(folder, straight):
      ("rename:epoch-000002", signal.SIGKILL), ("write:history.csv", signal.SIGINT),
      ("rename:last.keras", signal.SIGKILL), ("rename:results.json", signal.SIGTERM)],
 ])
-def test_killed_at_each_write_every_rerun_resumes_and_ends_bit_exact(tmp_path, straight, plan):
+def test_killed_at_each_write_every_rerun_resumes_and_ends_bit_exact(tmp_path, straight, plan, train):
     folder = tmp_path / "run"
     for point, sig in plan:
         proc = start(tmp_path / "log", *RUN, f"--model_dir={folder}", RESZOO_TEST_PAUSE=point)
@@ -120,7 +115,7 @@ def test_killed_at_each_write_every_rerun_resumes_and_ends_bit_exact(tmp_path, s
     assert_resumed_exactly(folder, straight)
 
 
-def test_real_kills_in_the_middle_of_writes_then_bit_exact_resume(tmp_path, straight):
+def test_real_kills_in_the_middle_of_writes_then_bit_exact_resume(tmp_path, straight, train):
     """No hook: poll the folder and signal the process while a file is being written."""
     folder = tmp_path / "run"
 
@@ -143,7 +138,7 @@ def test_real_kills_in_the_middle_of_writes_then_bit_exact_resume(tmp_path, stra
     assert_resumed_exactly(folder, straight)
 
 
-def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before(tmp_path, straight):
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before(tmp_path, straight, train):
     folder = tmp_path / "run"
     proc = start(tmp_path / "log", *RUN, f"--model_dir={folder}", RESZOO_TEST_PAUSE="write:epoch-000004")
     paused(proc, folder, "epoch-000004")
@@ -159,7 +154,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before(tmp_path, str
     assert_resumed_exactly(folder, straight)
 
 
-def test_a_second_training_in_the_same_folder_is_refused_while_the_first_runs(tmp_path, straight):
+def test_a_second_training_in_the_same_folder_is_refused_while_the_first_runs(tmp_path, straight, train):
     folder = tmp_path / "run"
     first = start(tmp_path / "log", *RUN, f"--model_dir={folder}", RESZOO_TEST_PAUSE="rename:epoch-000002")
     marker = paused(first, folder, "epoch-000002")
@@ -173,7 +168,7 @@ def test_a_second_training_in_the_same_folder_is_refused_while_the_first_runs(tm
     assert (folder / "history.csv").read_text().count("\n") == 1 + 4
 
 
-def test_best_model_and_its_score_survive_a_resume(tmp_path):
+def test_best_model_and_its_score_survive_a_resume(tmp_path, train):
     """After a resume the best score is the checkpoint's, so a worse epoch does not replace
     best.keras (it used to start again from nothing)."""
     from training import files, run_folder
@@ -225,7 +220,7 @@ def fill(folder):
     return filler
 
 
-def test_a_full_disk_ends_with_one_line_and_the_run_resumes_after(tmp_path, tmpfs, straight):
+def test_a_full_disk_ends_with_one_line_and_the_run_resumes_after(tmp_path, tmpfs, straight, train):
     disk = tmpfs("disk")
     folder = disk / "run"
     proc = start(tmp_path / "log", *RUN, f"--model_dir={folder}", RESZOO_TEST_PAUSE="write:epoch-000003")
@@ -257,7 +252,7 @@ def test_a_full_disk_during_export_ends_with_one_line_and_leaves_nothing(tmpfs, 
     assert list(disk.rglob("*")) == [disk / "resnet20_digits"]  # the model folder, empty
 
 
-def test_read_only_model_dir_is_a_usage_error(tmpfs):
+def test_read_only_model_dir_is_a_usage_error(tmpfs, train):
     disk = tmpfs("ro", read_only=True)
     proc = train(*RUN, f"--model_dir={disk / 'run'}", timeout=120)
     assert proc.returncode == 2
@@ -284,19 +279,19 @@ TF_CONFIG_CASES = {
 
 
 @pytest.mark.parametrize("tf_config", TF_CONFIG_CASES)
-def test_a_bad_tf_config_is_one_line(tmp_path, tf_config):
+def test_a_bad_tf_config_is_one_line(tmp_path, tf_config, train):
     proc = train("--distribution_strategy=multi_worker_mirrored", f"--model_dir={tmp_path / 'run'}",
                  timeout=120, TF_CONFIG=tf_config)
     assert TF_CONFIG_CASES[tf_config] in _usage_error(proc)
 
 
-def test_no_tpu_is_one_line(tmp_path):
+def test_no_tpu_is_one_line(tmp_path, train):
     proc = train("--distribution_strategy=tpu", "--tpu=local", f"--model_dir={tmp_path / 'run'}", timeout=120)
     assert "--distribution_strategy=tpu: no TPU at --tpu='local'" in _usage_error(proc)
     assert not (tmp_path / "run").exists()
 
 
-def test_a_worker_whose_peer_never_starts_gives_up_after_the_timeout(tmp_path):
+def test_a_worker_whose_peer_never_starts_gives_up_after_the_timeout(tmp_path, train):
     """TensorFlow would wait forever, silently: say what for, then give up with one line."""
     import socket
 
@@ -317,14 +312,14 @@ def test_a_worker_whose_peer_never_starts_gives_up_after_the_timeout(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
 
 
-def test_model_dir_that_is_a_file_is_a_usage_error(tmp_path):
+def test_model_dir_that_is_a_file_is_a_usage_error(tmp_path, train):
     (tmp_path / "taken").write_text("notes")
     assert _usage_error(train(f"--model_dir={tmp_path / 'taken'}", timeout=120)) == \
         f"train: error: --model_dir={tmp_path / 'taken'} is a file, not a folder"
     assert (tmp_path / "taken").read_text() == "notes"
 
 
-def test_a_usage_error_writes_nothing_so_the_corrected_command_runs(tmp_path):
+def test_a_usage_error_writes_nothing_so_the_corrected_command_runs(tmp_path, train):
     folder = tmp_path / "run"
     assert "depth must be 6n+2" in _usage_error(train("--model_args=depth=57", "--epochs=1", f"--model_dir={folder}"))
     assert not folder.exists()
@@ -332,16 +327,14 @@ def test_a_usage_error_writes_nothing_so_the_corrected_command_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-def test_images_below_the_net_s_minimum_are_a_usage_error(tmp_path):
-    from test_image_folders import make_folder
-
-    folder = make_folder(tmp_path / "imgs")
+def test_images_below_the_net_s_minimum_are_a_usage_error(tmp_path, train, image_folder):
+    folder = image_folder(tmp_path / "imgs")
     line = _usage_error(train("--dataset=folder", f"--data_dir={folder}", "--image_size=1", "--batch_size=2",
                               f"--model_dir={tmp_path / 'r'}"))
     assert line == "train: error: images of 1x1 are too small for this net: it takes at least 4x4 (its total stride)"
 
 
-def test_a_truncated_init_from_model_says_so(tmp_path, straight):
+def test_a_truncated_init_from_model_says_so(tmp_path, straight, train):
     cut = tmp_path / "cut.keras"
     data = (straight / "last.keras").read_bytes()
     cut.write_bytes(data[: len(data) // 2])
@@ -351,7 +344,7 @@ def test_a_truncated_init_from_model_says_so(tmp_path, straight):
                                         f"({len(data) // 2:,} bytes, no zip directory)"]
 
 
-def test_a_moved_run_folder_spelled_with_a_slash_resumes(tmp_path):
+def test_a_moved_run_folder_spelled_with_a_slash_resumes(tmp_path, train):
     first = tmp_path / "first"
     assert train(*RUN[:2], "--epochs=1", f"--model_dir={first}").returncode == 0
     moved = tmp_path / "elsewhere" / "run"
@@ -362,7 +355,7 @@ def test_a_moved_run_folder_spelled_with_a_slash_resumes(tmp_path):
     assert f"resuming {moved} from epoch 1" in proc.stdout
 
 
-def test_overwrite_with_another_architecture_starts_again(tmp_path):
+def test_overwrite_with_another_architecture_starts_again(tmp_path, train):
     folder = tmp_path / "run"
     assert train(*RUN[:2], "--epochs=2", f"--model_dir={folder}").returncode == 0
     refused = train("--model_args=base_width=4", "--epochs=1", f"--model_dir={folder}")

@@ -105,6 +105,9 @@ def test_deepest_models_build_and_save(tmp_path, registered):
     model = registered("resnet1202")
     assert len(model.layers) > 4000
     path = tmp_path / "preact_resnet1001.keras"
-    registered("preact_resnet1001").save(path)
+    model = registered("preact_resnet1001")
+    model.save(path)
     loaded = keras.saving.load_model(path)
     assert reszoo.count_params(loaded) == 10_327_706
+    x = np.random.default_rng(0).normal(size=(1, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(loaded(x, training=False), model(x, training=False))

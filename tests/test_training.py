@@ -17,12 +17,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = ["--model_args=base_width=8", "--batch_size=64"]
 
 
-def train(*args, timeout=600, **env):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env}
-    return subprocess.run([sys.executable, "-m", "training.train", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def _error_lines(proc):
     return [l for l in proc.stderr.splitlines() if l.startswith("train: error:")]
 
@@ -31,7 +25,7 @@ def _weights(path):
     return keras.saving.load_model(path, compile=False).get_weights()
 
 
-def test_default_run_on_embedded_digits_reaches_95_percent(tmp_path):
+def test_default_run_on_embedded_digits_reaches_95_percent(tmp_path, train):
     # The no-flag default is 30 epochs (99.2% measured); 8 epochs must already clear 95%.
     proc = train("--epochs=8", f"--model_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -51,7 +45,7 @@ def test_default_run_on_embedded_digits_reaches_95_percent(tmp_path):
     assert accuracy == pytest.approx(results["test_accuracy"], abs=1e-6)
 
 
-def test_resume_after_kill_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+def test_resume_after_kill_gives_the_weights_of_an_uninterrupted_run(tmp_path, train):
     flags = [*SMALL, "--epochs=4", "--deterministic", "--seed=3"]
     straight = train(*flags, f"--model_dir={tmp_path / 'a'}")
     assert straight.returncode == 0, straight.stderr[-2000:]
@@ -78,7 +72,7 @@ def test_resume_after_kill_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     assert [int(l.split(",")[0]) for l in history[1:]][-1] == 3
 
 
-def test_nan_loss_stops_with_a_message_whose_advice_works(tmp_path):
+def test_nan_loss_stops_with_a_message_whose_advice_works(tmp_path, train):
     good = train(*SMALL, "--epochs=2", f"--model_dir={tmp_path}")
     assert good.returncode == 0, good.stderr[-2000:]
     last = (tmp_path / "last.keras").read_bytes()
@@ -100,7 +94,7 @@ def test_nan_loss_stops_with_a_message_whose_advice_works(tmp_path):
     assert [int(l.split(",")[0]) for l in (tmp_path / "history.csv").read_text().splitlines()[1:]] == [0, 1, 2, 3]
 
 
-def test_model_dir_of_another_run_is_not_overwritten(tmp_path):
+def test_model_dir_of_another_run_is_not_overwritten(tmp_path, train):
     assert train(*SMALL, "--epochs=1", f"--model_dir={tmp_path}").returncode == 0
     before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_file()}
     proc = train(*SMALL, "--epochs=1", "--learning_rate=0.05", f"--model_dir={tmp_path}")
@@ -109,21 +103,9 @@ def test_model_dir_of_another_run_is_not_overwritten(tmp_path):
     assert before == {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_file()}
 
 
-def _digit_folder(root, digits):
-    from PIL import Image
-
-    from reszoo.datasets import load_digits
-    (x, y), _, _ = load_digits()
-    for d in digits:
-        os.makedirs(root / f"digit{d}")
-        for i, image in enumerate(x[y == d]):
-            Image.fromarray((image[..., 0] * 15).astype("uint8")).save(root / f"digit{d}" / f"{i}.png")
-    return root
-
-
-def test_fine_tune_to_a_different_set_of_classes(tmp_path):
-    first = _digit_folder(tmp_path / "first", range(5))
-    second = _digit_folder(tmp_path / "second", range(5, 10))
+def test_fine_tune_to_a_different_set_of_classes(tmp_path, train, digit_folder):
+    first = digit_folder(tmp_path / "first", range(5))
+    second = digit_folder(tmp_path / "second", range(5, 10))
     common = ["--model_args=base_width=8", "--batch_size=32", "--dataset=folder", "--image_size=8", "--epochs=10"]
     a = train(*common, f"--data_dir={first}", f"--model_dir={tmp_path / 'a'}")
     assert a.returncode == 0, a.stderr[-2000:]
@@ -146,7 +128,7 @@ def test_fine_tune_to_a_different_set_of_classes(tmp_path):
     assert results["test_accuracy"] > 0.5  # 5 unseen classes on frozen features (61.5% measured)
 
 
-def test_fine_tune_errors_name_the_problem(tmp_path):
+def test_fine_tune_errors_name_the_problem(tmp_path, train):
     bad = tmp_path / "bad.keras"
     bad.write_bytes(b"not a model")
     proc = train(f"--init_from={bad}", "--epochs=1", f"--model_dir={tmp_path / 'x'}")
@@ -170,12 +152,12 @@ def test_fine_tune_errors_name_the_problem(tmp_path):
     (["--freeze=backbone"], "need --init_from"),
     (["--batch_size=5000"], "larger than the 1438 training images"),
 ])
-def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, args, message, train):
     proc = train(*args, f"--model_dir={tmp_path / 'run'}", timeout=120)
     _assert_usage_error(proc, message)
 
 
-def test_bad_tf_config_is_a_usage_error(tmp_path):
+def test_bad_tf_config_is_a_usage_error(tmp_path, train):
     proc = train("--distribution_strategy=multi_worker_mirrored", f"--model_dir={tmp_path}",
                  timeout=120, TF_CONFIG="{cluster: none")
     _assert_usage_error(proc, "TF_CONFIG is not valid JSON")
@@ -400,3 +382,32 @@ def test_pipelines_run_without_tf_data_autotuning():
     x, y = data.train
     streamed = dataclasses.replace(data, train=tf.data.Dataset.from_tensor_slices((x.astype("float32"), y)))
     assert data_lib.train_pipeline(streamed, 32, "auto", 0, 0, 2).options().autotune.enabled is False
+
+
+def test_console_commands_run_from_any_folder_and_refuse_a_foreign_training_package(tmp_path):
+    """reszoo-train, reszoo-export and reszoo-predict (setup.py's entry points)."""
+    bin_dir = pathlib.Path(sys.executable).parent
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = lambda command, *args, **extra: subprocess.run([str(bin_dir / command), *map(str, args)], cwd=tmp_path,
+                                                        env={**env, **extra}, capture_output=True, text=True,
+                                                        timeout=600)
+    trained = run("reszoo-train", "--epochs=1", "--model_args=base_width=4", "--model_dir=run")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    exported = run("reszoo-export", "--model_dir=run", "--export_dir=saved")
+    assert exported.returncode == 0 and (tmp_path / "saved" / "resnet20_digits" / "1" / "saved_model.pb").exists()
+    from PIL import Image
+
+    from reszoo.datasets import load_digits
+
+    (_, _), (x, _), _ = load_digits()
+    Image.fromarray((x[0, ..., 0] * 15).astype("uint8")).save(tmp_path / "digit.png")
+    predicted = run("reszoo-predict", "--saved_model=saved/resnet20_digits", "--top=2", "digit.png")
+    assert predicted.returncode == 0 and predicted.stdout.splitlines()[0] == "digit.png"
+    assert len(predicted.stdout.splitlines()) == 3
+    fake = tmp_path / "elsewhere" / "training"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    shadowed = run("reszoo-train", PYTHONPATH=str(fake.parent))
+    assert shadowed.returncode == 1 and "Traceback" not in shadowed.stderr
+    assert shadowed.stderr.strip().splitlines()[-1].startswith(
+        f"reszoo: error: the package 'training' at {fake / '__init__.py'} is not reszoo's")

@@ -147,10 +147,8 @@ def test_keras_variant_only_changes_what_keras_applications_changes():
         reszoo.create_model("resnet56", variant="keras")
 
 
-def test_train_fine_tunes_from_keras_applications_weights(tmp_path):
-    from test_training import _digit_folder, train  # pytest puts tests/ on sys.path
-
-    folder = _digit_folder(tmp_path / "digits", (3, 8))  # grey PNGs: a grey model with RGB weights
+def test_train_fine_tunes_from_keras_applications_weights(tmp_path, train, digit_folder):
+    folder = digit_folder(tmp_path / "digits", (3, 8))  # grey PNGs: a grey model with RGB weights
     source = keras.applications.DenseNet121(weights=None, include_top=False, input_shape=(32, 32, 3))
     _randomize(source, seed=4)
     _save_like_the_downloads(source, tmp_path / "densenet121_notop.h5")
