@@ -367,3 +367,34 @@ def test_overwrite_with_another_architecture_starts_again(tmp_path, train):
     assert sorted(p.name for p in (folder / "backup").iterdir()) == ["epoch-000001"]
     assert weights(folder / "last.keras")[0].shape[-1] == 4
     assert json.loads((folder / "flags.json").read_text())["model_args"] == ["base_width=4"]
+
+
+def test_a_checkpoint_of_another_model_is_refused_not_half_loaded(tmp_path):
+    """Keras loads a checkpoint whose optimizer does not match with only a warning; the
+    checkpoint's variable signature makes any mismatch an error naming the variable."""
+    import reszoo
+    from training import run_folder
+    from training.files import CommandError
+
+    def compiled(width):
+        model = reszoo.create_model("resnet20", base_width=width, input_shape=(8, 8, 1))
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+        model.optimizer.build(model.trainable_variables)
+        return model
+
+    checkpoints = run_folder.Checkpoints(str(tmp_path / "backup"), say=lambda line: None)
+    saved = compiled(4)
+    checkpoints.save(saved, run_folder.State(epoch=1))
+    same = compiled(4)
+    assert checkpoints.restore(same).epoch == 1
+    assert all(np.array_equal(a, b) for a, b in zip(same.get_weights(), saved.get_weights()))
+    wider = compiled(8)
+    before = [w.copy() for w in wider.get_weights()]
+    with pytest.raises(CommandError, match=r"another model \(its variable conv1_conv/kernel \(3, 3, 1, 4\) is "
+                                           r"conv1_conv/kernel \(3, 3, 1, 8\) here\)"):
+        checkpoints.restore(wider)
+    assert all(np.array_equal(a, b) for a, b in zip(before, wider.get_weights()))
+    plain_sgd = reszoo.create_model("resnet20", base_width=4, input_shape=(8, 8, 1))
+    plain_sgd.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")  # no momentum slots
+    with pytest.raises(CommandError, match="its optimizer state has .* variables of other shapes"):
+        checkpoints.restore(plain_sgd)
