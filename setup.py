@@ -18,6 +18,7 @@ setup(
         "export": ["tf2onnx>=1.17", "onnxruntime>=1.20"],
         "lab": ["matplotlib>=3.7"],
         "hub": ["keras-hub>=0.32"],
+        "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.27", "matplotlib>=3.7"],
         "dev": [
             "tensorflow>=2.21,<2.22",
             "tensorflow-datasets>=4.9",
@@ -29,6 +30,10 @@ setup(
             "onnxruntime>=1.20",
             "matplotlib>=3.7",
             "keras-hub>=0.32",
+            "mkdocs>=1.6",
+            "mkdocs-material>=9.5",
+            "mkdocstrings[python]>=0.27",
+            "selenium>=4.20",
             "pytest>=8",
             "pytest-xdist>=3",
         ],

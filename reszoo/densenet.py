@@ -154,7 +154,9 @@ def densenet(
     out_levels=None,
     name=None,
 ):
-    """Build a DenseNet (Huang et al. 2017).
+    """Build a DenseNet (Huang et al. 2017). The arguments not listed are ``reszoo.resnet.resnet``'s;
+    a stage's feature map (``features_only``) is the BN-ReLU before its transition, the last
+    one the final BN-ReLU.
 
     Args:
       depth: L. CIFAR stem: 3n+4 (DenseNet) or 6n+4 (DenseNet-BC), three dense blocks of n
@@ -170,8 +172,6 @@ def densenet(
         instead of storing it (Pleiss et al. 2017, arXiv 1707.06990): less memory, more compute.
       variant: "paper", or "keras" for keras.applications' DenseNet layout (ImageNet stem).
       preprocessing: as ``reszoo.resnet.resnet``; "auto" is "torch" for the "keras" variant.
-      Other args as ``reszoo.resnet.resnet``; a stage's feature map (``features_only``) is the
-      BN-ReLU before its transition, the last one the final BN-ReLU.
     """
     common.check_data_format()
     common.check_choice("stem", stem, ("cifar", "imagenet"))
