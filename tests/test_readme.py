@@ -30,15 +30,15 @@ def test_ci_runs_the_readme_test_command():
     assert test_command in ci.splitlines()
 
 
-def _commands_after(heading):
+def _commands_after(heading, page="docs/transfer.md"):
     """The shell commands of the first code block after ``heading``, continuations joined."""
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / page).read_text()
     block = re.search(r"```\n(.*?)```", text[text.index(heading):], re.S).group(1)
     return [line.strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 
 
 def test_the_fine_tuning_example_runs_as_written(tmp_path):
-    """README's set-up command trains the digits model; its fine-tuning example then trains
+    """README's set-up command trains the digits model; the fine-tuning example of the docs then trains
     on my_images/, a folder of grey images of another size (upscaled digits of 5 classes)."""
     import os
     import subprocess
@@ -58,7 +58,7 @@ def test_the_fine_tuning_example_runs_as_written(tmp_path):
     readme = (ROOT / "README.md").read_text()
     setup = re.search(r"^pip install -e .* && (python -m training\.train)$", readme, re.M).group(1)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-    for command in [setup, *_commands_after("### Fine-tuning")]:
+    for command in [setup, *_commands_after("## From the command line")]:
         proc = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, (command, proc.stderr[-2000:])
     import json
@@ -77,9 +77,9 @@ def test_the_fine_tuning_example_runs_as_written(tmp_path):
             np.testing.assert_array_equal(a, b)
 
 
-def _python_blocks(heading):
-    """The python code blocks of README's section ``heading`` (up to the next "## ")."""
-    text = (ROOT / "README.md").read_text()
+def _python_blocks(heading, page="docs/transfer.md"):
+    """The python code blocks of a page's section ``heading`` (up to the next "## ")."""
+    text = (ROOT / page).read_text()
     section = text[text.index(heading):]
     section = section[: section.find("\n## ", len(heading))]
     return re.findall(r"```python\n(.*?)```", section, re.S)
@@ -114,3 +114,14 @@ def test_the_backbones_example_prints_what_its_comments_say(capsys):
     printed = capsys.readouterr().out.strip().splitlines()
     comments = [line[2:] for line in block.splitlines() if line.startswith("# ")]
     assert printed == comments
+
+
+def test_the_short_example_runs_and_the_docs_home_has_the_set_up_commands(capsys):
+    readme = (ROOT / "README.md").read_text()
+    (block,) = _python_blocks("## At a glance", page="README.md")
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["model"].name == "resnet56" and namespace["backbone"].output_shape == (None, 2048)
+    home = (ROOT / "docs" / "index.md").read_text()
+    for command in re.findall(r"^(pip install -e .*)$", readme, re.M)[:2]:
+        assert command in home.splitlines()

@@ -125,7 +125,7 @@ def test_fine_tune_to_a_different_set_of_classes(tmp_path, train, digit_folder):
     assert l2 == {5e-4} and len([l for l in new.layers if hasattr(l, "kernel_regularizer")]) > 5
     results = json.loads((tmp_path / "b" / "results.json").read_text())
     assert results["class_names"] == [f"digit{d}" for d in range(5, 10)]
-    assert results["test_accuracy"] > 0.5  # 5 unseen classes on frozen features (61.5% measured)
+    assert results["test_accuracy"] > 0.5  # 5 unseen classes on frozen features (73.6% measured)
 
 
 def test_fine_tune_errors_name_the_problem(tmp_path, train):
