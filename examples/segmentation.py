@@ -100,9 +100,14 @@ def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     result = run(args.model, args.base_width, args.epochs, args.canvases, verbose=2)
     result.update(model=args.model, base_width=args.base_width)
+    from reszoo.io import atomic_write
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=1)
+
     os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, "segmentation.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    atomic_write(os.path.join(args.out_dir, "segmentation.json"), write)
     print(f"pixel accuracy {result['pixel_accuracy']:.4f} (background alone {result['background_share']:.4f}), "
           f"mean IoU {result['mean_iou']:.4f}")
 

@@ -8,15 +8,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def save(name, figure, numbers, out_dir=RESULTS):
-    """``out_dir/name.png`` and ``out_dir/name.json``; returns their paths."""
+    """``out_dir/name.png`` and ``out_dir/name.json``, each written whole (``reszoo.io``);
+    returns their paths."""
+    from reszoo.io import atomic_write
+
     os.makedirs(out_dir, exist_ok=True)
     png, js = os.path.join(out_dir, f"{name}.png"), os.path.join(out_dir, f"{name}.json")
     figure.tight_layout()
-    figure.savefig(png, dpi=110)
-    with open(js, "w") as f:
-        json.dump(numbers, f, indent=1)
+    atomic_write(png, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
+    atomic_write(js, lambda tmp: _dump(numbers, tmp))
     print(f"wrote {png} and {js}")
     return png, js
+
+
+def _dump(value, path):
+    with open(path, "w") as f:
+        json.dump(value, f, indent=1)
 
 
 def parser(doc):

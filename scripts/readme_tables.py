@@ -101,6 +101,13 @@ if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(README))
     with open(README) as f:
         text = f.read()
-    with open(README, "w") as f:
-        f.write(render(text, tables()))
+    from reszoo.io import atomic_write
+
+    fresh = render(text, tables())
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(fresh)
+
+    atomic_write(README, write)
     print(f"updated {README}")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import reszoo
-from reszoo import common, naming, registry, weights
+from reszoo import naming, registry, weights
 from reszoo.resnet import IMAGENET_LAYERS
 
 NAMES = reszoo.list_models()

@@ -3,7 +3,6 @@ clear line when they cannot."""
 
 import errno
 import json
-import os
 
 from reszoo import io
 from reszoo.io import fsync_dir, fsync_tree, keras_file_problem, remove_stale_tmp, tmp_name  # noqa: F401
