@@ -15,6 +15,7 @@ class BuildSpec:
 
     name: str
     overrides: dict = dataclasses.field(default_factory=dict)
+    adapters: str | None = None  # "parallel" or "series": residual adapters added (reszoo.transfer)
 
     @classmethod
     def of(cls, name, overrides):
@@ -30,11 +31,14 @@ class BuildSpec:
         return {k: _decode(v) for k, v in self.overrides.items()}
 
     def to_json(self):
-        return {"name": self.name, "overrides": dict(self.overrides)}
+        value = {"name": self.name, "overrides": dict(self.overrides)}
+        if self.adapters is not None:
+            value["adapters"] = self.adapters
+        return value
 
     @classmethod
     def from_json(cls, value):
-        return cls(value["name"], dict(value.get("overrides", {})))
+        return cls(value["name"], dict(value.get("overrides", {})), value.get("adapters"))
 
 
 def _encode(value):

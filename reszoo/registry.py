@@ -72,11 +72,15 @@ def create_model(model_name=None, /, *, weights=None, **overrides):
     from reszoo import weights as weights_lib
     from reszoo.model import BuildSpec
 
+    saved = None if weights is None else _saved_spec(weights)
     if model_name is None:
         if weights is None:
             raise ValueError("create_model needs a model name (reszoo.list_models() lists them) or weights")
-        found = _spec_of(weights)
-        model_name, overrides = found.name, {**found.arguments(), **overrides}
+        if saved is None:
+            raise weights_lib.WeightsError(
+                f"{weights} does not say which model it holds (not saved from a reszoo model): "
+                "give the model name, e.g. reszoo.create_model('resnet50', weights=...)")
+        model_name, overrides = saved.name, {**saved.arguments(), **overrides}
     spec = get_spec(model_name)
     accepted = inspect.signature(spec.builder).parameters
     for key in overrides:
@@ -92,37 +96,36 @@ def create_model(model_name=None, /, *, weights=None, **overrides):
             config.pop(key, None)
     model = spec.builder(**{**config, "name": model_name, **overrides})
     model.build_spec = BuildSpec.of(model_name, overrides)
+    if saved is not None and saved.adapters is not None:
+        from reszoo import transfer
+
+        model = transfer.add_adapters(model, saved.adapters)
     if weights is not None:
         weights_lib.load_weights(model, weights)
     return model
 
 
-def _spec_of(weights):
-    """The build spec saved with a reszoo model: a ``.keras`` file's, a run folder's model's,
-    or a model's in memory."""
+def _saved_spec(weights):
+    """The build spec saved with a reszoo model (a ``.keras`` file's, a run folder's model's,
+    or a model's in memory), or None."""
     import json
     import os
     import zipfile
 
     from reszoo.model import BuildSpec
-    from reszoo.weights import RUN_MODELS, WeightsError
+    from reszoo.weights import RUN_MODELS
 
     if hasattr(weights, "layers"):
-        found = getattr(weights, "build_spec", None)
-    else:
-        path = os.path.expanduser(str(weights))
-        if os.path.isdir(path):
-            path = next((os.path.join(path, n) for n in RUN_MODELS if os.path.isfile(os.path.join(path, n))), path)
-        try:
-            with zipfile.ZipFile(path) as archive:
-                config = json.loads(archive.read("config.json")).get("config", {})
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-            config = {}
-        found = BuildSpec.from_json(config["build_spec"]) if "build_spec" in config else None
-    if found is None:
-        raise WeightsError(f"{weights} does not say which model it holds (not saved from a reszoo model): "
-                           "give the model name, e.g. reszoo.create_model('resnet50', weights=...)")
-    return found
+        return getattr(weights, "build_spec", None)
+    path = os.path.expanduser(str(weights))
+    if os.path.isdir(path):
+        path = next((os.path.join(path, n) for n in RUN_MODELS if os.path.isfile(os.path.join(path, n))), path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json")).get("config", {})
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    return BuildSpec.from_json(config["build_spec"]) if "build_spec" in config else None
 
 
 def model_card(model):
@@ -153,8 +156,11 @@ def model_card(model):
         "config": dict(spec.config),
     }
     card["features"] = features(model)
-    if getattr(model, "build_spec", None) is not None and model.build_spec.overrides:
-        card["overrides"] = dict(model.build_spec.overrides)
+    found = getattr(model, "build_spec", None)
+    if found is not None and found.overrides:
+        card["overrides"] = dict(found.overrides)
+    if found is not None and found.adapters is not None:
+        card["adapters"] = found.adapters
     if spec.notes:
         card["notes"] = spec.notes
     return card

@@ -16,6 +16,7 @@ exactly its accuracy. A task saves to a file of its own (``save_task``), a small
 the backbone, and ``load_task`` puts it back on the same backbone.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ def _spec(model, **changes):
     spec = build_spec(model)
     if spec is None:
         return None
-    return BuildSpec.of(spec.name, {**spec.arguments(), **changes})
+    return dataclasses.replace(BuildSpec.of(spec.name, {**spec.arguments(), **changes}), adapters=spec.adapters)
 
 
 def replace_classifier(model, num_classes, classifier_activation=None):
@@ -103,6 +104,8 @@ def add_adapters(model, mode="parallel", num_classes=None):
     layers are shared with ``model`` and frozen. At first it computes what ``model`` does."""
     if mode not in ResidualAdapter.MODES:
         raise ValueError(f"mode must be one of {list(ResidualAdapter.MODES)}, got {mode!r}")
+    if adapter_mode(model) is not None:
+        raise ValueError(f"{model.name} has adapters already (a task's model); add them to its backbone")
     if any(isinstance(layer, keras.Model) or hasattr(layer, "inner") for layer in model.layers):
         raise ValueError(f"{model.name} has sub-models (weight-tied stages or memory-efficient DenseNet "
                          "layers): adapters go into plain stages only")
@@ -116,13 +119,15 @@ def add_adapters(model, mode="parallel", num_classes=None):
             return ResidualAdapter(layer, mode, name=layer.name)
         if isinstance(layer, keras.layers.BatchNormalization) or naming.is_head(layer.name):
             return _copy(layer)  # the head too, so that its output in this graph is its only one
-        if layer.weights:
-            layer.trainable = False
+        if not layer.weights:  # a layer of its own, so that its output in this graph is its only one
+            return layer.__class__.from_config(layer.get_config())
+        layer.trainable = False
         return layer
 
     adapted = keras.models.clone_model(model, clone_function=clone)
     adapted = ZooModel(adapted.inputs, adapted.outputs, name=model.name)
-    adapted.build_spec = build_spec(model)  # the backbone's: the adapters are no builder argument
+    spec = build_spec(model)
+    adapted.build_spec = None if spec is None else dataclasses.replace(spec, adapters=mode)
     if num_classes is not None and num_classes != model.output_shape[-1]:
         adapted = replace_classifier(adapted, num_classes)
     return adapted

@@ -163,7 +163,12 @@ def _twin(model, num_classes, channels):
         arguments.update(include_top=True, num_classes=num_classes)
     if channels is not None and channels != model.input_shape[-1]:
         arguments["input_shape"] = (*model.input_shape[1:3], channels)
-    return create_model(spec.name, **arguments)
+    twin = create_model(spec.name, **arguments)
+    if spec.adapters is not None:
+        from reszoo import transfer
+
+        twin = transfer.add_adapters(twin, spec.adapters)
+    return twin
 
 
 def _source(model, source):

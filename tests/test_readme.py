@@ -106,6 +106,7 @@ def test_the_weights_and_transfer_examples_run_as_written(tmp_path, monkeypatch,
     assert 0.0 <= float(printed[3]) <= 1.0
     task = namespace["task"]
     assert task.output_shape == (None, 5) and (tmp_path / "digits0to4.npz").stat().st_size > 0
+    assert namespace["reszoo"].model_card(task)["adapters"] == "parallel"
 
 
 def test_the_backbones_example_prints_what_its_comments_say(capsys):

@@ -148,6 +148,18 @@ def test_adapters_start_as_the_backbone_and_leave_it_untouched(mode, tmp_path):
     assert size < 0.5 * os.path.getsize(_saved(backbone, tmp_path))
     again = transfer.load_task(backbone, tmp_path / "task.npz")
     np.testing.assert_array_equal(again.predict(X, verbose=0), adapted.predict(X, verbose=0))
+    # The whole task model as one .keras file: create_model rebuilds it, adapters included.
+    adapted.save(tmp_path / "adapted.keras")
+    rebuilt = reszoo.create_model(weights=tmp_path / "adapted.keras")
+    np.testing.assert_array_equal(rebuilt.predict(X, verbose=0), adapted.predict(X, verbose=0))
+    adapted.save_weights(tmp_path / "adapted.weights.h5")  # weights alone: matched through the spec
+    fresh = transfer.add_adapters(reszoo.create_model("resnet20", **SMALL), mode, num_classes=3)
+    reszoo.weights.load_weights(fresh, tmp_path / "adapted.weights.h5")
+    np.testing.assert_array_equal(fresh.predict(X, verbose=0), adapted.predict(X, verbose=0))
+    card = reszoo.model_card(rebuilt)
+    assert card["adapters"] == mode and card["num_classes"] == 3
+    pyramid = keras.Model(rebuilt.inputs, rebuilt.pyramid_outputs).predict(X, verbose=0)
+    assert {k: v.shape[-1] for k, v in pyramid.items()} == {f["level"]: f["channels"] for f in card["features"]}
     other = reszoo.create_model("resnet20", **SMALL)
     with pytest.raises(ValueError, match="was trained on another backbone"):
         transfer.load_task(other, tmp_path / "task.npz")
@@ -167,6 +179,8 @@ def test_adapters_refuse_models_they_cannot_adapt():
         transfer.add_adapters(reszoo.create_model("resnet20", weight_tied=True, **SMALL))
     with pytest.raises(ValueError, match="mode must be one of"):
         transfer.add_adapters(reszoo.create_model("resnet20", **SMALL), "diagonal")
+    with pytest.raises(ValueError, match="has adapters already"):
+        transfer.add_adapters(transfer.add_adapters(reszoo.create_model("resnet20", **SMALL)))
 
 
 def _cli(module, *args, cwd=ROOT):
