@@ -68,7 +68,8 @@ def create_model(model_name=None, /, *, weights=None, **overrides):
     file, keras.applications' ``.h5`` file (the "keras" variant is then the default), or a
     Keras model. With another ``num_classes`` than the weights' the classifier is new. The
     model name may be left out when the weights say how they were built (a run folder or a
-    ``.keras`` file of reszoo's)."""
+    ``.keras`` file of reszoo's); a task model saved with residual adapters
+    (``reszoo.transfer.add_adapters``) is built again with them."""
     from reszoo import weights as weights_lib
     from reszoo.model import BuildSpec
 
