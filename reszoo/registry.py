@@ -110,21 +110,17 @@ def _saved_spec(weights):
     """The build spec saved with a reszoo model (a ``.keras`` file's, a run folder's model's,
     or a model's in memory), or None."""
     import json
-    import os
     import zipfile
 
     from reszoo.model import BuildSpec
-    from reszoo.weights import RUN_MODELS
+    from reszoo.weights import run_model_file
 
     if hasattr(weights, "layers"):
         return getattr(weights, "build_spec", None)
-    path = os.path.expanduser(str(weights))
-    if os.path.isdir(path):
-        path = next((os.path.join(path, n) for n in RUN_MODELS if os.path.isfile(os.path.join(path, n))), path)
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(run_model_file(weights)) as archive:
             config = json.loads(archive.read("config.json")).get("config", {})
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):  # WeightsError is a ValueError
         return None
     return BuildSpec.from_json(config["build_spec"]) if "build_spec" in config else None
 

@@ -178,12 +178,7 @@ def _source(model, source):
 
     if isinstance(source, keras.Model):
         return source, f"model {source.name!r}", None, False
-    path = os.path.expanduser(str(source))
-    if os.path.isdir(path):
-        found = [os.path.join(path, n) for n in RUN_MODELS if os.path.isfile(os.path.join(path, n))]
-        if not found:
-            raise WeightsError(f"{path} holds no {' or '.join(RUN_MODELS)} (a training run folder that finished)")
-        path = found[0]
+    path = run_model_file(source)
     if not os.path.isfile(path):
         raise WeightsError(f"no such weights file: {path}")
     if path.endswith(".keras"):
@@ -211,6 +206,18 @@ def _source(model, source):
         return twin, path, None, False
     raise WeightsError(f"{path}: weights come from a .keras, .weights.h5 or keras.applications .h5 file, "
                        "a training run folder, or a Keras model")
+
+
+def run_model_file(path):
+    """``path`` (``~`` expanded), or for a training run folder the model it holds: its
+    ``last.keras``, else its ``best.keras``; a folder with neither is a ``WeightsError``."""
+    path = os.path.expanduser(str(path))
+    if not os.path.isdir(path):
+        return path
+    for name in RUN_MODELS:
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    raise WeightsError(f"{path} holds no {' or '.join(RUN_MODELS)} (a training run folder that finished)")
 
 
 def _renamer(architecture):

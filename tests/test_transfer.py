@@ -86,6 +86,11 @@ def test_weights_that_do_not_fit_name_the_layer_and_load_nothing(tmp_path):
         weights.load_weights(deeper, str(tmp_path / "m.keras"))
     with pytest.raises(weights.WeightsError, match="does not say which model it holds"):
         reszoo.create_model(weights=keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+    (tmp_path / "unfinished").mkdir()
+    with pytest.raises(weights.WeightsError, match="unfinished holds no last.keras or best.keras"):
+        reszoo.create_model("resnet20", weights=tmp_path / "unfinished", **SMALL)
+    with pytest.raises(weights.WeightsError, match="does not say which model it holds"):
+        reszoo.create_model(weights=tmp_path / "unfinished")
 
 
 def test_the_old_keras_applications_entry_point_still_works(tmp_path):
@@ -208,7 +213,9 @@ def test_train_with_adapters_keeps_the_backbone_and_saves_the_task(tmp_path):
     np.testing.assert_allclose(again.predict(x, verbose=0), adapted.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
     exported = _cli("training.export", f"--model_dir={tmp_path / 'b'}", f"--export_dir={tmp_path / 'saved'}")
     assert exported.returncode == 0, exported.stderr[-2000:]  # a task exports as a normal SavedModel
+    (tmp_path / "unfinished").mkdir()
     for args, message in [(["--adapters=series"], "--adapters needs --init_from"),
+                          ([f"--init_from={tmp_path / 'unfinished'}"], "holds no last.keras or best.keras"),
                           (["--adapters=series", f"--init_from={tmp_path / 'a'}", "--freeze=backbone"],
                            "--freeze goes without --adapters")]:
         proc = _cli("training.train", *args, f"--model_dir={tmp_path / 'x'}")

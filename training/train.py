@@ -72,15 +72,14 @@ def load_init_model(init_from):
     """The model of ``--init_from``: a ``.keras`` file or a run folder (its last.keras, else
     best.keras); None for keras_applications:NAME, which is built once the data's image shape
     is known."""
-    from reszoo.weights import RUN_MODELS
+    from reszoo.weights import WeightsError, run_model_file
 
     if init_from.startswith(KERAS_APPLICATIONS_PREFIX):
         return None
-    if os.path.isdir(init_from):
-        found = [os.path.join(init_from, n) for n in RUN_MODELS if os.path.isfile(os.path.join(init_from, n))]
-        if not found:
-            raise CommandError(f"--init_from: {init_from} holds no {' or '.join(RUN_MODELS)} (a run that finished)", 2)
-        init_from = found[0]
+    try:
+        init_from = run_model_file(init_from)
+    except WeightsError as err:
+        raise CommandError(f"--init_from: {err}", 2) from None
     return files.load_model(init_from, "--init_from")
 
 
