@@ -9,9 +9,10 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["reszoo", "reszoo.*", "training", "training.*"]),
+    py_modules=["reszoo_cli"],
     package_data={"reszoo": ["data/*.npz"]},
-    entry_points={"console_scripts": ["reszoo-train=reszoo.cli:train", "reszoo-export=reszoo.cli:export",
-                                      "reszoo-predict=reszoo.cli:predict"]},
+    entry_points={"console_scripts": ["reszoo-train=reszoo_cli:train", "reszoo-export=reszoo_cli:export",
+                                      "reszoo-predict=reszoo_cli:predict"]},
     install_requires=["keras>=3.15.1,<4", "numpy"],
     extras_require={
         "tf": ["tensorflow>=2.21,<2.22", "tensorflow-datasets>=4.9", "tensorboard", "absl-py"],

@@ -8,13 +8,13 @@
     reszoo.create_model(weights="runs/resnet20-digits", num_classes=5)   # fine-tune: a new head
 """
 
-from reszoo import naming, transfer, weights  # noqa: F401
+from reszoo import naming, registry, transfer, weights  # noqa: F401
 from reszoo import optim  # noqa: F401  (registers the training schedule and optimizers)
-from reszoo import zoo as _zoo  # noqa: F401  (registers the catalogue)
+from reszoo.api import create_model, model_card
 from reszoo.densenet import densenet
 from reszoo.layers import BatchNorm, ImagePreprocess, ResidualAdapter, ResidualScale, ZeroPadShortcut
-from reszoo.model import BuildSpec, ZooModel, build_spec
-from reszoo.registry import count_params, create_model, get_spec, list_models, model_card
+from reszoo.model import BuildSpec, ZooModel, build_spec, count_params, features
+from reszoo.registry import get_spec, list_models, register
 from reszoo.resnet import resnet
 from reszoo.sizing import match_params
 
@@ -22,6 +22,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchNorm", "BuildSpec", "ImagePreprocess", "ResidualAdapter", "ResidualScale", "ZeroPadShortcut", "ZooModel",
-    "build_spec", "count_params", "create_model", "densenet", "get_spec", "list_models", "match_params",
-    "model_card", "resnet",
+    "build_spec", "count_params", "create_model", "densenet", "features", "get_spec", "list_models", "match_params",
+    "model_card", "register", "resnet",
 ]

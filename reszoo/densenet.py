@@ -13,9 +13,10 @@ import dataclasses
 import keras
 from keras import layers
 
-from reszoo import common
+from reszoo import naming, skeleton
+from reszoo.checks import check_float, check_int, check_int_tuple
+from reszoo.factory import LayerFactory
 from reszoo.layers import Recompute
-from reszoo.model import ZooModel
 
 # ImageNet layouts, Table 1 of Huang et al. (DenseNet-161 is k=48 with a 96-channel stem).
 IMAGENET_BLOCKS = {
@@ -45,25 +46,25 @@ def _dropout(x, rate, name):
 
 def _first_conv(y, growth_rate, opts, f, name):
     """BN-ReLU and H_l's first conv: the 1x1 bottleneck of 4k maps ("B"), else the 3x3 of k."""
-    y = f.bn_relu(y, name=f"{name}_0")
+    y = f.bn_relu(y, name=naming.part(name, "0"))
     if opts.bottleneck:
-        return f.conv(y, opts.bottleneck_width * growth_rate, 1, name=f"{name}_1_conv")
-    return f.conv(y, growth_rate, 3, name=f"{name}_2_conv")
+        return f.conv(y, opts.bottleneck_width * growth_rate, 1, name=naming.layer(name, 1, "conv"))
+    return f.conv(y, growth_rate, 3, name=naming.layer(name, 2, "conv"))
 
 
 def _rest(y, growth_rate, opts, f, name):
     """The rest of H_l: [dropout-BN-ReLU-Conv3x3(k) after a bottleneck], dropout."""
     if opts.bottleneck:
-        y = _dropout(y, opts.dropout_rate, name=f"{name}_1_drop")
-        y = f.bn_relu(y, name=f"{name}_1")
-        y = f.conv(y, growth_rate, 3, name=f"{name}_2_conv")
-    return _dropout(y, opts.dropout_rate, name=f"{name}_2_drop")
+        y = _dropout(y, opts.dropout_rate, name=naming.layer(name, 1, "drop"))
+        y = f.bn_relu(y, name=naming.part(name, "1"))
+        y = f.conv(y, growth_rate, 3, name=naming.layer(name, 2, "conv"))
+    return _dropout(y, opts.dropout_rate, name=naming.layer(name, 2, "drop"))
 
 
-def dense_layer(x, growth_rate=12, opts=LayerOptions(), f=common.LayerFactory(), name="layer"):
+def dense_layer(x, growth_rate=12, opts=LayerOptions(), f=LayerFactory(), name="layer"):
     """H_l: [BN-ReLU-Conv1x1(4k)]-BN-ReLU-Conv3x3(k), concatenated to its input."""
     y = _rest(_first_conv(x, growth_rate, opts, f, name), growth_rate, opts, f, name)
-    return layers.Concatenate(name=f"{name}_concat")([x, y])
+    return layers.Concatenate(name=naming.part(name, "concat"))([x, y])
 
 
 def efficient_dense_layer(features, growth_rate, opts, f, name):
@@ -72,45 +73,48 @@ def efficient_dense_layer(features, growth_rate, opts, f, name):
     its normalised copies instead of storing them per layer (Pleiss et al. 2017). Returns the
     new ``k`` maps only; the block concatenates once at its end."""
     inputs = [keras.Input(t.shape[1:], dtype=t.dtype) for t in features]
-    y = layers.Concatenate(name=f"{name}_concat")(inputs) if len(inputs) > 1 else inputs[0]
-    shared = keras.Model(inputs, _first_conv(y, growth_rate, opts, f, name), name=f"{name}_shared")
-    y = Recompute(shared, name=f"{name}_recompute")(features)
+    y = layers.Concatenate(name=naming.part(name, "concat"))(inputs) if len(inputs) > 1 else inputs[0]
+    shared = keras.Model(inputs, _first_conv(y, growth_rate, opts, f, name), name=naming.part(name, "shared"))
+    y = Recompute(shared, name=naming.part(name, "recompute"))(features)
     return _rest(y, growth_rate, opts, f, name)
 
 
-def dense_block(x, count, growth_rate, opts, f, name):
+def dense_block(x, count, growth_rate, opts, f, stage):
     """``count`` layers H_l, each reading the concatenation of all before it (Eq. 2)."""
     if not opts.memory_efficient:
         for i in range(count):
-            x = dense_layer(x, growth_rate, opts, f, name=f"{name}_block{i + 1}")
+            x = dense_layer(x, growth_rate, opts, f, name=naming.block_name(stage, i + 1))
         return x
     features = [x]
     for i in range(count):
-        features.append(efficient_dense_layer(features, growth_rate, opts, f, name=f"{name}_block{i + 1}"))
-    return layers.Concatenate(name=f"{name}_concat")(features)
+        features.append(efficient_dense_layer(features, growth_rate, opts, f, name=naming.block_name(stage, i + 1)))
+    return layers.Concatenate(name=naming.part(naming.stage_name(stage), "concat"))(features)
 
 
-def transition(x, opts, f, name, pyramid, stage):
-    """BN-ReLU-Conv1x1(floor(theta * c))-AvgPool2x2 between dense blocks. The BN-ReLU output
-    is the stage's output in ``pyramid`` (as timm's DenseNet features)."""
+def transition(x, opts, f, pyramid, stage):
+    """BN-ReLU-Conv1x1(floor(theta * c))-AvgPool2x2 between dense blocks (``pool{stage}_*``).
+    The BN-ReLU output is the stage's output in ``pyramid`` (as timm's DenseNet features)."""
+    name = naming.transition(stage)
     filters = int(x.shape[-1] * opts.compression)
     x = pyramid.end(f.bn_relu(x, name=name), stage, pyramid.stride)
-    x = f.conv(x, filters, 1, name=f"{name}_conv")
-    x = _dropout(x, opts.dropout_rate, name=f"{name}_drop")
-    return layers.AveragePooling2D(2, strides=2, name=f"{name}_pool")(x)
+    x = f.conv(x, filters, 1, name=naming.part(name, "conv"))
+    x = _dropout(x, opts.dropout_rate, name=naming.part(name, "drop"))
+    x = layers.AveragePooling2D(2, strides=2, name=naming.part(name, "pool"))(x)
+    pyramid.stride *= 2
+    return x
 
 
 def _block_layout(depth, blocks, stem, bottleneck):
     convs = 2 if bottleneck else 1
     if blocks is not None:
-        blocks = common.check_int_tuple("blocks", blocks)
+        blocks = check_int_tuple("blocks", blocks)
         derived = sum(blocks) * convs + len(blocks) + 1
         if depth is not None and depth != derived:
             raise ValueError(f"depth={depth} does not match blocks={blocks} ({derived})")
         return derived, blocks
     if depth is None:
         raise ValueError("give depth (or blocks)")
-    depth = common.check_int("depth", depth, 1)
+    depth = check_int("depth", depth, 1)
     if stem == "imagenet":
         if depth not in IMAGENET_BLOCKS:
             raise ValueError(
@@ -138,25 +142,10 @@ def densenet(
     dropout_rate=0.0,
     memory_efficient=False,
     variant="paper",
-    preprocessing="auto",
-    norm="batch",
-    bn_momentum=0.9,
-    bn_epsilon=None,
-    kernel_initializer="he_normal",
-    kernel_regularizer=None,
-    num_classes=None,
-    input_shape=None,
-    input_tensor=None,
-    include_top=True,
-    pooling=None,
-    classifier_activation=None,
-    features_only=False,
-    out_levels=None,
-    name=None,
+    **options,
 ):
-    """Build a DenseNet (Huang et al. 2017). The arguments not listed are ``reszoo.resnet.resnet``'s;
-    a stage's feature map (``features_only``) is the BN-ReLU before its transition, the last
-    one the final BN-ReLU.
+    """Build a DenseNet (Huang et al. 2017). A stage's feature map (``features_only``) is the
+    BN-ReLU before its transition, the last one the final BN-ReLU.
 
     Args:
       depth: L. CIFAR stem: 3n+4 (DenseNet) or 6n+4 (DenseNet-BC), three dense blocks of n
@@ -170,50 +159,35 @@ def densenet(
       dropout_rate: dropout after each conv but the first (the paper's 0.2 without augmentation).
       memory_efficient: recompute each layer's concatenation + BN-ReLU in the backward pass
         instead of storing it (Pleiss et al. 2017, arXiv 1707.06990): less memory, more compute.
-      variant: "paper", or "keras" for keras.applications' DenseNet layout (ImageNet stem).
-      preprocessing: as ``reszoo.resnet.resnet``; "auto" is "torch" for the "keras" variant.
+      variant: "paper", or "keras" for keras.applications' DenseNet layout (ImageNet stem);
+        its preprocessing ("auto") is "torch".
+      **options: as ``reszoo.resnet.resnet``'s (``reszoo.skeleton.ModelIO`` and the layer
+        hooks of ``reszoo.factory.LayerFactory``).
     """
-    common.check_data_format()
-    common.check_choice("stem", stem, ("cifar", "imagenet"))
-    growth_rate = common.check_int("growth_rate", growth_rate)
-    bottleneck_width = common.check_int("bottleneck_width", bottleneck_width)
-    compression = common.check_float("compression", compression, 1e-6, 1.0, high_inclusive=True)
-    dropout_rate = common.check_float("dropout_rate", dropout_rate, 0.0, 1.0)
-    common.check_choice("variant", variant, common.VARIANTS)
+    io, f = skeleton.split_options(options, variant=variant, stem=stem,
+                                   preprocessing="torch" if variant == "keras" else None)
+    growth_rate = check_int("growth_rate", growth_rate)
+    bottleneck_width = check_int("bottleneck_width", bottleneck_width)
+    compression = check_float("compression", compression, 1e-6, 1.0, high_inclusive=True)
+    dropout_rate = check_float("dropout_rate", dropout_rate, 0.0, 1.0)
     if variant == "keras" and stem != "imagenet":
         raise ValueError("variant='keras' needs stem='imagenet' (keras.applications has no CIFAR DenseNets)")
-    if preprocessing == "auto":
-        preprocessing = "torch" if variant == "keras" else None
-    if bn_epsilon is None:
-        bn_epsilon = common.KERAS_BN_EPSILON if variant == "keras" else 1e-5
     depth, blocks = _block_layout(depth, blocks, stem, bottleneck)
     cifar = stem == "cifar"
     default_init = 16 if cifar and not bottleneck and compression == 1.0 else 2 * growth_rate
-    init_channels = common.check_int("init_channels", init_channels or default_init)
-    if num_classes is None:
-        num_classes = 10 if cifar else 1000
-    f = common.LayerFactory(norm, bn_momentum, bn_epsilon, kernel_initializer, kernel_regularizer)
+    init_channels = check_int("init_channels", init_channels or default_init)
     opts = LayerOptions(bottleneck, bottleneck_width, compression, dropout_rate, bool(memory_efficient))
-    common.ensure_recursion_limit()
 
-    inputs, x = common.model_input(input_shape, input_tensor, common.default_input(stem, include_top, features_only),
-                                   common.min_input_size(stem, len(blocks)))
-    x = common.preprocess(x, preprocessing)
-    pyramid = common.Pyramid()
-    if cifar:
-        x = pyramid.end(f.conv(x, init_channels, 3, name="conv1_conv"), 1, 1)
-    else:
-        x = common.imagenet_stem(x, f, init_channels, variant, pyramid)
-    for s, count in enumerate(blocks):
-        x = dense_block(x, count, growth_rate, opts, f, name=f"conv{s + 2}")
-        if s < len(blocks) - 1:
-            x = transition(x, opts, f, f"pool{s + 2}", pyramid, s + 2)
-            pyramid.stride *= 2
-    x = pyramid.end(f.bn_relu(x, name="post"), len(blocks) + 1, pyramid.stride)
+    def body(x, pyramid):
+        if cifar:
+            x = skeleton.cifar_stem(x, f, init_channels, pyramid, norm=False)
+        else:
+            x = skeleton.imagenet_stem(x, f, init_channels, variant, pyramid)
+        for s, count in enumerate(blocks):
+            x = dense_block(x, count, growth_rate, opts, f, stage=s + 2)
+            if s < len(blocks) - 1:
+                x = transition(x, opts, f, pyramid, s + 2)
+        return pyramid.end(f.bn_relu(x, name=naming.POST), len(blocks) + 1, pyramid.stride)
 
-    outputs = common.outputs(x, pyramid, f, include_top, pooling, num_classes, classifier_activation,
-                             features_only, out_levels)
-    if name is None:
-        bc = "_bc" if bottleneck and compression < 1.0 else ""
-        name = f"densenet{bc}{depth}_k{growth_rate}"
-    return ZooModel(inputs, outputs, name=name)
+    bc = "_bc" if bottleneck and compression < 1.0 else ""
+    return skeleton.assemble(io, f, stem, len(blocks), body, f"densenet{bc}{depth}_k{growth_rate}")

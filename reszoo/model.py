@@ -1,10 +1,13 @@
 """A model that remembers how it was built: the registry name and the arguments given to
 ``reszoo.create_model``, in memory and in the ``.keras`` files it is saved to, so a model
-loaded from disk can be described (``model_card``) and built again."""
+loaded from disk can be described (``model_card``) and built again; and what any model
+reports of itself: trainable parameters and pyramid levels."""
 
 import dataclasses
 
 import keras
+
+from reszoo import naming
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +79,8 @@ class ZooModel(keras.Model):
 
     @property
     def pyramid_outputs(self):
-        """The stage outputs by level, ``{"P2": tensor, ...}`` (``reszoo.common.Pyramid``):
+        """The stage outputs by level, ``{"P2": tensor, ...}`` (``reszoo.skeleton.Pyramid``):
         keras-hub's backbone interface, which its DeepLabV3 and RetinaNet read."""
-        from reszoo.registry import features
-
         return {f["level"]: self.get_layer(f["layer"]).output for f in features(self)}
 
     def get_config(self):
@@ -92,3 +93,34 @@ class ZooModel(keras.Model):
 def build_spec(model):
     """How ``model`` was built (a ``BuildSpec``), or None for a model reszoo did not build."""
     return getattr(model, "build_spec", None)
+
+
+def features(model):
+    """Each pyramid level of ``model`` (timm's ``feature_info``): level "Pk", the stage, the
+    layer (``reszoo.naming.stage_end``), channels and stride, measured on the model's input
+    size (on a 256 x 256 probe where the size is free)."""
+    ends = [layer for layer in model.layers if naming.end_stage(layer.name) is not None]
+    if not ends:
+        return []
+    height, width, channels = model.input_shape[1:]
+    probe = (256, 256) if height is None or width is None else (height, width)
+    shapes = keras.Model(model.inputs, [layer.output for layer in ends]).compute_output_shape(
+        (1, *probe, channels))
+    levels = {}
+    for layer, shape in zip(ends, shapes):
+        stride = probe[0] // shape[1]
+        level = f"P{stride.bit_length() - 1}"
+        levels[level] = {"level": level, "stage": naming.end_stage(layer.name), "layer": layer.name,
+                         "channels": int(shape[-1]), "stride": stride}
+    return list(levels.values())
+
+
+def count_params(model):
+    """Trainable parameters (weights, biases, BN gamma/beta; not BN moving statistics)."""
+    total = 0
+    for weight in model.trainable_weights:
+        size = 1
+        for dim in weight.shape:
+            size *= int(dim)
+        total += size
+    return total

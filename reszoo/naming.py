@@ -24,8 +24,11 @@ import re
 
 PREPROCESS = "preprocess"
 CLASSIFIER = "fc"
-POOLS = ("avg_pool", "max_pool")
+AVG_POOL, MAX_POOL = "avg_pool", "max_pool"
+POOLS = (AVG_POOL, MAX_POOL)
+POST = "post"
 STEM = 1
+BLOCK_ENDS = ("out", "add", "sqrt2", "concat")
 _STAGE = re.compile(r"(?:conv|pool)(\d+)_")
 _END = re.compile(r"conv(\d+)_end")
 _BLOCK = re.compile(r"conv(\d+)_block(\d+)_(?:(\d+)_)?")
@@ -43,7 +46,7 @@ def block(name):
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-_BLOCK_END = re.compile(r"conv\d+_block\d+_(?:out|add|sqrt2|concat)")
+_BLOCK_END = re.compile(rf"conv\d+_block\d+_(?:{'|'.join(BLOCK_ENDS)})")
 
 
 def block_end(name):
@@ -51,8 +54,45 @@ def block_end(name):
     return _BLOCK_END.fullmatch(name) is not None
 
 
+def stage_name(stage_index):
+    """``conv{s}``: the prefix of stage ``s``'s layers (``conv1`` is the stem)."""
+    return f"conv{stage_index}"
+
+
 def block_name(stage_index, block_index):
-    return f"conv{stage_index}_block{block_index}"
+    return f"{stage_name(stage_index)}_block{block_index}"
+
+
+def layer(prefix, j, kind):
+    """The j-th layer of a block's branch (``conv3_block2_1_conv``; j = 0 is the shortcut),
+    or of the stem (``layer("conv1", None, "conv")`` is ``conv1_conv``)."""
+    return f"{prefix}_{kind}" if j is None else f"{prefix}_{j}_{kind}"
+
+
+def part(prefix, kind):
+    """A named part of a block or stage: ``conv3_block2_add``, ``conv3_block2_preact``,
+    ``conv2_concat``."""
+    return f"{prefix}_{kind}"
+
+
+def tied(stage_index):
+    """The shared block, or prefix of the shared convolutions, of a weight-tied stage."""
+    return f"{stage_name(stage_index)}_tied"
+
+
+def untie(name):
+    """The shared convolution's name for a block's convolution (``conv3_block5_2_conv`` ->
+    ``conv3_tied_2_conv``)."""
+    return re.sub(r"_block\d+_", "_tied_", name, count=1)
+
+
+def transition(stage_index):
+    """DenseNet's transition after stage ``s``: ``pool{s}`` (part of stage s)."""
+    return f"pool{stage_index}"
+
+
+STEM_CONV = layer(stage_name(STEM), None, "conv")
+STEM_POOL = layer(transition(STEM), None, "pool")
 
 
 def stage_end(stage_index):
@@ -70,6 +110,27 @@ def is_shortcut(name):
     """A shortcut projection (branch index 0) of a block."""
     match = _BLOCK.match(name)
     return bool(match and match.group(3) == "0")
+
+
+def branch_layers(names, block, kind):
+    """Of ``names``, the layers of ``block``'s residual branch of ``kind`` (j >= 1), in order."""
+    pattern = re.compile(rf"{re.escape(block)}_([1-9]\d*)_{kind}")
+    return [n for n in names if pattern.fullmatch(n)]
+
+
+_BRANCH = re.compile(r"(conv\d+_block\d+)_(\d+)_([a-z]+)")
+
+
+def split_branch(name):
+    """``(block, j, kind)`` of a branch layer's name (``("conv3_block2", 1, "bn")`` for
+    ``conv3_block2_1_bn``), else None."""
+    match = _BRANCH.fullmatch(name)
+    return (match.group(1), int(match.group(2)), match.group(3)) if match else None
+
+
+def is_part(name, kind):
+    """Whether ``name`` is a part of kind ``kind`` (``is_part("conv2_block1_concat", "concat")``)."""
+    return name.endswith(f"_{kind}")
 
 
 def is_head(name):

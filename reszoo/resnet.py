@@ -27,9 +27,10 @@ import math
 import keras
 from keras import layers
 
-from reszoo import common
+from reszoo import naming, skeleton
+from reszoo.checks import check_choice, check_float, check_int, check_int_tuple
+from reszoo.factory import LayerFactory, SharedConvs
 from reszoo.layers import ResidualScale, ZeroPadShortcut
-from reszoo.model import ZooModel
 
 # ImageNet depths, Table 1 of He et al. 2015 (+ ResNet-200 of He et al. 2016).
 IMAGENET_LAYERS = {
@@ -57,6 +58,12 @@ class BlockOptions:
     zero_init_last_bn: bool = False
     variant: str = "paper"
 
+    def __post_init__(self):
+        check_choice("block", self.block, ("basic", "bottleneck"))
+        check_choice("shortcut", self.shortcut, ("A", "B", "C"))
+        check_choice("residual_scale", self.residual_scale, (None, "sqrt2", "learnable"))
+        check_choice("variant", self.variant, skeleton.VARIANTS)
+
     @property
     def keras_v2(self):
         return self.variant == "keras" and self.preact
@@ -77,63 +84,64 @@ def _shortcut(x, preact_x, out_filters, strides, opts, f, name):
     projection everywhere (He et al. 2015, Sec. 4.1). Pre-activation projections read the
     pre-activated input and carry no BN (He et al. 2016)."""
     same_shape = strides == 1 and x.shape[-1] == out_filters
+    conv = naming.layer(name, 0, "conv")
     if opts.keras_v2:
         if x.shape[-1] != out_filters:
-            return f.conv(preact_x, out_filters, 1, strides, name=f"{name}_0_conv", use_bias=True)
-        return layers.MaxPooling2D(1, strides, name=f"{name}_0_pool")(x) if strides > 1 else x
+            return f.conv(preact_x, out_filters, 1, strides, name=conv, use_bias=True)
+        return layers.MaxPooling2D(1, strides, name=naming.layer(name, 0, "pool"))(x) if strides > 1 else x
     if opts.shortcut != "C" and same_shape:
         return x
     if opts.shortcut == "A":
-        return ZeroPadShortcut(out_filters, strides, name=f"{name}_0_pad")(x)
+        return ZeroPadShortcut(out_filters, strides, name=naming.layer(name, 0, "pad"))(x)
     if opts.preact:
-        return f.conv(preact_x, out_filters, 1, strides, name=f"{name}_0_conv")
-    s = f.conv(x, out_filters, 1, strides, name=f"{name}_0_conv")
-    return f.bn(s, name=f"{name}_0_bn")
+        return f.conv(preact_x, out_filters, 1, strides, name=conv)
+    s = f.conv(x, out_filters, 1, strides, name=conv)
+    return f.bn(s, name=naming.layer(name, 0, "bn"))
 
 
 def _merge(shortcut, y, opts, drop_rate, name):
     if opts.residual_scale == "learnable":
-        y = ResidualScale(name=f"{name}_scale")(y)
+        y = ResidualScale(name=naming.part(name, "scale"))(y)
     if drop_rate > 0:
-        y = layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1), name=f"{name}_drop_path")(y)
-    x = layers.Add(name=f"{name}_add")([shortcut, y])
+        y = layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1), name=naming.part(name, "drop_path"))(y)
+    x = layers.Add(name=naming.part(name, "add"))([shortcut, y])
     if opts.residual_scale == "sqrt2":
-        x = layers.Rescaling(1.0 / math.sqrt(2.0), name=f"{name}_sqrt2")(x)
+        x = layers.Rescaling(1.0 / math.sqrt(2.0), name=naming.part(name, "sqrt2"))(x)
     return x
 
 
-def post_activation_block(x, filters, strides=1, opts=BlockOptions(), f=common.LayerFactory(), drop_rate=0.0,
+def post_activation_block(x, filters, strides=1, opts=BlockOptions(), f=LayerFactory(), drop_rate=0.0,
                           name="block"):
     """conv-BN-ReLU ... conv-BN, add the shortcut, ReLU (He et al. 2015, Fig. 2 and 5)."""
     convs = _branch_convs(opts.block, filters, strides, stride_first=opts.variant == "keras")
     y = x
     for j, (kernel, width, stride) in enumerate(convs, start=1):
         last = j == len(convs)
-        y = f.conv(y, width, kernel, stride, name=f"{name}_{j}_conv")
-        y = f.bn(y, name=f"{name}_{j}_bn", zero_init=last and opts.zero_init_last_bn)
+        y = f.conv(y, width, kernel, stride, name=naming.layer(name, j, "conv"))
+        y = f.bn(y, name=naming.layer(name, j, "bn"), zero_init=last and opts.zero_init_last_bn)
         if not last:
-            y = layers.ReLU(name=f"{name}_{j}_relu")(y)
+            y = layers.ReLU(name=naming.layer(name, j, "relu"))(y)
     if opts.residual:
         shortcut = _shortcut(x, x, convs[-1][1], strides, opts, f, name)
         y = _merge(shortcut, y, opts, drop_rate, name)
-    return layers.ReLU(name=f"{name}_out")(y)
+    return layers.ReLU(name=naming.part(name, "out"))(y)
 
 
-def pre_activation_block(x, filters, strides=1, opts=BlockOptions(preact=True), f=common.LayerFactory(),
+def pre_activation_block(x, filters, strides=1, opts=BlockOptions(preact=True), f=LayerFactory(),
                          drop_rate=0.0, name="block"):
     """BN-ReLU-conv ... BN-ReLU-conv, add the untouched shortcut (He et al. 2016, Fig. 4e)."""
     convs = _branch_convs(opts.block, filters, strides)
-    preact = f.bn_relu(x, name=f"{name}_preact")
+    preact = f.bn_relu(x, name=naming.part(name, "preact"))
     y = preact
     for j, (kernel, width, stride) in enumerate(convs, start=1):
         if j > 1:
-            y = f.bn(y, name=f"{name}_{j}_bn", zero_init=j == len(convs) and opts.zero_init_last_bn)
-            y = layers.ReLU(name=f"{name}_{j}_relu")(y)
+            y = f.bn(y, name=naming.layer(name, j, "bn"), zero_init=j == len(convs) and opts.zero_init_last_bn)
+            y = layers.ReLU(name=naming.layer(name, j, "relu"))(y)
         padding = "same"
         if opts.keras_v2 and kernel > 1:
-            y = layers.ZeroPadding2D(kernel // 2, name=f"{name}_{j}_pad")(y)
+            y = layers.ZeroPadding2D(kernel // 2, name=naming.layer(name, j, "pad"))(y)
             padding = "valid"
-        y = f.conv(y, width, kernel, stride, name=f"{name}_{j}_conv", padding=padding,
+        y = f.conv(y, width, kernel, stride, name=naming.layer(name, j, "conv"), padding=padding,
                    use_bias=opts.keras_v2 and j == len(convs))
     if not opts.residual:
         return y
@@ -143,7 +151,7 @@ def pre_activation_block(x, filters, strides=1, opts=BlockOptions(preact=True), 
 
 def _tied_block(x, block_fn, filters, opts, f, name):
     """One block as a sub-model on ``x``'s shape, to be applied repeatedly."""
-    inputs = keras.Input(x.shape[1:], name=f"{name}_input")
+    inputs = keras.Input(x.shape[1:], name=naming.part(name, "input"))
     return keras.Model(inputs, block_fn(inputs, filters, 1, opts, f, 0.0, name=name), name=name)
 
 
@@ -151,14 +159,14 @@ def _stage_layout(depth, block, stem, stage_layers):
     """Resolve (depth, block, layers) from whichever the caller gave."""
     if stage_layers is not None:
         block = block or "basic"
-        stage_layers = common.check_int_tuple("layers", stage_layers)
+        stage_layers = check_int_tuple("layers", stage_layers)
         derived = sum(stage_layers) * CONVS_PER_BLOCK[block] + 2
         if depth is not None and depth != derived:
             raise ValueError(f"depth={depth} does not match layers={stage_layers} ({derived})")
         return derived, block, stage_layers
     if depth is None:
         raise ValueError("give depth (or layers)")
-    depth = common.check_int("depth", depth, 1)
+    depth = check_int("depth", depth, 1)
     if stem == "imagenet":
         if depth not in IMAGENET_LAYERS:
             raise ValueError(
@@ -186,6 +194,12 @@ def cifar_blocks(depth, block="basic"):
     return (depth - 2) // per_block
 
 
+def linear_rates(max_rate, count):
+    """Stochastic-depth drop rates rising linearly to ``max_rate`` at the last of ``count``
+    blocks (Huang et al. 2016, Eq. 4)."""
+    return [max_rate * (i + 1) / count for i in range(count)]
+
+
 def resnet(
     depth=None,
     *,
@@ -202,21 +216,7 @@ def resnet(
     head_norm=True,
     weight_tied=False,
     variant="paper",
-    preprocessing="auto",
-    norm="batch",
-    bn_momentum=0.9,
-    bn_epsilon=None,
-    kernel_initializer="he_normal",
-    kernel_regularizer=None,
-    num_classes=None,
-    input_shape=None,
-    input_tensor=None,
-    include_top=True,
-    pooling=None,
-    classifier_activation=None,
-    features_only=False,
-    out_levels=None,
-    name=None,
+    **options,
 ):
     """Build a plain net, ResNet or pre-activation ResNet.
 
@@ -240,71 +240,42 @@ def resnet(
         sub-model ``conv{stage}_tied`` called n - 1 times; "convs": they share their
         convolutions (``conv{stage}_tied_{j}_conv``) and keep their own BN.
       variant: "paper", or "keras" for keras.applications' layout (ImageNet stem; see the
-        module docstring).
-      preprocessing: the model's first layer, so it takes raw pixels: None, "caffe", "tf" or
-        "torch" (keras.applications' ``preprocess_input``), or ``{"mean": [...], "std": [...]}``
-        per channel (standardisation with a dataset's statistics); "auto" is
-        keras.applications' mode for the "keras" variant (caffe for v1, tf for v2), else None.
-      norm, bn_momentum, bn_epsilon, kernel_initializer, kernel_regularizer: layer hooks
-        (bn_epsilon defaults to 1e-5, 1.001e-5 for the "keras" variant).
-      num_classes, input_shape, input_tensor, include_top, pooling, classifier_activation, name:
-        as in keras.applications; without the classifier (or with ``features_only``) the default
-        input size is free, ``(None, None, 3)``.
-      features_only, out_levels: a backbone whose output is a dict of stage outputs keyed by
-        level, "Pk" at stride 2**k (``common.Pyramid``; keras-hub's ``pyramid_outputs``),
-        all levels or those in ``out_levels``.
+        module docstring); its preprocessing ("auto") is caffe for v1, tf for v2.
+      **options: what every family takes: the input, head and backbone options of
+        ``reszoo.skeleton.ModelIO`` (num_classes, input_shape, input_tensor, include_top,
+        pooling, classifier_activation, features_only, out_levels, preprocessing, name) and
+        the layer hooks of ``reszoo.factory.LayerFactory`` (norm, bn_momentum, bn_epsilon,
+        kernel_initializer, kernel_regularizer).
     """
-    common.check_data_format()
-    common.check_choice("stem", stem, ("cifar", "imagenet"))
-    common.check_choice("block", block, (None, "basic", "bottleneck"))
-    common.check_choice("variant", variant, common.VARIANTS)
     keras_layout = variant == "keras"
+    auto = ("tf" if preact else "caffe") if keras_layout else None
+    io, f = skeleton.split_options(options, variant=variant, stem=stem, preprocessing=auto,
+                                   conv_bias=keras_layout and not preact)
+    check_choice("block", block, (None, "basic", "bottleneck"))
     if keras_layout and stem != "imagenet":
         raise ValueError("variant='keras' needs stem='imagenet' (keras.applications has no CIFAR ResNets)")
-    if preprocessing == "auto":
-        preprocessing = ("tf" if preact else "caffe") if keras_layout else None
     depth, block, stage_layers = _stage_layout(depth, block, stem, layers)
-    opts = _block_options(block, stem, residual, preact, shortcut, residual_scale, zero_init_last_bn, variant)
-    drop_path_rate = common.check_float("drop_path_rate", drop_path_rate, 0.0, 1.0)
+    shortcut = shortcut or ("A" if stem == "cifar" and block == "basic" else "B")
+    opts = BlockOptions(block, residual, preact, shortcut, residual_scale, zero_init_last_bn, variant)
+    drop_path_rate = check_float("drop_path_rate", drop_path_rate, 0.0, 1.0)
     if not residual and (drop_path_rate or residual_scale):
         raise ValueError("drop_path_rate and residual_scale need residual=True")
-    common.check_choice("weight_tied", weight_tied, (False, True, "convs"))
+    check_choice("weight_tied", weight_tied, (False, True, "convs"))
     if weight_tied and (drop_path_rate or keras_layout):
         raise ValueError("weight_tied needs drop_path_rate=0 and variant='paper' (the shared block "
                          "has one drop rate and strides in no block)")
-    cifar = stem == "cifar"
-    base_width = common.check_int("base_width", base_width or (16 if cifar else 64))
-    if bn_epsilon is None:
-        bn_epsilon = common.KERAS_BN_EPSILON if keras_layout else 1e-5
-    f = common.LayerFactory(norm, bn_momentum, bn_epsilon, kernel_initializer, kernel_regularizer,
-                            conv_bias=keras_layout and not preact)
-    common.ensure_recursion_limit()
+    base_width = check_int("base_width", base_width or (16 if stem == "cifar" else 64))
 
-    inputs, x = common.model_input(input_shape, input_tensor, common.default_input(stem, include_top, features_only),
-                                   common.min_input_size(stem, len(stage_layers)))
-    x = common.preprocess(x, preprocessing)
-    pyramid = common.Pyramid()
-    if cifar:
-        x = f.conv(x, base_width, 3, name="conv1_conv")
-        x = pyramid.end(x if preact else f.bn_relu(x, name="conv1"), 1, 1)
-    else:
-        x = common.imagenet_stem(x, f, base_width, variant, pyramid, norm=not preact, conv_bias=keras_layout or None)
-    x = _stages(x, stage_layers, base_width, opts, f, weight_tied, drop_path_rate, head_norm, pyramid)
+    def body(x, pyramid):
+        if stem == "cifar":
+            x = skeleton.cifar_stem(x, f, base_width, pyramid, norm=not preact)
+        else:
+            x = skeleton.imagenet_stem(x, f, base_width, variant, pyramid, norm=not preact,
+                                       conv_bias=keras_layout or None)
+        return _stages(x, stage_layers, base_width, opts, f, weight_tied, drop_path_rate, head_norm, pyramid)
 
-    if num_classes is None:
-        num_classes = 10 if cifar else 1000
-    outputs = common.outputs(x, pyramid, f, include_top, pooling, num_classes, classifier_activation,
-                             features_only, out_levels)
-    if name is None:
-        name = ("preact_" if preact else "") + ("resnet" if residual else "plain") + str(depth)
-    return ZooModel(inputs, outputs, name=name)
-
-
-def _block_options(block, stem, residual, preact, shortcut, residual_scale, zero_init_last_bn, variant):
-    shortcut = shortcut or ("A" if stem == "cifar" and block == "basic" else "B")
-    common.check_choice("shortcut", shortcut, ("A", "B", "C"))
-    common.check_choice("residual_scale", residual_scale, (None, "sqrt2", "learnable"))
-    return BlockOptions(block, residual, preact, shortcut, residual_scale, zero_init_last_bn, variant)
+    default_name = ("preact_" if preact else "") + ("resnet" if residual else "plain") + str(depth)
+    return skeleton.assemble(io, f, stem, len(stage_layers), body, default_name)
 
 
 def _stages(x, stage_layers, base_width, opts, f, weight_tied, drop_path_rate, head_norm, pyramid):
@@ -313,14 +284,15 @@ def _stages(x, stage_layers, base_width, opts, f, weight_tied, drop_path_rate, h
     normalised: each block normalises its own input); the last one, with ``head_norm``, the
     final BN-ReLU, which is what the classifier sees (as timm's ResNetV2 features)."""
     block_fn = pre_activation_block if opts.preact else post_activation_block
-    rates = iter(common.linear_rates(drop_path_rate, sum(stage_layers)))
+    rates = iter(linear_rates(drop_path_rate, sum(stage_layers)))
     stride = pyramid.stride
     for s, count in enumerate(stage_layers):
+        stage = s + 2
         filters = base_width * 2**s
-        tied, shared = None, common.SharedConvs(f)
+        tied, shared = None, SharedConvs(f)
         for b in range(count):
             if weight_tied is True and b > 0:
-                tied = tied or _tied_block(x, block_fn, filters, opts, f, name=f"conv{s + 2}_tied")
+                tied = tied or _tied_block(x, block_fn, filters, opts, f, name=naming.tied(stage))
                 x = tied(x)
                 continue
             if opts.keras_v2:  # keras.applications v2: the last block of stages 2-4 strides
@@ -329,8 +301,8 @@ def _stages(x, stage_layers, base_width, opts, f, weight_tied, drop_path_rate, h
                 strides = 2 if s > 0 and b == 0 else 1
             stride *= strides
             factory = shared if weight_tied == "convs" and b > 0 else f
-            x = block_fn(x, filters, strides, opts, factory, next(rates), name=f"conv{s + 2}_block{b + 1}")
+            x = block_fn(x, filters, strides, opts, factory, next(rates), name=naming.block_name(stage, b + 1))
         if opts.preact and head_norm and s == len(stage_layers) - 1:
-            x = f.bn_relu(x, name="post")
-        x = pyramid.end(x, s + 2, stride)
+            x = f.bn_relu(x, name=naming.POST)
+        x = pyramid.end(x, stage, stride)
     return x

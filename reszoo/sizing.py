@@ -3,7 +3,8 @@ ResNet-56's 853,018 parameters, so that architectures are compared at equal capa
 
 import itertools
 
-from reszoo.registry import count_params, create_model, get_spec
+from reszoo.model import count_params
+from reszoo.registry import build, get_spec
 
 
 def match_params(name, target, tol=0.01, **grid):
@@ -33,7 +34,7 @@ def match_params(name, target, tol=0.01, **grid):
         key = tuple(sorted(overrides.items()))
         if key not in counts:
             try:
-                counts[key] = count_params(create_model(name, **overrides))
+                counts[key] = count_params(build(name, **overrides))
             except ValueError:
                 counts[key] = None
         return counts[key]

@@ -20,11 +20,13 @@ import dataclasses
 import hashlib
 import json
 import os
+import zipfile
 
 import keras
 import numpy as np
 
 from reszoo import io, naming
+from reszoo.factory import LayerFactory
 from reszoo.layers import ResidualAdapter
 from reszoo.model import BuildSpec, ZooModel, build_spec
 
@@ -42,14 +44,12 @@ def replace_classifier(model, num_classes, classifier_activation=None):
     ``num_classes`` on its pooled features (float32 under a mixed dtype policy, as the
     builders make it). ``model``'s ``avg_pool`` layer must be its own, not shared with
     another model (Keras gives a shared layer's first output only)."""
-    from reszoo.common import LayerFactory
-
     names = [layer.name for layer in model.layers]
-    if "avg_pool" not in names:
-        raise ValueError(f"{model.name} has no 'avg_pool' layer to put a classifier on (layers end with "
+    if naming.AVG_POOL not in names:
+        raise ValueError(f"{model.name} has no {naming.AVG_POOL!r} layer to put a classifier on (layers end with "
                          f"{names[-3:]}); build it with include_top=True or pooling='avg'")
-    features = model.get_layer("avg_pool").output
-    logits = LayerFactory().dense(features, num_classes, classifier_activation, name=naming.CLASSIFIER)
+    features = model.get_layer(naming.AVG_POOL).output
+    logits = LayerFactory().classifier(features, num_classes, classifier_activation)
     new = ZooModel(model.inputs, logits, name=model.name)
     new.build_spec = _spec(model, num_classes=num_classes, include_top=True,
                            classifier_activation=classifier_activation)
@@ -203,8 +203,9 @@ def load_task(backbone, path):
         with np.load(os.fspath(path), allow_pickle=False) as data:
             meta = json.loads(str(data["__task__"]))
             values = {k: data[k] for k in data.files if k != "__task__"}
-    except (OSError, KeyError, ValueError) as err:
-        raise ValueError(f"{path} is not a reszoo task file ({type(err).__name__}: {err})") from None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:  # a truncated file: BadZipFile
+        raise ValueError(f"{os.fspath(path)} is not a reszoo task file, or is damaged "
+                         f"({type(err).__name__}: {err})") from None
     adapted = add_adapters(backbone, meta["mode"], meta["num_classes"])
     if backbone_fingerprint(adapted) != meta["backbone"]:
         raise ValueError(f"{path} was trained on another backbone than {backbone.name} (its weights differ)")

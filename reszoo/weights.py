@@ -18,12 +18,19 @@ first layer, and nothing is assigned.
 """
 
 import dataclasses
+import json
 import os
-import re
+import warnings
+import zipfile
 
+import h5py
 import keras
+import numpy as np
 
-from reszoo import naming
+from reszoo import io, naming, registry, transfer
+from reszoo.densenet import IMAGENET_BLOCKS
+from reszoo.model import BuildSpec, build_spec
+from reszoo.resnet import IMAGENET_LAYERS
 
 # keras.applications name -> (reszoo registry name, preprocess_input mode).
 KERAS_APPLICATIONS = {
@@ -37,11 +44,12 @@ KERAS_APPLICATIONS = {
     "DenseNet169": ("densenet169", "torch"),
     "DenseNet201": ("densenet201", "torch"),
 }
+KERAS_APPLICATIONS_MODELS = {name for name, _ in KERAS_APPLICATIONS.values()}
 # The models a training run folder holds, in the order they are taken.
 RUN_MODELS = ("last.keras", "best.keras")
-FIRST_CONV = "conv1_conv"  # the stem's conv (reszoo.naming), adapted to other input channels
+FIRST_CONV = naming.STEM_CONV  # adapted to other input channels
 # keras.applications layer name -> reszoo layer name, where they differ.
-_RENAMES = {"predictions": "fc", "bn": "post_bn"}
+_RENAMES = {"predictions": naming.CLASSIFIER, "bn": naming.part(naming.POST, "bn")}
 _COMPARED = {
     "Conv2D": ("kernel_size", "strides", "padding", "dilation_rate", "use_bias", "filters"),
     "Dense": ("units", "use_bias"),
@@ -73,10 +81,9 @@ class LoadReport:
 def _keras_applications_name(name, architecture):
     """reszoo's name for a keras.applications layer. Its v2 blocks name a BN after the conv
     it follows (``_1_bn`` after ``_1_conv``); reszoo after the conv it pre-activates (``_2_bn``)."""
-    if architecture.endswith("V2"):
-        match = re.fullmatch(r"(conv\d+_block\d+)_(\d)_bn", name)
-        if match:
-            return f"{match.group(1)}_{int(match.group(2)) + 1}_bn"
+    found = naming.split_branch(name)
+    if architecture.endswith("V2") and found and found[2] == "bn":
+        return naming.layer(found[0], found[1] + 1, "bn")
     return _RENAMES.get(name, name)
 
 
@@ -85,8 +92,6 @@ def is_keras_applications_file(path):
     path = os.path.expanduser(str(path))
     if not (os.path.isfile(path) and path.endswith(".h5") and not path.endswith(".weights.h5")):
         return False
-    import h5py
-
     try:
         with h5py.File(path, "r") as f:
             return "layer_names" in f.attrs or "model_weights" in f
@@ -97,18 +102,15 @@ def is_keras_applications_file(path):
 def architecture_of(model):
     """The keras.applications name with ``model``'s structure: its family (ResNet v1,
     pre-activation v2, DenseNet) and its blocks per stage."""
-    from reszoo.densenet import IMAGENET_BLOCKS
-    from reszoo.resnet import IMAGENET_LAYERS
-
     names = [layer.name for layer in model.layers]
     blocks = {}
     for found in filter(None, map(naming.block, names)):
         blocks[found[0]] = max(blocks.get(found[0], 0), found[1])
     layout = tuple(blocks[s] for s in sorted(blocks))
-    if any(n.endswith("_concat") for n in names):
+    if any(naming.is_part(n, "concat") for n in names):
         family, depths = "DenseNet{}", {v: k for k, v in IMAGENET_BLOCKS.items()}
     else:
-        family = "ResNet{}V2" if any(n.endswith("_preact_bn") for n in names) else "ResNet{}"
+        family = "ResNet{}V2" if any(naming.is_part(n, "preact_bn") for n in names) else "ResNet{}"
         depths = {v: k for k, (block, v) in IMAGENET_LAYERS.items() if block == "bottleneck"}
     architecture = family.format(depths.get(layout, "?"))
     if architecture not in KERAS_APPLICATIONS:
@@ -134,7 +136,6 @@ def _h5_layout(path):
     """``(classes, input channels)`` of a Keras 3 ``.weights.h5`` file, read from its Dense
     layer and its first conv (Keras names a file's layers by class, in creation order); None
     where it has none."""
-    import h5py
 
     def first(group, name):
         entry = group.get(name)
@@ -149,9 +150,6 @@ def _h5_layout(path):
 def _twin(model, num_classes, channels):
     """A model built like ``model`` (from its build spec) with ``num_classes`` classes (no
     head when None) and ``channels`` input channels."""
-    from reszoo.model import build_spec
-    from reszoo.registry import create_model
-
     spec = build_spec(model)
     if spec is None:
         raise WeightsError(f"{model.name} was not built by reszoo.create_model, so a .weights.h5 file "
@@ -163,19 +161,33 @@ def _twin(model, num_classes, channels):
         arguments.update(include_top=True, num_classes=num_classes)
     if channels is not None and channels != model.input_shape[-1]:
         arguments["input_shape"] = (*model.input_shape[1:3], channels)
-    twin = create_model(spec.name, **arguments)
-    if spec.adapters is not None:
-        from reszoo import transfer
+    return build(spec.name, arguments, spec.adapters)
 
-        twin = transfer.add_adapters(twin, spec.adapters)
-    return twin
+
+def build(name, arguments, adapters=None):
+    """A model as a ``BuildSpec`` describes it, with fresh weights: the registered model
+    ``name`` with ``arguments``, and its residual adapters (``adapters``, "parallel" or
+    "series") when it is a task's model."""
+    model = registry.build(name, **arguments)
+    return model if adapters is None else transfer.add_adapters(model, adapters)
+
+
+def saved_spec(source):
+    """The build spec saved with a reszoo model (a ``.keras`` file's, a run folder's model's,
+    or a model's in memory), or None."""
+    if hasattr(source, "layers"):
+        return getattr(source, "build_spec", None)
+    try:
+        with zipfile.ZipFile(run_model_file(source)) as archive:
+            config = json.loads(archive.read("config.json")).get("config", {})
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):  # WeightsError is a ValueError
+        return None
+    return BuildSpec.from_json(config["build_spec"]) if "build_spec" in config else None
 
 
 def _source(model, source):
     """``(a Keras model holding the weights, its description, the layer rename, whether
     layer configurations are compared)`` for any kind of source."""
-    from reszoo import io
-
     if isinstance(source, keras.Model):
         return source, f"model {source.name!r}", None, False
     path = run_model_file(source)
@@ -190,7 +202,11 @@ def _source(model, source):
         except Exception as err:  # keras raises many kinds for a foreign or damaged file
             raise WeightsError(f"cannot load {path}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
     if is_keras_applications_file(path):
-        architecture = architecture_of(model)
+        try:
+            architecture = architecture_of(model)
+        except WeightsError as err:
+            raise WeightsError(f"{path} is a Keras HDF5 (.h5) file, which reszoo reads as keras.applications "
+                               f"weights, and {err}") from None
         return _keras_applications_source(architecture, path), path, _renamer(architecture), True
     if path.endswith(".weights.h5"):
         try:
@@ -198,11 +214,16 @@ def _source(model, source):
         except OSError as err:
             raise WeightsError(f"{path} is not a weights file ({err})") from None
         twin = _twin(model, classes, channels)
-        try:
-            twin.load_weights(path)
-        except Exception as err:  # Keras raises ValueError for a structure that differs
+        with warnings.catch_warnings(record=True) as caught:  # Keras warns per layer before it fails
+            warnings.simplefilter("always")
+            try:
+                twin.load_weights(path)
+                failure = next((str(w.message) for w in caught if "freshly-initialized" in str(w.message)), None)
+            except Exception as err:  # Keras raises ValueError for a structure that differs
+                failure = str(err)
+        if failure is not None:
             raise WeightsError(f"{path} does not hold weights of {model.name}'s architecture: "
-                               f"{str(err).splitlines()[0]}") from None
+                               f"{failure.strip().splitlines()[0]}")
         return twin, path, None, False
     raise WeightsError(f"{path}: weights come from a .keras, .weights.h5 or keras.applications .h5 file, "
                        "a training run folder, or a Keras model")
@@ -276,8 +297,6 @@ def adapt_input_conv(kernel, channels):
     """A first-conv kernel ``[kh, kw, c, filters]`` for ``channels`` input channels, as timm's
     ``adapt_input_conv``: summed over the channels for one, repeated and scaled by c / channels
     for more (so a pixel of equal channels gives the same response)."""
-    import numpy as np
-
     kernel = np.asarray(kernel)
     have = kernel.shape[2]
     if channels == 1:
@@ -321,14 +340,20 @@ def load_keras_applications(model, source, architecture=None):
     return model
 
 
-def create_model(architecture, weights=None, **kwargs):
+def keras_applications_model(architecture, weights=None, **kwargs):
     """The reszoo model that mirrors keras.applications' ``architecture`` (e.g. "ResNet50"),
     with ``weights`` loaded when given: ``reszoo.create_model(NAME, variant="keras", ...)``."""
-    from reszoo.registry import create_model as create
-
     if architecture not in KERAS_APPLICATIONS:
         raise WeightsError(f"unknown keras.applications model {architecture!r}; one of {', '.join(KERAS_APPLICATIONS)}")
-    model = create(KERAS_APPLICATIONS[architecture][0], variant="keras", **kwargs)
+    model = registry.build(KERAS_APPLICATIONS[architecture][0], variant="keras", **kwargs)
     if weights is not None:
         load_keras_applications(model, weights, architecture)
     return model
+
+
+def create_model(architecture, weights=None, **kwargs):
+    """Deprecated: ``keras_applications_model`` (reszoo has one ``create_model``, the
+    package's)."""
+    warnings.warn("reszoo.weights.create_model is deprecated: use reszoo.weights.keras_applications_model, or "
+                  "reszoo.create_model(NAME, variant='keras', weights=...)", DeprecationWarning, stacklevel=2)
+    return keras_applications_model(architecture, weights, **kwargs)

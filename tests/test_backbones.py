@@ -62,7 +62,7 @@ def test_one_and_four_channel_inputs_and_the_pyramid_at_an_odd_size(name):
     assert grey(np.ones((1, size, size, 1), "float32")).shape == (1, grey.output_shape[-1])
     features = _variable(name, 4, features_only=True)
     out = features(np.random.default_rng(0).uniform(0, 1, (1, size, size, 4)).astype("float32"))
-    levels = {f["level"]: f for f in registry.features(features)}
+    levels = {f["level"]: f for f in reszoo.features(features)}
     assert list(out) == list(levels)
     for level, tensor in out.items():  # "Pk" is at stride 2**k ("same" convs round up, DenseNet's pools down)
         stride = 2 ** int(level[1:])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import reszoo
-from reszoo import common
+from reszoo.factory import LayerFactory
 from reszoo.resnet import BlockOptions, post_activation_block, pre_activation_block
 
 
@@ -93,7 +93,7 @@ def test_input_tensor_after_a_preprocessing_layer():
 def _block_model(block_fn, preact, norm="batch", **opts):
     inp = keras.Input((8, 8, 16))
     drop = opts.pop("drop_rate", 0.0)
-    out = block_fn(inp, 16, 1, BlockOptions(preact=preact, **opts), common.LayerFactory(norm=norm), drop, name="b")
+    out = block_fn(inp, 16, 1, BlockOptions(preact=preact, **opts), LayerFactory(norm=norm), drop, name="b")
     return keras.Model(inp, out)
 
 

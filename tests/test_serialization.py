@@ -75,7 +75,7 @@ def test_models_run_on_jax_backend_with_the_same_numbers(tmp_path):
         model.train_on_batch(x, np.arange(2))  # move BN statistics off their defaults
         model.save(tmp_path / f"{key}.keras")
         np.save(tmp_path / f"{key}.npy", x)
-        levels = reszoo.registry.features(model)
+        levels = reszoo.features(model)
         maps = keras.Model(model.inputs, [model.get_layer(f["layer"]).output for f in levels]).predict(x, verbose=0)
         expected[key] = (model.predict(x, verbose=0), reszoo.count_params(model),
                          {f["level"]: m for f, m in zip(levels, maps)})

@@ -47,7 +47,7 @@ def test_keras_applications_weights_give_the_same_outputs(architecture, tmp_path
     _randomize(source)
     path = tmp_path / f"{architecture}.h5"
     _save_like_the_downloads(source, path)
-    model = weights.create_model(architecture, str(path), input_shape=SHAPE)
+    model = weights.keras_applications_model(architecture, str(path), input_shape=SHAPE)
     assert model.count_params() == source.count_params()
     assert weights.architecture_of(model) == architecture
     x = np.random.default_rng(1).uniform(0, 255, (2, *SHAPE)).astype("float32")
@@ -65,7 +65,7 @@ def test_notop_files_model_objects_and_keras3_weight_files_load(tmp_path):
     x = np.random.default_rng(3).uniform(0, 255, (2, *SHAPE)).astype("float32")
     expected = source.predict(PREPROCESS["torch"](x.copy()), verbose=0)
     for given in (str(tmp_path / "notop.h5"), str(tmp_path / "notop.weights.h5"), source):
-        model = weights.create_model("DenseNet121", given, input_shape=SHAPE, include_top=False)
+        model = weights.keras_applications_model("DenseNet121", given, input_shape=SHAPE, include_top=False)
         assert _relative_error(expected, model.predict(x, verbose=0)) < 1e-5
     # A file without a head fills everything but the classifier, which stays new (timm's way).
     model = reszoo.create_model("densenet121", input_shape=SHAPE, num_classes=7, variant="keras")
@@ -103,12 +103,12 @@ def test_wrong_files_and_models_give_one_clear_error(tmp_path):
     _save_like_the_downloads(resnet, tmp_path / "resnet50.h5")
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     cases = [
-        (lambda: weights.create_model("DenseNet121", str(tmp_path / "resnet50.h5"), input_shape=SHAPE),
+        (lambda: weights.keras_applications_model("DenseNet121", str(tmp_path / "resnet50.h5"), input_shape=SHAPE),
          "does not hold DenseNet121 weights"),
-        (lambda: weights.create_model("ResNet50", str(tmp_path / "junk.h5"), input_shape=SHAPE),
+        (lambda: weights.keras_applications_model("ResNet50", str(tmp_path / "junk.h5"), input_shape=SHAPE),
          "does not hold ResNet50 weights"),
-        (lambda: weights.create_model("ResNet50", str(tmp_path / "missing.h5")), "no such weights file"),
-        (lambda: weights.create_model("ResNet18", None), "unknown keras.applications model"),
+        (lambda: weights.keras_applications_model("ResNet50", str(tmp_path / "missing.h5")), "no such weights file"),
+        (lambda: weights.keras_applications_model("ResNet18", None), "unknown keras.applications model"),
         # The paper variant has no conv biases: the first mismatch is named.
         (lambda: weights.load_keras_applications(reszoo.create_model("resnet50", input_shape=SHAPE), resnet),
          "conv1_conv"),

@@ -1,4 +1,4 @@
 """reszoo's commands: training, export and prediction (TensorFlow). Installed with reszoo as the
-top-level package ``training``; ``reszoo.cli`` checks that this is the package it finds."""
+top-level package ``training``; ``reszoo_cli`` checks that this is the package it finds."""
 
 RESZOO = True

@@ -19,7 +19,8 @@ import dataclasses
 import keras
 import numpy as np
 
-from reszoo import count_params, transfer
+from reszoo import naming, transfer
+from reszoo.model import count_params
 
 METHODS = ("head", "adapters", "full")
 
@@ -90,7 +91,7 @@ def _stored(model, method):
     """Parameters a task needs stored of its own (BN moving statistics included)."""
     if method == "full":
         return int(model.count_params())
-    layers = transfer.task_layers(model) if method == "adapters" else [model.get_layer("fc")]
+    layers = transfer.task_layers(model) if method == "adapters" else [model.get_layer(naming.CLASSIFIER)]
     owned = [layer.adapter if hasattr(layer, "adapter") else layer for layer in layers]
     return int(sum(np.prod(w.shape) for layer in owned for w in layer.weights))
 

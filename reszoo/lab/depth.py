@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from reszoo import naming
+from reszoo.resnet import resnet
 
 
 def train_curve(model, x, y, epochs, batch_size=64, learning_rate=0.05, verbose=0):
@@ -26,15 +27,13 @@ def train_curve(model, x, y, epochs, batch_size=64, learning_rate=0.05, verbose=
 def train_nets(x, y, names, epochs, base_width=8, num_classes=None, seed=0, verbose=0, say=None):
     """CIFAR-stem nets named "resnet{depth}" or "plain{depth}", each trained from the same
     seed with ``train_curve``: ``{name: (model, training error per epoch)}``."""
-    import reszoo
-
     trained = {}
     for name in names:
         kind, depth = re.fullmatch(r"(resnet|plain)(\d+)", name).groups()
         if say:
             say(f"training {name}")
         keras.utils.set_random_seed(seed)
-        model = reszoo.resnet(int(depth), stem="cifar", residual=kind == "resnet", base_width=base_width,
+        model = resnet(int(depth), stem="cifar", residual=kind == "resnet", base_width=base_width,
                               input_shape=x.shape[1:], num_classes=num_classes or int(np.max(y)) + 1)
         trained[name] = (model, train_curve(model, x, y, epochs, verbose=verbose))
     return trained
@@ -60,15 +59,16 @@ def without_block(model, block):
     skipped, the next block reading this block's input (blocks that keep the shape only).
     Returns (model, restore); call ``restore()`` to put zeroed weights back."""
     layers = model.layers
-    if any(l.name == f"{block}_add" for l in layers):
-        last_bn = [l for l in layers if re.fullmatch(rf"{block}_\d+_bn", l.name)][-1]
+    names = [layer.name for layer in layers]
+    if naming.part(block, "add") in names:
+        last_bn = model.get_layer(naming.branch_layers(names, block, "bn")[-1])
         saved = last_bn.get_weights()
         zeroed = [np.zeros_like(w) if i < 2 else w for i, w in enumerate(saved)]  # gamma, beta
         last_bn.set_weights(zeroed)
         return model, lambda: last_bn.set_weights(saved)
     x = model.inputs[0]
     for layer in layers[1:]:
-        if not layer.name.startswith(f"{block}_"):
+        if naming.block(layer.name) != naming.block(naming.part(block, "")):
             x = layer(x)
     return keras.Model(model.inputs, x), lambda: None
 

@@ -17,12 +17,13 @@ import keras
 import numpy as np
 from keras import ops
 
+from reszoo import naming
 from reszoo.lab.jacobian import jacobian
 
 
 def shared_block(model, stage=2):
     """The weight-tied block of ``stage`` (``conv{stage}_tied``) of a ``weight_tied`` ResNet."""
-    return model.get_layer(f"conv{stage}_tied")
+    return model.get_layer(naming.tied(stage))
 
 
 def iterate(block, x, steps):

@@ -5,7 +5,8 @@ I + J_F lies in [1 - eps, 1 + eps]. A plain block (F alone) has no such floor.""
 import keras
 import numpy as np
 
-from reszoo import common
+from reszoo import naming
+from reszoo.factory import LayerFactory
 from reszoo.resnet import BlockOptions, pre_activation_block
 
 
@@ -25,11 +26,11 @@ def block_spectra(eps=0.1, shape=(4, 4, 4), seed=0):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(shape)
     opts = BlockOptions(residual=False, preact=True)
-    branch = keras.Model(inputs, pre_activation_block(inputs, shape[-1], 1, opts, common.LayerFactory(norm=None),
+    branch = keras.Model(inputs, pre_activation_block(inputs, shape[-1], 1, opts, LayerFactory(norm=None),
                                                       name="b"))
     x = np.random.default_rng(seed).normal(size=shape)
     plain = np.linalg.svd(jacobian(branch, x), compute_uv=False)
-    last = branch.get_layer("b_2_conv")
+    last = branch.get_layer(naming.layer("b", 2, "conv"))
     last.kernel.assign(last.kernel * (eps / plain[0]))  # F is linear in its last kernel
     scaled = np.linalg.svd(jacobian(branch, x), compute_uv=False)
     block = keras.Model(inputs, keras.layers.Add()([inputs, branch(inputs)]))

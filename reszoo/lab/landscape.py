@@ -9,6 +9,8 @@ L(w + a d1 + b d2) on a fixed batch, BN in inference mode.
 import keras
 import numpy as np
 
+from reszoo.lab.depth import train_nets
+
 
 def filter_normalized_direction(model, seed=0):
     """One direction per trainable variable (numpy arrays, same order)."""
@@ -57,8 +59,6 @@ def compare(x, y, depth, epochs, steps, samples=512, base_width=8, num_classes=N
     """ResNet and plain nets of ``depth`` trained alike (``reszoo.lab.depth.train_nets``),
     then sliced along ``steps`` in 1-D and on a ``steps`` x ``steps`` grid on the first
     ``samples`` training examples: ``{name: {"1d": [...], "2d": [[...]]}}``."""
-    from reszoo.lab.depth import train_nets
-
     xs, ys = x[:samples], y[:samples]
     results = {}
     for name, (model, _) in train_nets(x, y, (f"resnet{depth}", f"plain{depth}"), epochs, base_width,

@@ -1,129 +1,105 @@
-"""What every family's builder shares: argument checks, the conv/norm factory, input and head."""
+"""The skeleton every family's model shares around its stages: input, preprocessing, stem,
+the pyramid of stage outputs, and the head (``assemble``), with the options that describe
+them (``ModelIO``, and ``LayerFactory``'s hooks)."""
 
 import dataclasses
+import difflib
 import math
-import numbers
-import re
 import sys
 
 import keras
 from keras import layers
 
 from reszoo import naming
-from reszoo.layers import BatchNorm
+from reszoo.checks import check_choice, check_int
+from reszoo.factory import LayerFactory
+from reszoo.layers import ImagePreprocess
+from reszoo.model import ZooModel
 
 # Keras builds, traces and saves functional graphs recursively: ~600+ layer nets
 # (ResNet-1202, pre-act ResNet-1001) overflow Python's default limit of 1000.
 _RECURSION_LIMIT = 20000
+VARIANTS = ("paper", "keras")
+KERAS_BN_EPSILON = 1.001e-5
+STEMS = ("cifar", "imagenet")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelIO:
+    """What goes into a model and what comes out, the same for every family.
+
+    ``num_classes``, ``input_shape``, ``input_tensor``, ``include_top``, ``pooling``,
+    ``classifier_activation`` and ``name`` are keras.applications'; without the classifier
+    (or with ``features_only``) the default input size is free, ``(None, None, 3)``.
+    ``features_only`` / ``out_levels``: a backbone whose output is a dict of stage outputs
+    keyed by level, "Pk" at stride 2**k (``Pyramid``; keras-hub's ``pyramid_outputs``), all
+    levels or those in ``out_levels``. ``preprocessing``: the model's first layer, so it takes
+    raw pixels: None, "caffe", "tf" or "torch" (keras.applications' ``preprocess_input``), or
+    ``{"mean": [...], "std": [...]}`` per channel; "auto" is the family's default (that of
+    keras.applications for ``variant="keras"``, else None)."""
+
+    num_classes: int = None
+    input_shape: tuple = None
+    input_tensor: object = None
+    include_top: bool = True
+    pooling: str = None
+    classifier_activation: object = None
+    features_only: bool = False
+    out_levels: tuple = None
+    preprocessing: object = "auto"
+    name: str = None
+
+
+# LayerFactory's hooks a builder takes (conv_bias is the family's own choice).
+HOOKS = ("norm", "bn_momentum", "bn_epsilon", "kernel_initializer", "kernel_regularizer")
+OPTIONS = tuple(field.name for field in dataclasses.fields(ModelIO)) + HOOKS
+
+
+def split_options(options, *, variant, stem, preprocessing, conv_bias=False):
+    """A builder's ``**options`` as ``(ModelIO, LayerFactory)``: unknown names are a
+    ValueError with the closest ones; the family's defaults fill ``preprocessing="auto"``,
+    ``num_classes`` (10 for CIFAR, 1000 for ImageNet) and ``bn_epsilon`` (1.001e-5 for the
+    "keras" variant, else 1e-5). Also refuses a channels-first Keras."""
+    check_data_format()
+    check_choice("stem", stem, STEMS)
+    check_choice("variant", variant, VARIANTS)
+    unknown = [key for key in options if key not in OPTIONS]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], OPTIONS, n=3, cutoff=0.5)
+        raise TypeError(f"unexpected argument {unknown[0]!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    hooks = {key: options[key] for key in HOOKS if key in options}
+    if hooks.get("bn_epsilon") is None:
+        hooks["bn_epsilon"] = KERAS_BN_EPSILON if variant == "keras" else 1e-5
+    io = ModelIO(**{key: value for key, value in options.items() if key not in HOOKS})
+    if io.preprocessing == "auto":
+        io = dataclasses.replace(io, preprocessing=preprocessing)
+    if io.num_classes is None:
+        io = dataclasses.replace(io, num_classes=10 if stem == "cifar" else 1000)
+    return io, LayerFactory(**hooks, conv_bias=conv_bias)
+
+
+def assemble(io, f, stem, stages, body, default_name):
+    """The model: input (``io``), preprocessing, ``body(x, pyramid)`` (the family's stem and
+    stages, marking each stage's output in ``pyramid``), then the pyramid's levels
+    (``features_only``) or the head."""
+    ensure_recursion_limit()
+    inputs, x = model_input(io.input_shape, io.input_tensor, default_input(stem, io.include_top, io.features_only),
+                            min_input_size(stem, stages))
+    x = preprocess(x, io.preprocessing)
+    pyramid = Pyramid()
+    x = body(x, pyramid)
+    if io.features_only:
+        outputs = pyramid.outputs(io.out_levels)
+    else:
+        if io.out_levels is not None:
+            raise ValueError("out_levels needs features_only=True")
+        outputs = head(x, f, io.include_top, io.pooling, io.num_classes, io.classifier_activation)
+    return ZooModel(inputs, outputs, name=io.name or default_name)
 
 
 def ensure_recursion_limit():
     if sys.getrecursionlimit() < _RECURSION_LIMIT:
         sys.setrecursionlimit(_RECURSION_LIMIT)
-
-
-def check_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def check_float(name, value, low, high, high_inclusive=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    ok = low <= value <= high if high_inclusive else low <= value < high
-    if not ok:
-        bracket = "]" if high_inclusive else ")"
-        raise ValueError(f"{name} must be in [{low}, {high}{bracket}, got {value}")
-    return float(value)
-
-
-def check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-    return value
-
-
-def check_int_tuple(name, value, length=None):
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise ValueError(f"{name} must be a sequence of integers, got {value!r}")
-    value = tuple(value)
-    if length is not None and len(value) != length:
-        raise ValueError(f"{name} must have {length} entries, got {len(value)}")
-    for v in value:
-        check_int(name, v, 1)
-    return value
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerFactory:
-    """Conv, norm and dense layers with the builder-wide hooks: normalisation (``None``
-    removes every BN, for the signal-propagation experiments), BN momentum/epsilon, kernel
-    initializer and regularizer. Convs followed by BN carry no bias, as in the papers
-    (``conv_bias=True`` gives every conv one, as keras.applications' ResNet v1 does)."""
-
-    norm: str = "batch"
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    kernel_initializer: object = "he_normal"
-    kernel_regularizer: object = None
-    conv_bias: bool = False
-
-    def __post_init__(self):
-        check_choice("norm", self.norm, ("batch", None))
-        check_float("bn_momentum", self.bn_momentum, 0.0, 1.0)
-        if not isinstance(self.bn_epsilon, numbers.Real) or self.bn_epsilon <= 0:
-            raise ValueError(f"bn_epsilon must be a positive number, got {self.bn_epsilon!r}")
-
-    def conv_layer(self, filters, kernel_size, strides=1, name=None, use_bias=None, padding="same"):
-        return layers.Conv2D(
-            filters, kernel_size, strides=strides, padding=padding,
-            use_bias=self.conv_bias if use_bias is None else use_bias,
-            kernel_initializer=self.kernel_initializer,
-            kernel_regularizer=self.kernel_regularizer, name=name,
-        )
-
-    def conv(self, x, filters, kernel_size, strides=1, name=None, use_bias=None, padding="same"):
-        return self.conv_layer(filters, kernel_size, strides, name, use_bias, padding)(x)
-
-    def bn(self, x, name, zero_init=False):
-        if self.norm is None:
-            return x
-        return BatchNorm(
-            momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-            gamma_initializer="zeros" if zero_init else "ones", name=name,
-        )(x)
-
-    def bn_relu(self, x, name):
-        x = self.bn(x, name=f"{name}_bn")
-        return layers.ReLU(name=f"{name}_relu")(x)
-
-    def dense(self, x, units, activation=None, name=None):
-        mixed = keras.config.dtype_policy().name.startswith("mixed")
-        return layers.Dense(
-            units, activation=activation, kernel_regularizer=self.kernel_regularizer,
-            dtype="float32" if mixed else None, name=name,
-        )(x)
-
-
-class SharedConvs:
-    """A ``LayerFactory`` whose convolutions are shared between blocks: the conv that would be
-    ``conv3_block5_2_conv`` is ``conv3_tied_2_conv``, one layer for every block it serves.
-    Norm layers stay per block (time-specific BN, Liao & Poggio 2016)."""
-
-    def __init__(self, factory):
-        self.factory, self.convs = factory, {}
-
-    def __getattr__(self, name):
-        return getattr(self.factory, name)
-
-    def conv(self, x, filters, kernel_size, strides=1, name=None, use_bias=None, padding="same"):
-        key = re.sub(r"_block\d+_", "_tied_", name)
-        if key not in self.convs:
-            self.convs[key] = self.factory.conv_layer(filters, kernel_size, strides, key, use_bias, padding)
-        return self.convs[key](x)
 
 
 def model_input(input_shape, input_tensor, default_shape, min_size=1):
@@ -165,12 +141,10 @@ def _check_min_size(shape, min_size):
 def preprocess(x, preprocessing):
     """The ``preprocess`` layer on ``x``: keras.applications' ``preprocess_input`` by mode
     ("caffe", "tf", "torch"), or per-channel standardisation with ``{"mean", "std"}``."""
-    from reszoo.layers import ImagePreprocess
-
     if preprocessing is None:
         return x
     if isinstance(preprocessing, str):
-        return ImagePreprocess(preprocessing, name="preprocess")(x)
+        return ImagePreprocess(preprocessing, name=naming.PREPROCESS)(x)
     if not isinstance(preprocessing, dict) or set(preprocessing) != {"mean", "std"}:
         raise ValueError('preprocessing must be None, "caffe", "tf", "torch" or {"mean": [...], "std": [...]}, '
                          f"got {preprocessing!r}")
@@ -179,11 +153,15 @@ def preprocess(x, preprocessing):
     if len(mean) != channels or len(std) != channels or min(std) <= 0:
         raise ValueError(f"preprocessing needs a mean and a positive std per channel ({channels}), got "
                          f"{len(mean)} and {len(std)} values")
-    return layers.Normalization(mean=mean, variance=[s * s for s in std], name="preprocess")(x)
+    return layers.Normalization(mean=mean, variance=[s * s for s in std], name=naming.PREPROCESS)(x)
 
 
-VARIANTS = ("paper", "keras")
-KERAS_BN_EPSILON = 1.001e-5
+def cifar_stem(x, f, filters, pyramid, norm=True):
+    """3x3 conv [-BN-ReLU] at stride 1: stage 1's output."""
+    x = f.conv(x, filters, 3, name=naming.STEM_CONV)
+    if norm:
+        x = f.bn_relu(x, name=naming.stage_name(naming.STEM))
+    return pyramid.end(x, naming.STEM, 1)
 
 
 def imagenet_stem(x, f, filters, variant, pyramid, norm=True, conv_bias=None):
@@ -192,16 +170,16 @@ def imagenet_stem(x, f, filters, variant, pyramid, norm=True, conv_bias=None):
     padding samples other pixels."""
     keras_layout = variant == "keras"
     if keras_layout:
-        x = layers.ZeroPadding2D(3, name="conv1_pad")(x)
-    x = f.conv(x, filters, 7, 2, name="conv1_conv", use_bias=conv_bias,
+        x = layers.ZeroPadding2D(3, name=naming.layer(naming.stage_name(naming.STEM), None, "pad"))(x)
+    x = f.conv(x, filters, 7, 2, name=naming.STEM_CONV, use_bias=conv_bias,
                padding="valid" if keras_layout else "same")
     if norm:
-        x = f.bn_relu(x, name="conv1")
-    x = pyramid.end(x, 1, 2)
+        x = f.bn_relu(x, name=naming.stage_name(naming.STEM))
+    x = pyramid.end(x, naming.STEM, 2)
     if keras_layout:
-        x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
+        x = layers.ZeroPadding2D(1, name=naming.layer(naming.transition(naming.STEM), None, "pad"))(x)
     pyramid.stride = 4
-    return layers.MaxPooling2D(3, strides=2, padding="valid" if keras_layout else "same", name="pool1_pool")(x)
+    return layers.MaxPooling2D(3, strides=2, padding="valid" if keras_layout else "same", name=naming.STEM_POOL)(x)
 
 
 class Pyramid:
@@ -259,33 +237,17 @@ def check_data_format():
                          "'channels_last') first (on GPUs Keras and cuDNN run channels_last at full speed)")
 
 
-def outputs(x, pyramid, factory, include_top, pooling, num_classes, classifier_activation, features_only,
-            out_levels):
-    """The model's outputs: the pyramid's levels (``features_only``), or the head."""
-    if features_only:
-        return pyramid.outputs(out_levels)
-    if out_levels is not None:
-        raise ValueError("out_levels needs features_only=True")
-    return head(x, factory, include_top, pooling, num_classes, classifier_activation)
-
-
 def head(x, factory, include_top, pooling, num_classes, classifier_activation):
     """``include_top``: global average pool + dense classifier (logits by default, as in
     timm; ``classifier_activation="softmax"`` as in keras.applications). Otherwise the
     feature map, or a pooled vector when ``pooling`` is "avg" or "max"."""
     if include_top:
         check_int("num_classes", num_classes, 1)
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        return factory.dense(x, num_classes, activation=classifier_activation, name="fc")
+        x = layers.GlobalAveragePooling2D(name=naming.AVG_POOL)(x)
+        return factory.classifier(x, num_classes, classifier_activation)
     check_choice("pooling", pooling, (None, "avg", "max"))
     if pooling == "avg":
-        return layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        return layers.GlobalAveragePooling2D(name=naming.AVG_POOL)(x)
     if pooling == "max":
-        return layers.GlobalMaxPooling2D(name="max_pool")(x)
+        return layers.GlobalMaxPooling2D(name=naming.MAX_POOL)(x)
     return x
-
-
-def linear_rates(max_rate, count):
-    """Stochastic-depth drop rates rising linearly to ``max_rate`` at the last of ``count``
-    blocks (Huang et al. 2016, Eq. 4)."""
-    return [max_rate * (i + 1) / count for i in range(count)]

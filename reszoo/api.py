@@ -1,0 +1,79 @@
+"""The package's face: ``create_model`` (a registered model, with weights from any source)
+and ``model_card`` (what a model is, and where its numbers come from)."""
+
+from reszoo import flops, naming, registry, weights as weights_lib
+from reszoo.model import count_params, features
+
+
+def create_model(model_name=None, /, *, weights=None, **overrides):
+    """Build a registered model; keyword ``overrides`` replace its default config (``name``
+    included: it names the Keras model). ``weights`` loads weights into it
+    (``reszoo.weights.load_weights``): a training run folder, a ``.keras`` or ``.weights.h5``
+    file, keras.applications' ``.h5`` file (the "keras" variant is then the default), or a
+    Keras model. With another ``num_classes`` than the weights' the classifier is new. The
+    model name may be left out when the weights say how they were built (a run folder or a
+    ``.keras`` file of reszoo's); a task model saved with residual adapters
+    (``reszoo.transfer.add_adapters``) is built again with them."""
+    saved = None if weights is None else weights_lib.saved_spec(weights)
+    if model_name is None:
+        if weights is None:
+            raise ValueError("create_model needs a model name (reszoo.list_models() lists them) or weights")
+        if saved is None:
+            raise weights_lib.WeightsError(
+                f"{weights} does not say which model it holds (not saved from a reszoo model): "
+                "give the model name, e.g. reszoo.create_model('resnet50', weights=...)")
+        model_name, overrides = saved.name, {**saved.arguments(), **overrides}
+    registry.get_spec(model_name)
+    if (weights is not None and "variant" not in overrides and model_name in weights_lib.KERAS_APPLICATIONS_MODELS
+            and weights_lib.is_keras_applications_file(weights)):
+        overrides["variant"] = "keras"
+    model = weights_lib.build(model_name, overrides, None if saved is None else saved.adapters)
+    if weights is not None:
+        weights_lib.load_weights(model, weights)
+    return model
+
+
+def model_card(model):
+    """Family, depth, parameters, multiply-adds, paper and published results of a registered
+    model: ``model`` is a registry name (its default config) or a model reszoo built, also
+    one loaded from a file (it remembers how it was built)."""
+    if isinstance(model, str):
+        name, model = model, create_model(model)
+    else:
+        found = getattr(model, "build_spec", None)
+        if found is None:
+            raise ValueError(f"model {getattr(model, 'name', model)!r} was not built by reszoo.create_model, "
+                             "so it has no card")
+        name = found.name
+    spec = registry.get_spec(name)
+    card = {
+        "name": name,
+        "family": spec.family,
+        "depth": _depth(spec, model),
+        "dataset": spec.dataset,
+        "input_shape": tuple(model.input_shape[1:]),
+        "num_classes": model.output_shape[-1],
+        "params": count_params(model),
+        "total_params": int(model.count_params()),
+        "macs": flops.count_macs(model),
+        "paper": spec.paper,
+        "published": dict(spec.published),
+        "config": dict(spec.config),
+        "features": features(model),
+    }
+    found = getattr(model, "build_spec", None)
+    if found is not None and found.overrides:
+        card["overrides"] = dict(found.overrides)
+    if found is not None and found.adapters is not None:
+        card["adapters"] = found.adapters
+    if spec.notes:
+        card["notes"] = spec.notes
+    return card
+
+
+def _depth(spec, model):
+    depth = spec.config.get("depth")
+    if depth is None:
+        weighted = [layer for layer in model.layers if type(layer).__name__ in ("Conv2D", "Dense")]
+        depth = len([layer for layer in weighted if not naming.is_shortcut(layer.name)])
+    return depth

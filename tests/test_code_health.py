@@ -1,0 +1,120 @@
+"""The package's shape: modules import downward only, the library imports no command, and
+every command's --help lists its own flags at once (no TensorFlow start-up)."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "reszoo"
+
+
+def _module_name(path):
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path):
+    """``(module-level imports, imports inside functions)`` of reszoo modules in ``path``,
+    each as the module it names (``from reszoo import naming`` names ``reszoo.naming``)."""
+    tree = ast.parse(path.read_text())
+    modules = {_module_name(p) for p in PACKAGE.rglob("*.py")}
+    top, nested = set(), set()
+
+    def named(node):
+        if isinstance(node, ast.Import):
+            return [a.name for a in node.names]
+        if isinstance(node, ast.ImportFrom) and node.module:
+            return [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names]
+        return []
+
+    def visit(node, inside):
+        for child in ast.iter_child_nodes(node):
+            found = {n for n in named(child) if n.split(".")[0] in ("reszoo", "training", "experiments")}
+            (nested if inside else top).update(found)
+            visit(child, inside or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    visit(tree, False)
+    return top, nested
+
+
+def _graph():
+    return {_module_name(p): _imports(p) for p in PACKAGE.rglob("*.py")}
+
+
+def test_no_module_of_reszoo_imports_a_module_that_imports_it():
+    graph = {name: {m for m in top if m in _graph_names()} - {name} for name, (top, _) in _graph().items()
+             if name != "reszoo"}
+
+    def reach(start):
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    cycles = sorted(name for name in graph if name in reach(name))
+    assert cycles == [], f"modules on an import circle: {cycles}"
+    assert "reszoo.registry" in reach("reszoo.weights") and "reszoo.weights" in reach("reszoo.api")
+
+
+def _graph_names():
+    return {_module_name(p) for p in PACKAGE.rglob("*.py")}
+
+
+def test_the_library_imports_no_command_and_no_reszoo_module_inside_a_function():
+    for name, (top, nested) in _graph().items():
+        assert not any(m.split(".")[0] in ("training", "experiments") for m in top | nested), name
+        assert not nested, f"{name} imports {sorted(nested)} inside a function"
+
+
+def test_one_create_model():
+    import warnings
+
+    import reszoo
+    from reszoo import weights
+
+    assert reszoo.create_model.__module__ == "reszoo.api"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = weights.create_model("ResNet50", input_shape=(32, 32, 3), include_top=False)
+    assert [w.category for w in caught] == [DeprecationWarning]
+    assert "keras_applications_model" in str(caught[0].message)
+    assert reszoo.build_spec(model).overrides["variant"] == "keras"
+
+
+HELP_PROBE = """
+import atexit, runpy, sys
+atexit.register(lambda: sys.stderr.write("tensorflow imported\\n" if "tensorflow" in sys.modules else ""))
+sys.argv = [{path!r}, "--help"]  # as python -m sets it
+runpy.run_module({module!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("module, flags", [
+    ("training.train", ["model", "dataset", "recipe", "init_from", "adapters", "distribution_strategy", "export"]),
+    ("training.export", ["model_dir", "checkpoint", "export_dir", "formats", "top_k"]),
+    ("training.predict", ["saved_model", "top"]),
+])
+def test_help_lists_the_command_s_own_flags_without_starting_tensorflow(module, flags):
+    proc = subprocess.run([sys.executable, "-c", HELP_PROBE.format(module=module, path=str(ROOT / (module.replace(".", "/") + ".py")))], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"usage: python -m {module} [--flag=value ...]")
+    for flag in flags:
+        assert f"  --{flag}=" in proc.stdout or f"  --[no]{flag}\n" in proc.stdout, flag
+
+
+def test_train_help_groups_every_flag():
+    import training.train  # noqa: F401  (defines the flags)
+    from training import flags
+
+    names = {f.name for f in flags.FLAGS.get_key_flags_for_module(flags)}
+    grouped = [name for group in flags.TRAIN_GROUPS.values() for name in group]
+    assert sorted(grouped) == sorted(names) and len(grouped) == len(set(grouped))
