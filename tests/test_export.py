@@ -308,3 +308,42 @@ def test_metadata_describes_either_kind_of_preprocessing_layer():
     norm = keras.layers.Normalization(mean=[1.0, 2.0, 3.0], variance=[4.0, 9.0, 16.0], name="preprocess")
     standardised = export._preprocessing(keras.Model(inputs, norm(inputs)))
     assert standardised["mean"] == [1.0, 2.0, 3.0] and standardised["std"] == [2.0, 3.0, 4.0]
+
+
+def test_two_exports_at_once_the_later_rename_says_the_version_appeared(run, tmp_path, monkeypatch):
+    """Linux refuses to rename a folder onto a non-empty one with ENOTEMPTY (not EEXIST)."""
+    from training import export
+
+    _, model_dir, _, _ = run
+    real_rename = os.rename
+
+    def rival_first(src, dst):
+        os.makedirs(dst)
+        (pathlib.Path(dst) / "saved_model.pb").write_bytes(b"the rival's export")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(export.os, "rename", rival_first)
+    with pytest.raises(export.ExportError, match="appeared during the export; not overwritten") as info:
+        export.export(str(model_dir), str(tmp_path))
+    assert info.value.code == 2
+    assert os.listdir(tmp_path / "resnet20_digits") == ["1"]
+    assert (tmp_path / "resnet20_digits" / "1" / "saved_model.pb").read_bytes() == b"the rival's export"
+
+
+def test_checkpoint_best_of_a_run_that_never_validated_exports_its_final_model(run, tmp_path):
+    import shutil
+
+    _, model_dir, _, _ = run
+    never = tmp_path / "never_validated"
+    shutil.copytree(model_dir, never)
+    (never / "best.keras").unlink(missing_ok=True)
+    proc = cli("training.export", f"--model_dir={never}", "--checkpoint=best", f"--export_dir={tmp_path / 'out'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"export: note: {never} has no best.keras" in proc.stderr and "last.keras" in proc.stderr
+    assert (tmp_path / "out" / "resnet20_digits" / "1" / "saved_model.pb").exists()
+
+
+def test_predict_without_saved_model_says_the_flag_is_required(tmp_path):
+    proc = cli("training.predict", tmp_path / "digit.png")
+    assert proc.returncode == 2
+    assert "--saved_model is required" in _one_error_line(proc, "predict")

@@ -93,8 +93,26 @@ def test_weights_that_do_not_fit_name_the_layer_and_load_nothing(tmp_path):
         reszoo.create_model(weights=tmp_path / "unfinished")
 
 
+def test_foreign_keras_files_are_refused_in_one_line_that_names_the_file(tmp_path):
+    import warnings
+
+    other = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(10)])
+    other.save(tmp_path / "other.h5")  # a Keras full-model HDF5 file of another net
+    with pytest.raises(weights.WeightsError, match=rf"^{tmp_path / 'other.h5'} is a Keras HDF5 \(.h5\) file") as info:
+        reszoo.create_model("resnet20", weights=tmp_path / "other.h5", **SMALL)
+    assert "variant" not in str(info.value) and "stem" not in str(info.value)
+    reszoo.create_model("resnet32", **SMALL).save_weights(tmp_path / "resnet32.weights.h5")
+    target = reszoo.create_model("resnet20", **SMALL)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(weights.WeightsError, match=rf"^{tmp_path / 'resnet32.weights.h5'} does not hold weights"):
+            reszoo.weights.load_weights(target, tmp_path / "resnet32.weights.h5")
+    assert [str(w.message) for w in caught] == []
+
+
 def test_the_old_keras_applications_entry_point_still_works(tmp_path):
-    model = weights.create_model("ResNet50", input_shape=(32, 32, 3), include_top=False)
+    model = weights.keras_applications_model("ResNet50", input_shape=(32, 32, 3), include_top=False)
     assert reszoo.build_spec(model).overrides["variant"] == "keras"
 
 
@@ -168,6 +186,10 @@ def test_adapters_start_as_the_backbone_and_leave_it_untouched(mode, tmp_path):
     other = reszoo.create_model("resnet20", **SMALL)
     with pytest.raises(ValueError, match="was trained on another backbone"):
         transfer.load_task(other, tmp_path / "task.npz")
+    whole = (tmp_path / "task.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'truncated.npz'} is not a reszoo task file, or is damaged"):
+        transfer.load_task(backbone, tmp_path / "truncated.npz")
 
 
 def _saved(model, folder):

@@ -16,6 +16,7 @@ before the version is renamed into place; a version is never overwritten.
 """
 
 import datetime
+import errno
 import hashlib
 import json
 import os
@@ -27,18 +28,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
-from training import files  # noqa: E402
+from training import errors  # noqa: E402
 
 FORMATS = ("saved_model", "onnx", "tflite")
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)  # logits, float32 model vs exported graph
 
 
-class ExportError(files.CommandError):
+class ExportError(errors.CommandError):
     """A problem with the export request; printed as one line. ``code`` 2 is a usage error."""
 
 
 def define_flags():
-    flags.DEFINE_string("model_dir", None, "a training run folder (holds last.keras, results.json, flags.json)")
+    flags.DEFINE_string("model_dir", None, "required: a training run folder (holds last.keras, results.json, flags.json)")
     flags.DEFINE_enum("checkpoint", "last", ["last", "best"], "export last.keras or best.keras")
     flags.DEFINE_string("export_dir", "saved_models", "base folder: the export goes to EXPORT_DIR/NAME/VERSION")
     flags.DEFINE_string("name", None, "model name under export_dir (default MODEL_DATASET)")
@@ -67,9 +68,14 @@ def _read_run(model_dir, checkpoint):
     if not model_dir or not os.path.isdir(model_dir):
         raise ExportError(f"--model_dir: {model_dir!r} is not a training run folder", 2)
     path = os.path.join(model_dir, run_folder.BEST if checkpoint == "best" else run_folder.LAST)
+    last = os.path.join(model_dir, run_folder.LAST)
+    if checkpoint == "best" and not os.path.isfile(path) and os.path.isfile(last):
+        sys.stderr.write(f"export: note: {model_dir} has no {run_folder.BEST} (the run never validated during "
+                         f"training: --eval_every > --epochs); exporting its final model, {run_folder.LAST}\n")
+        path = last
     if not os.path.isfile(path):
-        raise ExportError(f"{path} does not exist: the run has not finished (train it to the end, or "
-                          "pass --checkpoint=best)", 2)
+        advice = "or pass --checkpoint=best" if checkpoint == "last" else "no model has been validated yet"
+        raise ExportError(f"{path} does not exist: the run has not finished (train it to the end; {advice})", 2)
     info = {}
     for name in (run_folder.RESULTS, run_folder.FLAGS_FILE):
         file = os.path.join(model_dir, name)
@@ -89,10 +95,12 @@ def _load(path):
 
 
 def _preprocessing(model):
+    from reszoo import naming
+
     names = [layer.name for layer in model.layers]
-    if "preprocess" not in names:
+    if naming.PREPROCESS not in names:
         return {"kind": "none", "note": "the model takes inputs as given"}
-    layer = model.get_layer("preprocess")
+    layer = model.get_layer(naming.PREPROCESS)
     if hasattr(layer, "mode"):  # reszoo.ImagePreprocess: keras.applications' preprocess_input
         return {"kind": f"keras.applications preprocess_input, mode {layer.mode!r}, inside the model",
                 "input_range": "raw RGB pixels, 0..255"}
@@ -210,11 +218,13 @@ def export(model_dir, export_dir="saved_models", name=None, version=0, formats=(
         files.fsync_tree(out)
         try:
             os.rename(out, final)  # atomic; fails rather than replace a version made meanwhile
-        except FileExistsError:
+        except OSError as err:
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):  # Linux says ENOTEMPTY for a folder
+                raise
             raise ExportError(f"{final} appeared during the export; not overwritten", 2) from None
         files.fsync_dir(base)
     except OSError as err:
-        raise ExportError(files.os_error_message(err, base) + "; nothing was exported") from None
+        raise ExportError(errors.os_error_message(err, base) + "; nothing was exported") from None
     except Exception as err:
         if _is_disk_full(err):
             raise ExportError(f"no space left on the device of {base}; nothing was exported") from None
@@ -366,7 +376,7 @@ def cli():
     from training import flags as run_flags
 
     define_flags()
-    app.run(main, flags_parser=run_flags.parse)
+    app.run(main, flags_parser=run_flags.parser(sys.modules[__name__], __doc__))
 
 
 if __name__ == "__main__":

@@ -1,31 +1,11 @@
 """How the commands write and read files: whole or not at all (``reszoo.io``), and one
 clear line when they cannot."""
 
-import errno
 import json
 
 from reszoo import io
 from reszoo.io import fsync_dir, fsync_tree, keras_file_problem, remove_stale_tmp, tmp_name  # noqa: F401
-
-
-class CommandError(Exception):
-    """A problem the user can act on: the command prints it as one line and exits with
-    ``code`` (2 for a usage error)."""
-
-    def __init__(self, message, code=1):
-        super().__init__(message)
-        self.code = code
-
-
-def os_error_message(err, path):
-    """One line for an ``OSError`` met while writing ``path``."""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"no space left on the device of {path}"
-    if err.errno == errno.EROFS:
-        return f"{path} is on a read-only file system"
-    if err.errno in (errno.EACCES, errno.EPERM):
-        return f"no permission to write {path}"
-    return f"cannot write {path}: {err.strerror or err}"
+from training.errors import CommandError, first_line, os_error_message  # noqa: F401
 
 
 def atomic_write(path, write):
@@ -80,8 +60,3 @@ def load_model(path, what):
     except Exception as err:  # keras raises many kinds for a foreign or damaged file
         raise CommandError(f"{what}: cannot load {path}: {type(err).__name__}: "
                            f"{first_line(err)}") from None
-
-
-def first_line(err):
-    lines = [l for l in str(err).splitlines() if l.strip()]
-    return lines[0] if lines else type(err).__name__

@@ -1,9 +1,11 @@
-"""Flags of ``python -m training.train``, their checks, and the papers' recipes."""
+"""Flags of ``python -m training.train``, their checks, and the papers' recipes; and how
+every command parses its flags and prints its ``--help``."""
 
 import ast
 import collections
 import math
 import os
+import re
 import sys
 
 from absl import flags
@@ -112,6 +114,13 @@ def apply_recipe():
             FLAGS[name].value = value
 
 
+def safer_learning_rate(learning_rate, recipe=None):
+    """A learning rate to suggest after a NaN loss: a tenth of ``learning_rate``, but never
+    above the recipe's (or the default's), which the papers trained with."""
+    known = RECIPES[recipe]["learning_rate"] if recipe in RECIPES else FLAGS["learning_rate"].default
+    return min(learning_rate / 10, known)
+
+
 def model_args(items):
     """--model_args' ``key=value`` items as a dict with Python literals (numbers, booleans,
     tuples, None)."""
@@ -125,14 +134,81 @@ def model_args(items):
     return args
 
 
-def parse(argv):
-    """absl parsing, with one line and exit code 2 for a bad flag (not a usage dump)."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as err:
+# --help of training.train: its flags by what they are for.
+TRAIN_GROUPS = {
+    "model and data": ["model", "model_args", "dataset", "data_dir", "image_size", "validation_split"],
+    "run folder": ["model_dir", "overwrite", "allow_flag_changes", "eval_every", "seed", "deterministic"],
+    "recipe and optimisation": ["recipe", "batch_size", "epochs", "train_steps", "optimizer", "learning_rate",
+                                "momentum", "nesterov", "weight_decay", "lr_schedule", "lr_decay_epochs",
+                                "lr_decay_rate", "warmup_epochs", "warmup", "lr_batch_base", "label_smoothing",
+                                "augment"],
+    "fine-tuning": ["init_from", "weights_path", "freeze", "backbone_lr_multiplier", "adapters"],
+    "speed and devices": ["dtype", "jit_compile", "steps_per_execution", "distribution_strategy", "tpu",
+                          "worker_timeout"],
+    "export at the end": ["export", "export_dir", "export_formats"],
+}
+HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
+
+
+def parser(module, doc, groups=None, args=""):
+    """absl's flags parser for a command whose flags ``module`` defines: a bad flag is one
+    line and exit code 2 (not a usage dump); ``--help`` lists the command's own flags,
+    grouped as ``groups`` says (``{title: [names]}``; the rest under "flags"), after the
+    first paragraph of ``doc``, and exits 0. absl's ``--helpfull`` still lists every flag of
+    every module. ``args`` names the positional arguments in the usage line."""
+
+    def parse(argv):
         prog = os.path.splitext(os.path.basename(argv[0]))[0] if argv else "train"
-        sys.stderr.write(f"{prog}: error: {err}\n")
-        sys.exit(2)
+        if any(arg in HELP_FLAGS for arg in argv[1:]):
+            usage = prog if prog.startswith("reszoo-") else f"python -m training.{prog}"
+            sys.stdout.write(help_text(f"{usage} [--flag=value ...]{args}", module, doc, groups or {}))
+            sys.exit(0)
+        try:
+            return FLAGS(argv)
+        except flags.Error as err:
+            sys.stderr.write(f"{prog}: error: {err}\n")
+            sys.exit(2)
+
+    return parse
+
+
+def parse(argv):
+    """``training.train``'s flags parser, for Python callers (the command adds its summary)."""
+    return parser(sys.modules[__name__], "", TRAIN_GROUPS)(argv)
+
+
+def help_text(usage, module, doc, groups):
+    """The ``--help`` of a command: usage, the first paragraph of ``doc``, and each flag of
+    ``module`` with its default and help, in ``groups``."""
+    own = {flag.name: flag for flag in FLAGS.get_key_flags_for_module(module)}
+    placed = {name for names in groups.values() for name in names}
+    rest = sorted(name for name in own if name not in placed)
+    sections = [*groups.items(), *([("flags" if not groups else "other", rest)] if rest else [])]
+    lines = [f"usage: {usage}", ""]
+    summary = " ".join(doc.strip().split("\n\n")[0].split()).replace("``", "")
+    if summary:
+        lines += [summary, ""]
+    for title, names in sections:
+        lines.append(f"{title}:")
+        for name in names:
+            lines.append(_flag_line(own[name]))
+        lines.append("")
+    lines.append("--helpfull lists absl's own flags too.")
+    return "\n".join(lines) + "\n"
+
+
+def _flag_line(flag):
+    if flag.flag_type() == "bool":
+        usage = f"--[no]{flag.name}"
+    else:
+        usage = f"--{flag.name}=" + ("|".join(flag.parser.enum_values) if hasattr(flag.parser, "enum_values")
+                                     else flag.flag_type().split()[-1].upper())
+    text = re.sub(r"^<[^>]*>: ", "", flag.help)  # absl's enum prefix; the usage shows the values
+    default = flag.default
+    if isinstance(default, list):
+        default = ",".join(map(str, default))
+    shown = f"{text} (default: {default!r})" if default not in (None, "", []) else text
+    return f"  {usage}\n      {shown}"
 
 
 # Flags that say what to do with a run, or where, not what the run is: they may change on a

@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
-flags.DEFINE_string("saved_model", None, "an exported version folder, or its model folder (latest version)")
+flags.DEFINE_string("saved_model", None, "required: an exported version folder, or its model folder (latest version)")
 flags.DEFINE_integer("top", 5, "classes to print per image (at most the export's top_k)", lower_bound=1)
 FLAGS = flags.FLAGS
 
@@ -43,7 +43,7 @@ def load(saved_model):
     """The ``serving_bytes`` signature of an export, or ValueError saying why not."""
     import tensorflow as tf
 
-    from training.files import first_line
+    from training.errors import first_line
 
     version = resolve(saved_model)
     problem = _problem(version)
@@ -87,6 +87,10 @@ def predict(saved_model, images, top=5):
 def main(argv):
     logging.set_verbosity(logging.ERROR)
     images = argv[1:]
+    if FLAGS.saved_model is None:
+        sys.stderr.write("predict: error: --saved_model is required (an exported version folder, or its model "
+                         "folder)\n")
+        sys.exit(2)
     if not images:
         sys.stderr.write("predict: error: give one or more image files after the flags\n")
         sys.exit(2)
@@ -105,7 +109,7 @@ def cli():
     """``reszoo-predict`` and ``python -m training.predict``."""
     from training import flags as run_flags
 
-    app.run(main, flags_parser=run_flags.parse)
+    app.run(main, flags_parser=run_flags.parser(sys.modules[__name__], __doc__, args=" IMAGE [IMAGE ...]"))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import socket
 import sys
 import time
 
-from training.files import CommandError, first_line
+from training.errors import CommandError, first_line
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 
@@ -66,8 +66,8 @@ class WorkerWatch:
         self._null = open(os.devnull, "w")
         faulthandler.dump_traceback_later(self.timeout + 1.0, exit=True, file=self._null)
         self._watcher = subprocess.Popen(
-            [sys.executable, "-m", "training.strategy", str(os.getpid()), str(self.timeout), str(self.every),
-             *self.peers])
+            [sys.executable, "-m", "training.strategy", str(os.getpid()), repr(time.time()), str(self.timeout),
+             str(self.every), *self.peers])
         return self
 
     def __exit__(self, *exc):
@@ -79,9 +79,11 @@ class WorkerWatch:
         self._null.close()
 
 
-def watch(parent, timeout, every, peers, out=sys.stderr):
-    """The watcher of ``WorkerWatch``, in its own process."""
-    start = time.monotonic()
+def watch(parent, started, timeout, every, peers, out=sys.stderr):
+    """The watcher of ``WorkerWatch``, in its own process. Its clock is the parent's
+    (``started``, a ``time.time()``), so its last line comes before the parent's end however
+    long its own start took."""
+    start = time.monotonic() - (time.time() - started)
     while True:
         waited = time.monotonic() - start
         time.sleep(max(min(every, timeout - waited), 0.0))
@@ -147,4 +149,4 @@ def is_chief(strategy):
 
 
 if __name__ == "__main__":
-    watch(int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4:])
+    watch(int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5:])

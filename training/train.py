@@ -17,8 +17,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, logging  # noqa: E402
 
-from training import files, flags as run_flags  # noqa: E402
-from training.files import CommandError  # noqa: E402
+from training import errors, flags as run_flags  # noqa: E402
+from training.errors import CommandError  # noqa: E402
 
 run_flags.define()
 
@@ -124,7 +124,7 @@ def resized(model, image_shape, source):
         copy = keras.models.clone_model(model, input_tensors=[image] if isinstance(model.input, list) else image)
     except Exception as err:  # a layer that needs its trained size (Flatten + Dense, ...)
         raise CommandError(f"--init_from: {source} takes images of {expected[:2]} and cannot take "
-                           f"{tuple(image_shape[:2])} ({files.first_line(err)}); set --image_size={expected[0]}", 2) from None
+                           f"{tuple(image_shape[:2])} ({errors.first_line(err)}); set --image_size={expected[0]}", 2) from None
     copy.set_weights(model.get_weights())
     copy.build_spec = getattr(model, "build_spec", None)
     return copy
@@ -133,14 +133,15 @@ def resized(model, image_shape, source):
 def fine_tune_model(old, data, opts):
     """``old`` (the model of --init_from) with a new classifier for this dataset's classes,
     and residual adapters with --adapters."""
-    from reszoo import transfer
+    from reszoo import naming, transfer
 
     source = opts.init_from
     if old is None:
         old = keras_applications_model(opts.init_from, opts.weights_path, data.image_shape)
         source = opts.weights_path
-    if "avg_pool" not in [layer.name for layer in old.layers]:
-        raise CommandError(f"--init_from: {source} has no 'avg_pool' + 'fc' head to replace (layers end with "
+    if naming.AVG_POOL not in [layer.name for layer in old.layers]:
+        raise CommandError(f"--init_from: {source} has no {naming.AVG_POOL!r} + {naming.CLASSIFIER!r} head to "
+                           "replace (layers end with "
                            f"{[layer.name for layer in old.layers][-3:]})", 2)
     old = resized(old, data.image_shape, source)
     try:
@@ -287,7 +288,8 @@ def _train(strategy, model, data, opts, epochs, steps_per_epoch, folder, recorde
     if bad_epoch is not None:
         raise CommandError(
             f"loss became NaN in epoch {bad_epoch + 1}; stopped. {_kept(recorder, folder)}. To continue with a "
-            f"lower learning rate, re-run with --learning_rate={opts.learning_rate / 10:g} (or "
+            f"lower learning rate, re-run with "
+            f"--learning_rate={run_flags.safer_learning_rate(opts.learning_rate, opts.recipe):g} (or "
             f"--warmup_epochs=1) and --allow_flag_changes")
     results = {"test_" + k: float(v) for k, v in metrics.items()}
     results.update(epochs=epochs, trained_epochs=recorder.state.epoch - first_epoch,
@@ -301,7 +303,7 @@ def _train(strategy, model, data, opts, epochs, steps_per_epoch, folder, recorde
             try:
                 results["task_bytes"] = transfer.save_task(model, folder.file(run_folder.TASK))
             except OSError as err:
-                raise CommandError(files.os_error_message(err, folder.file(run_folder.TASK))) from None
+                raise CommandError(errors.os_error_message(err, folder.file(run_folder.TASK))) from None
         files.write_json(folder.file(run_folder.RESULTS), results, indent=2)
     print(f"test accuracy {results['test_accuracy']:.4f} ({data.num_test} images) -> {folder.path}")
     if opts.export and chief:
@@ -376,7 +378,7 @@ def main(argv):
 
 def cli():
     """``reszoo-train`` and ``python -m training.train``."""
-    app.run(main, flags_parser=run_flags.parse)
+    app.run(main, flags_parser=run_flags.parser(run_flags, __doc__, run_flags.TRAIN_GROUPS))
 
 
 if __name__ == "__main__":
