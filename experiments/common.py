@@ -80,18 +80,20 @@ def data_parser(doc):
     return p
 
 
-def load_data(args):
-    """The data the flags name; a dataset that cannot be read ends the command with one line
-    and exit status 2."""
+def load_data(args, raw=False):
+    """The data the flags name (``experiments.data.load``, or its ``arrays`` when ``raw``); a
+    dataset that cannot be read ends the command with one line and exit status 2."""
     import sys
 
     from experiments import data
 
     if args.dataset == "digits":
-        return data.load(limit=args.limit)
+        return data.arrays(limit=getattr(args, "limit", None)) if raw else data.load(limit=args.limit)
     from training.data import DataError
 
     try:
+        if raw:
+            return data.arrays(args.dataset, args.data_dir, args.image_size, getattr(args, "limit", None))
         return data.load(args.dataset, args.data_dir, args.limit)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -11,7 +11,7 @@ inverted (max - x) or rotated by 90 degrees. The default, on the embedded digits
 then digits 5-9, then inverted digits of all ten classes.
 """
 
-from experiments.common import parser, positive_int, pyplot, save
+from experiments.common import load_data, parser, positive_int, pyplot, save
 
 
 def main():
@@ -24,27 +24,13 @@ def main():
     p.add_argument("--base_width", type=positive_int, default=16)
     p.add_argument("--epochs", type=positive_int, default=15)
     args = p.parse_args()
-    import sys
-
-    import numpy as np
-
     import reszoo
     from reszoo.datasets import channel_stats
     from reszoo.lab import continual
-    from training import data as data_lib
 
+    x, y, x_test, y_test, _ = load_data(args, raw=True)
     try:
-        data = data_lib.load(args.dataset, args.data_dir, args.image_size)
-    except data_lib.DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    if not isinstance(data.train, tuple):
-        print(f"error: {args.dataset} does not fit in memory; the lab trains on in-memory data", file=sys.stderr)
-        sys.exit(2)
-    pairs = list(data.test.as_numpy_iterator())
-    x_test, y_test = np.stack([a for a, _ in pairs]), np.array([b for _, b in pairs])
-    try:
-        tasks = [continual.make_task(s.strip(), *data.train, x_test, y_test) for s in args.tasks.split(",")]
+        tasks = [continual.make_task(s.strip(), x, y, x_test, y_test) for s in args.tasks.split(",")]
     except ValueError as err:
         p.error(str(err))
     first = tasks[0].x

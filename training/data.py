@@ -52,6 +52,17 @@ def load(dataset, data_dir=None, image_size=None, validation_split=0.2, seed=0, 
     return _tfds(dataset, data_dir, image_size)
 
 
+def in_memory(data, limit=None):
+    """``(x, y, x_test, y_test)`` of ``data`` as numpy arrays in raw pixel units (the first
+    ``limit`` of each split), for code that trains on arrays (the lab); a ``DataError`` for a
+    dataset that is streamed because it does not fit in memory."""
+    if not isinstance(data.train, tuple):
+        raise DataError(f"{data.name} does not fit in memory; the lab trains on in-memory data")
+    (x, y), pairs = data.train, list(data.test.take(limit or -1).as_numpy_iterator())
+    x_test, y_test = np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs], "int32")
+    return x[:limit], y[:limit], x_test, y_test
+
+
 def _sample_stats(ds):
     images = np.stack([x for x, _ in ds.take(_STATS_SAMPLE).as_numpy_iterator()])
     return channel_stats(images)
