@@ -9,8 +9,9 @@ import os
 import sys
 
 
-def torch_resnet56():
-    """ResNet-56 of He et al. 2015 in PyTorch (option A shortcuts), for the eager peer."""
+def torch_cifar_resnet(blocks=9, classes=10):
+    """The CIFAR ResNet of He et al. 2015 in PyTorch (option A shortcuts), ``blocks`` per stage:
+    ResNet-(6n+2) for n = ``blocks``, ResNet-56 by default."""
     import torch
     from torch import nn
 
@@ -31,13 +32,13 @@ def torch_resnet56():
                 s = nn.functional.pad(s, (0, 0, 0, 0, 0, self.extra))
             return torch.relu(y + s)
 
-    blocks, cin = [], 16
+    layers, cin = [], 16
     for stage, cout in enumerate((16, 32, 64)):
-        for b in range(9):
-            blocks.append(Block(cin, cout, 2 if stage > 0 and b == 0 else 1))
+        for b in range(blocks):
+            layers.append(Block(cin, cout, 2 if stage > 0 and b == 0 else 1))
             cin = cout
     return nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-                         *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+                         *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, classes))
 
 
 def torch_runner(model, batch, steps, shape, classes, dtype="float32"):
@@ -73,7 +74,7 @@ def main():
     except ImportError as err:
         print(f"error {err}", flush=True)
         return
-    run = torch_runner(torch_resnet56(), args.batch, args.steps, (32, 32, 3), 10, args.dtype)
+    run = torch_runner(torch_cifar_resnet(), args.batch, args.steps, (32, 32, 3), 10, args.dtype)
     print(f"ready torch {torch.__version__}", flush=True)
     for _ in sys.stdin:
         run()

@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
-from training import errors  # noqa: E402
+from training import errors  # noqa: E402  (training.files imports Keras: used lazily, so --help is instant)
 
 FORMATS = ("saved_model", "onnx", "tflite")
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)  # logits, float32 model vs exported graph
@@ -63,7 +63,7 @@ def next_version(base):
 
 
 def _read_run(model_dir, checkpoint):
-    from training import run_folder
+    from training import files, run_folder
 
     if not model_dir or not os.path.isdir(model_dir):
         raise ExportError(f"--model_dir: {model_dir!r} is not a training run folder", 2)
@@ -88,6 +88,8 @@ def _read_run(model_dir, checkpoint):
 
 
 def _load(path):
+    from training import files
+
     try:
         return files.load_model(path, "--model_dir")
     except files.CommandError as err:
@@ -205,6 +207,8 @@ def _run_tflite(tf, path, x):
 def export(model_dir, export_dir="saved_models", name=None, version=0, formats=("saved_model",),
            checkpoint="last", top_k=5):
     """Export a run; returns the version folder. Raises ExportError with a one-line message."""
+    from training import files
+
     _check_formats(formats)
     path, results, run_flags = _read_run(model_dir, checkpoint)
     model = _load(path)
@@ -272,6 +276,8 @@ def _describe(model, path, model_dir, results, run_flags, name):
 
 def _version_folder(base, version):
     """The new version's folder under ``base`` (created): ``version``, or the next one."""
+    from training import files
+
     try:
         os.makedirs(base, exist_ok=True)
     except OSError as err:

@@ -73,6 +73,7 @@ def load_init_model(init_from):
     best.keras); None for keras_applications:NAME, which is built once the data's image shape
     is known."""
     from reszoo.weights import WeightsError, run_model_file
+    from training import files
 
     if init_from.startswith(KERAS_APPLICATIONS_PREFIX):
         return None
@@ -278,7 +279,7 @@ def _train(strategy, model, data, opts, epochs, steps_per_epoch, folder, recorde
     """Train from ``recorder.state`` to ``epochs``, evaluate, write the finished model and
     the results (the chief), and export if asked."""
     import reszoo
-    from training import data as data_lib, run_folder
+    from training import data as data_lib, files, run_folder
 
     first_epoch = recorder.state.epoch
     test = data_lib.eval_pipeline(data, opts.batch_size)
