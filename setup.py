@@ -19,6 +19,8 @@ setup(
         "export": ["tf2onnx>=1.17", "onnxruntime>=1.20"],
         "lab": ["matplotlib>=3.7"],
         "hub": ["keras-hub>=0.32"],
+        # PyTorch peers: the GPU benchmark's torchvision contenders (and timm checkpoints).
+        "torch": ["torch>=2.10", "torchvision>=0.25", "timm>=1.0.20", "safetensors>=0.4", "huggingface_hub>=0.30"],
         "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.27", "matplotlib>=3.7"],
         "dev": [
             "tensorflow>=2.21,<2.22",
@@ -31,6 +33,11 @@ setup(
             "onnxruntime>=1.20",
             "matplotlib>=3.7",
             "keras-hub>=0.32",
+            "torch>=2.10",
+            "torchvision>=0.25",
+            "timm>=1.0.20",
+            "safetensors>=0.4",
+            "huggingface_hub>=0.30",
             "mkdocs>=1.6",
             "mkdocs-material>=9.5",
             "mkdocstrings[python]>=0.27",

@@ -197,10 +197,9 @@ def run_all(args):
             _write_json(out, {"results": results, "peak_tflops": args.peak_tflops, "argv": sys.argv[1:]})
     table = summary(results, args.peak_tflops)
     print(table, flush=True)
-    if args.out:
-        with open(os.path.join(args.out, "gpu.md.tmp"), "w") as f:
-            f.write(table + "\n")
-        os.replace(os.path.join(args.out, "gpu.md.tmp"), os.path.join(args.out, "gpu.md"))
+    if out:
+        _write_json(out, {"results": results, "peak_tflops": args.peak_tflops, "argv": sys.argv[1:]})
+        _write(os.path.join(args.out, "gpu.md"), table + "\n")
     return results
 
 
@@ -223,9 +222,15 @@ def _spawn(args, model, dtype, contender, timeout):
 
 
 def _write_json(path, value):
+    _write(path, json.dumps(value, indent=1))
+
+
+def _write(path, text):
+    """``text`` into ``path`` whole: a temporary name, then a rename (the parent imports no
+    Keras, so not ``reszoo.io``, whose package would start JAX on the GPU)."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(value, f, indent=1)
+        f.write(text)
     os.replace(tmp, path)
 
 

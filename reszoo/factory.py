@@ -10,14 +10,18 @@ from keras import layers
 
 from reszoo import naming
 from reszoo.checks import check_choice, check_float
-from reszoo.layers import BatchNorm
+from reszoo.layers import BatchNorm, Pad2D
+
+PADDINGS = ("same", "symmetric")
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerFactory:
     """Conv, norm and dense layers with the builder-wide hooks: normalisation (``None``
     removes every BN, for the signal-propagation experiments), BN momentum/epsilon, kernel
-    initializer and regularizer. Convs followed by BN carry no bias, as in the papers
+    initializer and regularizer, and padding: Keras' "same", or "symmetric" (PyTorch's k // 2
+    on every side, explicit before strided convs, so that timm's and torchvision's weights give
+    their outputs at every input size). Convs followed by BN carry no bias, as in the papers
     (``conv_bias=True`` gives every conv one, as keras.applications' ResNet v1 does)."""
 
     norm: str = "batch"
@@ -26,23 +30,38 @@ class LayerFactory:
     kernel_initializer: object = "he_normal"
     kernel_regularizer: object = None
     conv_bias: bool = False
+    padding: str = "same"
 
     def __post_init__(self):
         check_choice("norm", self.norm, ("batch", None))
+        check_choice("padding", self.padding, PADDINGS)
         check_float("bn_momentum", self.bn_momentum, 0.0, 1.0)
         if not isinstance(self.bn_epsilon, numbers.Real) or self.bn_epsilon <= 0:
             raise ValueError(f"bn_epsilon must be a positive number, got {self.bn_epsilon!r}")
 
-    def conv_layer(self, filters, kernel_size, strides=1, name=None, use_bias=None, padding="same"):
+    def conv_layer(self, filters, kernel_size, strides=1, name=None, use_bias=None, padding="same", groups=1,
+                   activation=None):
         return layers.Conv2D(
-            filters, kernel_size, strides=strides, padding=padding,
+            filters, kernel_size, strides=strides, padding=padding, groups=groups, activation=activation,
             use_bias=self.conv_bias if use_bias is None else use_bias,
             kernel_initializer=self.kernel_initializer,
             kernel_regularizer=self.kernel_regularizer, name=name,
         )
 
-    def conv(self, x, filters, kernel_size, strides=1, name=None, use_bias=None, padding="same"):
-        return self.conv_layer(filters, kernel_size, strides, name, use_bias, padding)(x)
+    def conv(self, x, filters, kernel_size, strides=1, name=None, use_bias=None, padding="same", groups=1,
+             activation=None):
+        if padding == "same" and self.padding == "symmetric" and strides > 1 and kernel_size > 1:
+            x = Pad2D(kernel_size // 2, name=naming.pad_of(name))(x)
+            padding = "valid"
+        return self.conv_layer(filters, kernel_size, strides, name, use_bias, padding, groups, activation)(x)
+
+    def max_pool(self, x, name, size=3, strides=2):
+        """``size`` x ``size`` max pool at ``strides``, padded as the convolutions are (with
+        -inf where explicit, as PyTorch pads a pool)."""
+        if self.padding == "symmetric":
+            x = Pad2D(size // 2, value=float("-inf"), name=naming.pad_of(name))(x)
+            return layers.MaxPooling2D(size, strides, padding="valid", name=name)(x)
+        return layers.MaxPooling2D(size, strides, padding="same", name=name)(x)
 
     def bn(self, x, name, zero_init=False):
         if self.norm is None:
@@ -80,8 +99,10 @@ class SharedConvs:
     def __getattr__(self, name):
         return getattr(self.factory, name)
 
-    def conv(self, x, filters, kernel_size, strides=1, name=None, use_bias=None, padding="same"):
+    def conv(self, x, filters, kernel_size, strides=1, name=None, use_bias=None, padding="same", groups=1,
+             activation=None):
         key = naming.untie(name)
         if key not in self.convs:
-            self.convs[key] = self.factory.conv_layer(filters, kernel_size, strides, key, use_bias, padding)
+            self.convs[key] = self.factory.conv_layer(filters, kernel_size, strides, key, use_bias, padding, groups,
+                                                      activation)
         return self.convs[key](x)

@@ -99,6 +99,29 @@ class ZeroPadShortcut(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="reszoo")
+class Pad2D(keras.layers.Layer):
+    """Pads height and width by ``padding`` on every side with ``value``: PyTorch's symmetric
+    padding made explicit (``-inf`` before a max pool, as PyTorch pads it), where Keras'
+    "same" would pad only the bottom and right at even sizes."""
+
+    def __init__(self, padding=1, value=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.padding, self.value = int(padding), float(value)
+
+    def call(self, inputs):
+        p = self.padding
+        return ops.pad(inputs, [[0, 0], [p, p], [p, p], [0, 0]], constant_values=self.value)
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        grow = lambda d: None if d is None else d + 2 * self.padding
+        return (batch, grow(height), grow(width), channels)
+
+    def get_config(self):
+        return {**super().get_config(), "padding": self.padding, "value": self.value}
+
+
+@keras.saving.register_keras_serializable(package="reszoo")
 class ResidualScale(keras.layers.Layer):
     """Learnable scalar on the residual branch, initialised at 0 (ReZero, Bachlechner et
     al. 2020; SkipInit, De & Smith 2020): ``x + alpha * F(x)`` starts as the identity."""

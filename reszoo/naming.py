@@ -86,12 +86,20 @@ def untie(name):
     return re.sub(r"_block\d+_", "_tied_", name, count=1)
 
 
+def pad_of(conv):
+    """The explicit padding layer before the convolution or pool ``conv``
+    (``conv3_block1_2_conv`` -> ``conv3_block1_2_pad``)."""
+    return re.sub(r"_[a-z]+$", "_pad", conv)
+
+
 def transition(stage_index):
     """DenseNet's transition after stage ``s``: ``pool{s}`` (part of stage s)."""
     return f"pool{stage_index}"
 
 
 STEM_CONV = layer(stage_name(STEM), None, "conv")
+DEEP_STEM_CONV = layer(stage_name(STEM), 1, "conv")  # a deep stem's first conv: conv1_1_conv
+FIRST_CONVS = (STEM_CONV, DEEP_STEM_CONV)  # the conv that reads the image
 STEM_POOL = layer(transition(STEM), None, "pool")
 
 

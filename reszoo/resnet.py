@@ -48,7 +48,11 @@ CONVS_PER_BLOCK = {"basic": 2, "bottleneck": 3}
 @dataclasses.dataclass(frozen=True)
 class BlockOptions:
     """What the blocks of one net share. ``variant="keras"`` is keras.applications' layout:
-    stride on the first 1x1 conv (v1), or its v2 pre-activation block (``keras_v2``)."""
+    stride on the first 1x1 conv (v1), or its v2 pre-activation block (``keras_v2``).
+    ``groups`` and ``width_per_group`` set a bottleneck's 3x3 width, floor(filters x
+    width_per_group / 64) x groups (ResNeXt, Xie et al. 2017; Wide ResNet-50-2: 128 per group);
+    ``se_ratio`` adds squeeze-excitation to each branch (Hu et al. 2018); ``avg_down`` makes a
+    strided projection shortcut an average pool and a 1x1 conv (ResNet-D, He et al. 2019)."""
 
     block: str = "basic"
     residual: bool = True
@@ -57,26 +61,53 @@ class BlockOptions:
     residual_scale: str = None
     zero_init_last_bn: bool = False
     variant: str = "paper"
+    groups: int = 1
+    width_per_group: int = 64
+    se_ratio: float = None
+    avg_down: bool = False
 
     def __post_init__(self):
         check_choice("block", self.block, ("basic", "bottleneck"))
         check_choice("shortcut", self.shortcut, ("A", "B", "C"))
         check_choice("residual_scale", self.residual_scale, (None, "sqrt2", "learnable"))
         check_choice("variant", self.variant, skeleton.VARIANTS)
+        check_int("groups", self.groups)
+        check_int("width_per_group", self.width_per_group)
+        if self.block == "basic" and (self.groups, self.width_per_group) != (1, 64):
+            raise ValueError("groups and width_per_group widen bottleneck blocks only (widen basic blocks with "
+                             "base_width)")
+        if self.se_ratio is not None:
+            check_float("se_ratio", self.se_ratio, 0.0, 1.0, high_inclusive=True)
+            if self.preact or self.variant == "keras":
+                raise ValueError("se_ratio goes with post-activation blocks of the paper variant")
+        if self.avg_down and (self.shortcut == "A" or self.variant == "keras"):
+            raise ValueError("avg_down needs projection shortcuts (shortcut='B' or 'C') and variant='paper'")
 
     @property
     def keras_v2(self):
         return self.variant == "keras" and self.preact
 
 
-def _branch_convs(block, filters, strides, stride_first=False):
-    """(kernel, filters, strides) of the residual function F. Bottlenecks stride on the 3x3
-    conv, as torchvision ("ResNet v1.5"), or on the first 1x1 (the paper's Caffe model and
+def _branch_convs(opts, filters, strides):
+    """(kernel, filters, strides, groups) of the residual function F. Bottlenecks stride on the
+    3x3 conv, as torchvision ("ResNet v1.5"), or on the first 1x1 (the paper's Caffe model and
     keras.applications' v1)."""
-    if block == "basic":
-        return [(3, filters, strides), (3, filters, 1)]
-    first, middle = (strides, 1) if stride_first else (1, strides)
-    return [(1, filters, first), (3, filters, middle), (1, filters * EXPANSION[block], 1)]
+    if opts.block == "basic":
+        return [(3, filters, strides, 1), (3, filters, 1, 1)]
+    width = math.floor(filters * opts.width_per_group / 64) * opts.groups
+    first, middle = (strides, 1) if opts.variant == "keras" and not opts.preact else (1, strides)
+    return [(1, width, first, 1), (3, width, middle, opts.groups), (1, filters * EXPANSION[opts.block], 1, 1)]
+
+
+def squeeze_excite(x, ratio, f, name):
+    """x times a per-channel gate sigmoid(W2 relu(W1 avgpool(x))), W1 reducing the channels by
+    ``ratio`` to a multiple of 8 (Hu et al. 2018, Eq. 2-4; timm's ``SEModule``)."""
+    channels = x.shape[-1]
+    reduced = max(8, int(channels * ratio + 4) // 8 * 8)
+    s = layers.GlobalAveragePooling2D(keepdims=True, name=naming.part(name, "se_squeeze"))(x)
+    s = f.conv(s, reduced, 1, name=naming.part(name, "se_reduce"), use_bias=True, activation="relu")
+    s = f.conv(s, channels, 1, name=naming.part(name, "se_expand"), use_bias=True, activation="sigmoid")
+    return layers.Multiply(name=naming.part(name, "se_excite"))([x, s])
 
 
 def _shortcut(x, preact_x, out_filters, strides, opts, f, name):
@@ -93,6 +124,10 @@ def _shortcut(x, preact_x, out_filters, strides, opts, f, name):
         return x
     if opts.shortcut == "A":
         return ZeroPadShortcut(out_filters, strides, name=naming.layer(name, 0, "pad"))(x)
+    if opts.avg_down and strides > 1:
+        x = preact_x = layers.AveragePooling2D(2, strides, padding="same", name=naming.layer(name, 0, "pool"))(
+            preact_x if opts.preact else x)
+        strides = 1
     if opts.preact:
         return f.conv(preact_x, out_filters, 1, strides, name=conv)
     s = f.conv(x, out_filters, 1, strides, name=conv)
@@ -113,14 +148,16 @@ def _merge(shortcut, y, opts, drop_rate, name):
 def post_activation_block(x, filters, strides=1, opts=BlockOptions(), f=LayerFactory(), drop_rate=0.0,
                           name="block"):
     """conv-BN-ReLU ... conv-BN, add the shortcut, ReLU (He et al. 2015, Fig. 2 and 5)."""
-    convs = _branch_convs(opts.block, filters, strides, stride_first=opts.variant == "keras")
+    convs = _branch_convs(opts, filters, strides)
     y = x
-    for j, (kernel, width, stride) in enumerate(convs, start=1):
+    for j, (kernel, width, stride, groups) in enumerate(convs, start=1):
         last = j == len(convs)
-        y = f.conv(y, width, kernel, stride, name=naming.layer(name, j, "conv"))
+        y = f.conv(y, width, kernel, stride, name=naming.layer(name, j, "conv"), groups=groups)
         y = f.bn(y, name=naming.layer(name, j, "bn"), zero_init=last and opts.zero_init_last_bn)
         if not last:
             y = layers.ReLU(name=naming.layer(name, j, "relu"))(y)
+    if opts.se_ratio:
+        y = squeeze_excite(y, opts.se_ratio, f, name)
     if opts.residual:
         shortcut = _shortcut(x, x, convs[-1][1], strides, opts, f, name)
         y = _merge(shortcut, y, opts, drop_rate, name)
@@ -130,10 +167,10 @@ def post_activation_block(x, filters, strides=1, opts=BlockOptions(), f=LayerFac
 def pre_activation_block(x, filters, strides=1, opts=BlockOptions(preact=True), f=LayerFactory(),
                          drop_rate=0.0, name="block"):
     """BN-ReLU-conv ... BN-ReLU-conv, add the untouched shortcut (He et al. 2016, Fig. 4e)."""
-    convs = _branch_convs(opts.block, filters, strides)
+    convs = _branch_convs(opts, filters, strides)
     preact = f.bn_relu(x, name=naming.part(name, "preact"))
     y = preact
-    for j, (kernel, width, stride) in enumerate(convs, start=1):
+    for j, (kernel, width, stride, groups) in enumerate(convs, start=1):
         if j > 1:
             y = f.bn(y, name=naming.layer(name, j, "bn"), zero_init=j == len(convs) and opts.zero_init_last_bn)
             y = layers.ReLU(name=naming.layer(name, j, "relu"))(y)
@@ -142,7 +179,7 @@ def pre_activation_block(x, filters, strides=1, opts=BlockOptions(preact=True), 
             y = layers.ZeroPadding2D(kernel // 2, name=naming.layer(name, j, "pad"))(y)
             padding = "valid"
         y = f.conv(y, width, kernel, stride, name=naming.layer(name, j, "conv"), padding=padding,
-                   use_bias=opts.keras_v2 and j == len(convs))
+                   use_bias=opts.keras_v2 and j == len(convs), groups=groups)
     if not opts.residual:
         return y
     shortcut = _shortcut(x, preact, convs[-1][1], strides, opts, f, name)
@@ -167,7 +204,7 @@ def _stage_layout(depth, block, stem, stage_layers):
     if depth is None:
         raise ValueError("give depth (or layers)")
     depth = check_int("depth", depth, 1)
-    if stem == "imagenet":
+    if stem != "cifar":
         if depth not in IMAGENET_LAYERS:
             raise ValueError(
                 f"depth must be one of {sorted(IMAGENET_LAYERS)} for the ImageNet stem "
@@ -207,6 +244,11 @@ def resnet(
     stem="cifar",
     layers=None,
     base_width=None,
+    stem_width=None,
+    groups=1,
+    width_per_group=64,
+    se_ratio=None,
+    avg_down=False,
     residual=True,
     preact=False,
     shortcut=None,
@@ -224,9 +266,16 @@ def resnet(
       depth: weighted layers. CIFAR stem: 6n+2 (basic) or 9n+2 (bottleneck), three stages of
         n blocks at widths (16, 32, 64) x ``base_width``/16. ImageNet stem: 18/34/50/101/152/200.
       block: "basic" or "bottleneck" (default: from the depth table, else "basic").
-      stem: "cifar" (3x3 conv, stride 1) or "imagenet" (7x7/2 conv + 3x3/2 max pool).
+      stem: "cifar" (3x3 conv, stride 1), "imagenet" (7x7/2 conv + 3x3/2 max pool) or "deep"
+        (three 3x3 convs, the first at stride 2, + 3x3/2 max pool: ResNet-C/D).
       layers: blocks per stage, overriding the depth tables (e.g. (2, 2, 2, 2)).
       base_width: first stage's width (default 16 for CIFAR, 64 for ImageNet); doubles per stage.
+      stem_width: the stem's output width (default base_width; Wide ResNets keep 16).
+      groups, width_per_group: a bottleneck's 3x3 conv has groups x floor(width x
+        width_per_group / 64) maps in ``groups`` groups (ResNeXt-50 32x4d: 32, 4; Wide ResNet-50-2:
+        1, 128).
+      se_ratio: squeeze-excitation on each branch, reducing by this ratio (SE-ResNet: 1/16).
+      avg_down: strided projection shortcuts average-pool first, then a 1x1 conv (ResNet-D).
       residual: False builds the plain twin (no shortcuts).
       preact: pre-activation blocks (He et al. 2016) with a final BN-ReLU (see head_norm).
       shortcut: "A", "B" or "C". Default "A" for CIFAR basic nets, "B" otherwise.
@@ -252,11 +301,13 @@ def resnet(
     io, f = skeleton.split_options(options, variant=variant, stem=stem, preprocessing=auto,
                                    conv_bias=keras_layout and not preact)
     check_choice("block", block, (None, "basic", "bottleneck"))
-    if keras_layout and stem != "imagenet":
-        raise ValueError("variant='keras' needs stem='imagenet' (keras.applications has no CIFAR ResNets)")
+    if keras_layout and (stem != "imagenet" or f.padding != "same"):
+        raise ValueError("variant='keras' needs stem='imagenet' (keras.applications has no CIFAR ResNets) and "
+                         "padding='same' (it pads in its own way)")
     depth, block, stage_layers = _stage_layout(depth, block, stem, layers)
     shortcut = shortcut or ("A" if stem == "cifar" and block == "basic" else "B")
-    opts = BlockOptions(block, residual, preact, shortcut, residual_scale, zero_init_last_bn, variant)
+    opts = BlockOptions(block, residual, preact, shortcut, residual_scale, zero_init_last_bn, variant, groups,
+                        width_per_group, se_ratio, bool(avg_down))
     drop_path_rate = check_float("drop_path_rate", drop_path_rate, 0.0, 1.0)
     if not residual and (drop_path_rate or residual_scale):
         raise ValueError("drop_path_rate and residual_scale need residual=True")
@@ -265,12 +316,15 @@ def resnet(
         raise ValueError("weight_tied needs drop_path_rate=0 and variant='paper' (the shared block "
                          "has one drop rate and strides in no block)")
     base_width = check_int("base_width", base_width or (16 if stem == "cifar" else 64))
+    stem_width = check_int("stem_width", stem_width or base_width)
 
     def body(x, pyramid):
         if stem == "cifar":
-            x = skeleton.cifar_stem(x, f, base_width, pyramid, norm=not preact)
+            x = skeleton.cifar_stem(x, f, stem_width, pyramid, norm=not preact)
+        elif stem == "deep":
+            x = skeleton.deep_stem(x, f, stem_width, pyramid, norm=not preact)
         else:
-            x = skeleton.imagenet_stem(x, f, base_width, variant, pyramid, norm=not preact,
+            x = skeleton.imagenet_stem(x, f, stem_width, variant, pyramid, norm=not preact,
                                        conv_bias=keras_layout or None)
         return _stages(x, stage_layers, base_width, opts, f, weight_tied, drop_path_rate, head_norm, pyramid)
 

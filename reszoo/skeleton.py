@@ -21,7 +21,7 @@ from reszoo.model import ZooModel
 _RECURSION_LIMIT = 20000
 VARIANTS = ("paper", "keras")
 KERAS_BN_EPSILON = 1.001e-5
-STEMS = ("cifar", "imagenet")
+STEMS = ("cifar", "imagenet", "deep")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ class ModelIO:
 
 
 # LayerFactory's hooks a builder takes (conv_bias is the family's own choice).
-HOOKS = ("norm", "bn_momentum", "bn_epsilon", "kernel_initializer", "kernel_regularizer")
+HOOKS = ("norm", "bn_momentum", "bn_epsilon", "kernel_initializer", "kernel_regularizer", "padding")
 OPTIONS = tuple(field.name for field in dataclasses.fields(ModelIO)) + HOOKS
 
 
@@ -179,7 +179,25 @@ def imagenet_stem(x, f, filters, variant, pyramid, norm=True, conv_bias=None):
     if keras_layout:
         x = layers.ZeroPadding2D(1, name=naming.layer(naming.transition(naming.STEM), None, "pad"))(x)
     pyramid.stride = 4
-    return layers.MaxPooling2D(3, strides=2, padding="valid" if keras_layout else "same", name=naming.STEM_POOL)(x)
+    if keras_layout:
+        return layers.MaxPooling2D(3, strides=2, padding="valid", name=naming.STEM_POOL)(x)
+    return f.max_pool(x, naming.STEM_POOL)
+
+
+def deep_stem(x, f, filters, pyramid, norm=True):
+    """Three 3x3 convs, the first at stride 2, of ``filters // 2``, ``filters // 2`` and
+    ``filters`` maps [-BN-ReLU] (stage 1's output, stride 2) + 3x3/2 max pool: the "deep stem"
+    of ResNet-C/D (He et al. 2019, Bag of Tricks, Fig. 2b; timm's ``stem_type="deep"``)."""
+    stem = naming.stage_name(naming.STEM)
+    for j, (width, stride) in enumerate(((filters // 2, 2), (filters // 2, 1), (filters, 1)), start=1):
+        x = f.conv(x, width, 3, stride, name=naming.layer(stem, j, "conv"))
+        if j < 3:
+            x = f.bn_relu(x, name=naming.part(stem, str(j)))
+    if norm:
+        x = f.bn_relu(x, name=stem)
+    x = pyramid.end(x, naming.STEM, 2)
+    pyramid.stride = 4
+    return f.max_pool(x, naming.STEM_POOL)
 
 
 class Pyramid:

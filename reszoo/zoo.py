@@ -35,6 +35,11 @@ def _entry(name, builder, family, paper, dataset, published=None, notes="", **co
 HE2015 = "He et al. 2015, Deep Residual Learning for Image Recognition (arXiv 1512.03385)"
 HE2016 = "He et al. 2016, Identity Mappings in Deep Residual Networks (arXiv 1603.05027)"
 HUANG2017 = "Huang et al. 2017, Densely Connected Convolutional Networks (arXiv 1608.06993)"
+HE2019 = "He et al. 2019, Bag of Tricks for Image Classification with Convolutional Neural Networks (arXiv 1812.01187)"
+XIE2017 = "Xie et al. 2017, Aggregated Residual Transformations for Deep Neural Networks (arXiv 1611.05431)"
+ZAGORUYKO2016 = "Zagoruyko & Komodakis 2016, Wide Residual Networks (arXiv 1605.07146)"
+HU2018 = "Hu et al. 2018, Squeeze-and-Excitation Networks (arXiv 1709.01507)"
+TIMM = "timm (Wightman 2019, github.com/huggingface/pytorch-image-models): its layout and padding, so its weights load"
 
 # He et al. 2015, Table 6 (CIFAR-10 test error %, option A shortcuts).
 for depth, error in [(20, 8.75), (32, 7.51), (44, 7.17), (56, 6.97), (110, 6.43), (1202, 7.93)]:
@@ -70,6 +75,38 @@ for depth in (18, 34):
 for depth in (18, 34, 50, 101, 152, 200):
     _entry(f"preact_resnet{depth}", resnet, "preact_resnet", HE2016, "imagenet",
              depth=depth, stem="imagenet", preact=True)
+
+# timm's variants of the ImageNet ResNet, each a few keyword arguments; symmetric (PyTorch)
+# padding, so that timm's weights give timm's outputs.
+for depth in (18, 34, 50, 101, 152):
+    _entry(f"resnet{depth}d", resnet, "resnet", HE2019, "imagenet", notes="ResNet-D: deep stem (32, 32, 64), "
+           "average-pool downsampling in the projection shortcuts; " + TIMM,
+           depth=depth, stem="deep", avg_down=True, padding="symmetric")
+for name, depth, groups, width, paper in [
+    ("resnext50_32x4d", 50, 32, 4, XIE2017), ("resnext101_32x8d", 101, 32, 8, XIE2017),
+    ("wide_resnet50_2", 50, 1, 128, ZAGORUYKO2016), ("wide_resnet101_2", 101, 1, 128, ZAGORUYKO2016),
+]:
+    _entry(name, resnet, "resnext" if groups > 1 else "wide_resnet", paper, "imagenet",
+           notes=f"bottleneck 3x3 conv of {groups} group(s) of {width} x (stage width / 64) maps; " + TIMM,
+           depth=depth, stem="imagenet", groups=groups, width_per_group=width, padding="symmetric")
+_entry("seresnet50", resnet, "seresnet", HU2018, "imagenet", notes="squeeze-excitation (ratio 1/16) on every "
+       "branch; " + TIMM, depth=50, stem="imagenet", se_ratio=1 / 16, padding="symmetric")
+for depth in (50, 101):
+    _entry(f"resnetv2_{depth}", resnet, "preact_resnet", HE2016, "imagenet",
+           notes="timm's pre-activation ResNet (its ResNetV2 with BatchNorm): the same layers as "
+                 f"preact_resnet{depth}, with timm's padding; " + TIMM,
+           depth=depth, stem="imagenet", preact=True, padding="symmetric")
+
+# Zagoruyko & Komodakis 2016, Table 4 (CIFAR test error %, median of 5 runs): pre-activation
+# basic blocks widened k times, a 16-map stem, projections where the width changes.
+for depth, k, params, errors in [(28, 10, "36.5M", (4.00, 19.25)), (16, 8, "11.0M", (4.27, 20.43)),
+                                 (40, 4, "8.9M", (4.53, 21.18))]:
+    n = (depth - 4) // 6
+    _entry(f"wrn{depth}_{k}", resnet, "wide_resnet", ZAGORUYKO2016, "cifar10",
+           {"cifar10_error": errors[0], "cifar100_error": errors[1]},
+           notes=f"WRN-{depth}-{k} ({params} in the paper); its depth counts the 3 projection shortcuts",
+           layers=(n, n, n), block="basic", stem="cifar", preact=True, shortcut="B", stem_width=16,
+           base_width=16 * k)
 
 # Huang et al. 2017, Table 2 (test error %; "+" = standard augmentation).
 for name, depth, k, bc, errors in [

@@ -51,3 +51,41 @@ def test_the_train_step_benchmark_reports_every_contender(tmp_path):
     assert all(r["images_per_s"] > 0 and r["batch"] == 4 for r in timed.values())
     torch = [r for r in records if r["model"] == "torch resnet56"]
     assert len(torch) == 1 and (torch[0].get("path") == "eager channels_last, own process" or "skipped" in torch[0])
+
+
+def test_the_gpu_benchmark_runs_each_contender_in_its_own_process_and_compares_like_with_like(tmp_path):
+    """benchmarks/gpu.py on this CPU with the tiny nets (same code paths as the GPU run):
+    every contender reports, the nets of a row have equal parameter counts, the JSON and the
+    table are written."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--tiny", "--steps=1", "--warmup=1",
+                           "--dtypes=float32", "--compile_backend=aot_eager", f"--out={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "gpu.json").read_text())["results"]
+    assert [(r["model"], r["contender"]) for r in results] == [
+        (m, c) for m in ("resnet50", "densenet121", "resnet56") for c in ("reszoo_jax", "torch_eager", "torch_compile")]
+    assert all("error" not in r and r["img_s"] > 0 and r["dtype"] == "float32" for r in results), results
+    for model in ("resnet50", "densenet121", "resnet56"):
+        params = {r["params"] for r in results if r["model"] == model}
+        assert len(params) == 1, (model, params)  # reszoo's net and torchvision's are the same net
+    table = (tmp_path / "gpu.md").read_text()
+    assert table.splitlines()[0].startswith("| network | precision | reszoo (Keras-JAX fit) |")
+    assert len([l for l in table.splitlines() if l.startswith("| resnet")]) == 2
+    assert proc.stdout.rstrip().endswith(table.rstrip())
+
+
+def test_the_gpu_benchmark_plans_whole_comparisons_first_and_keeps_within_its_budget(tmp_path):
+    from benchmarks import gpu
+
+    order = gpu.plan(["resnet50", "densenet121", "resnet56"], ["bfloat16", "float32"], ["reszoo_jax", "torch_eager"])
+    assert order[:4] == [("resnet50", "bfloat16", "reszoo_jax"), ("resnet50", "bfloat16", "torch_eager"),
+                         ("resnet50", "float32", "reszoo_jax"), ("resnet50", "float32", "torch_eager")]
+    assert order[4][:2] == ("densenet121", "bfloat16") and order[-1][:2] == ("resnet56", "float32")
+    results = gpu.main(["--tiny", "--budget_s=0", f"--out={tmp_path}", "--models=resnet56", "--dtypes=float32"])
+    assert [r["error"] for r in results] == ["skipped: out of time"] * 3
+    rows = [dict(model="resnet50", dtype="bfloat16", contender=c, img_s=s, peak_mb=m, macs=4_089_184_256)
+            for c, s, m in (("reszoo_jax", 3000.0, 40000), ("torch_eager", 2000.0, 50000), ("torch_compile", 2500.0, None))]
+    table = gpu.summary(rows, peak_tflops=989.0)
+    assert "| resnet50 | bfloat16 | 3,000.0 | 2,000.0 | 2,500.0 | 1.50 | 1.20 | 40,000 / 50,000 / - MiB |" in table
+    assert "73.61 (7.4%)" in table  # 3 x 2 x 4.09 GMACs x 3,000 img/s
