@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["reszoo", "reszoo.*", "training", "training.*"]),
     py_modules=["reszoo_cli"],
-    package_data={"reszoo": ["data/*.npz"]},
+    package_data={"reszoo": ["data/*.npz", "data/*.json"]},
     entry_points={"console_scripts": ["reszoo-train=reszoo_cli:train", "reszoo-export=reszoo_cli:export",
                                       "reszoo-predict=reszoo_cli:predict"]},
     install_requires=["keras>=3.15.1,<4", "numpy"],

@@ -10,7 +10,7 @@
 
 from reszoo import naming, registry, transfer, weights  # noqa: F401
 from reszoo import optim  # noqa: F401  (registers the training schedule and optimizers)
-from reszoo.api import create_model, model_card
+from reszoo.api import create_model, list_weights, model_card
 from reszoo.densenet import densenet
 from reszoo.layers import BatchNorm, ImagePreprocess, ResidualAdapter, ResidualScale, ZeroPadShortcut
 from reszoo.model import BuildSpec, ZooModel, build_spec, count_params, features
@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchNorm", "BuildSpec", "ImagePreprocess", "ResidualAdapter", "ResidualScale", "ZeroPadShortcut", "ZooModel",
-    "build_spec", "count_params", "create_model", "densenet", "features", "get_spec", "list_models", "match_params",
+    "build_spec", "count_params", "create_model", "densenet", "features", "get_spec", "list_models", "list_weights",
+    "match_params",
     "model_card", "register", "resnet",
 ]

@@ -1,19 +1,42 @@
-"""The package's face: ``create_model`` (a registered model, with weights from any source)
-and ``model_card`` (what a model is, and where its numbers come from)."""
+"""The package's face: ``create_model`` (a registered model, with weights from any source),
+``list_weights`` (the published weights it loads by name) and ``model_card`` (what a model
+is, and where its numbers come from)."""
 
-from reszoo import flops, naming, registry, weights as weights_lib
+import dataclasses
+import fnmatch
+
+from reszoo import flops, hub, naming, registry, weights as weights_lib
 from reszoo.model import count_params, features
 
 
 def create_model(model_name=None, /, *, weights=None, **overrides):
     """Build a registered model; keyword ``overrides`` replace its default config (``name``
     included: it names the Keras model). ``weights`` loads weights into it
-    (``reszoo.weights.load_weights``): a training run folder, a ``.keras`` or ``.weights.h5``
-    file, keras.applications' ``.h5`` file (the "keras" variant is then the default), or a
-    Keras model. With another ``num_classes`` than the weights' the classifier is new. The
-    model name may be left out when the weights say how they were built (a run folder or a
-    ``.keras`` file of reszoo's); a task model saved with residual adapters
-    (``reszoo.transfer.add_adapters``) is built again with them."""
+    (``reszoo.weights.load_weights``):
+
+    - published weights by name: ``"timm/resnet50.a1h_in1k"`` (or the tag alone, ``"a1h_in1k"``,
+      or ``"timm/resnet50"`` for timm's default), downloaded once into the Hugging Face cache;
+      the model takes timm's padding, classes and preprocessing (raw pixels in), so it gives
+      timm's answer; ``"imagenet"``: keras.applications' own weights, fetched as it fetches
+      them, into the "keras" variant (``include_top=False`` takes the notop file);
+    - a training run folder, a ``.keras`` or ``.weights.h5`` file, keras.applications' ``.h5``
+      file (the "keras" variant is then the default), or a Keras model.
+
+    With another ``num_classes`` than the weights' the classifier is new. The model name may be
+    left out when the weights say how they were built (a run folder or a ``.keras`` file of
+    reszoo's); a task model saved with residual adapters (``reszoo.transfer.add_adapters``) is
+    built again with them. ``reszoo.list_weights()`` lists the published weights."""
+    tag = weights_lib.timm_tag(model_name, weights)
+    if tag is not None:
+        return _published(model_name or hub.table()[tag]["architecture"], hub.PREFIX + tag,
+                          {**hub.build_arguments(tag, overrides), **overrides})
+    if weights == weights_lib.IMAGENET:
+        if model_name not in weights_lib.KERAS_APPLICATIONS_MODELS:
+            raise weights_lib.WeightsError(
+                f"weights='imagenet' are keras.applications' weights, for "
+                f"{', '.join(sorted(weights_lib.KERAS_APPLICATIONS_MODELS))}; for {model_name} see "
+                f"reszoo.list_weights({(model_name or '') + '*'!r})")
+        return _published(model_name, weights, {"variant": "keras", **overrides})
     saved = None if weights is None else weights_lib.saved_spec(weights)
     if model_name is None:
         if weights is None:
@@ -31,6 +54,25 @@ def create_model(model_name=None, /, *, weights=None, **overrides):
     if weights is not None:
         weights_lib.load_weights(model, weights)
     return model
+
+
+def _published(model_name, weights, overrides):
+    """The model with published ``weights`` (a timm tag or "imagenet"), which its build spec
+    records for its card."""
+    model = weights_lib.build(model_name, overrides)
+    weights_lib.load_weights(model, weights)
+    model.build_spec = dataclasses.replace(model.build_spec, weights=weights)
+    return model
+
+
+def list_weights(pattern="*"):
+    """The published weights ``create_model(..., weights=NAME)`` loads: every timm tag of an
+    architecture reszoo builds ("timm/resnet50.a1h_in1k") and keras.applications' ImageNet
+    weights ("imagenet" for resnet50, preact_resnet50, densenet121 ..., listed as
+    "keras/resnet50"), matching a shell-style ``pattern`` on the model and tag, sorted."""
+    keras_models = sorted(f"keras/{name}" for name in weights_lib.KERAS_APPLICATIONS_MODELS
+                          if fnmatch.fnmatchcase(name, pattern))
+    return hub.list_weights(pattern) + keras_models
 
 
 def model_card(model):
@@ -64,11 +106,23 @@ def model_card(model):
     found = getattr(model, "build_spec", None)
     if found is not None and found.overrides:
         card["overrides"] = dict(found.overrides)
+    if found is not None and found.weights is not None:
+        card["weights"] = _weights_card(name, found.weights)
     if found is not None and found.adapters is not None:
         card["adapters"] = found.adapters
     if spec.notes:
         card["notes"] = spec.notes
     return card
+
+
+def _weights_card(model_name, weights):
+    if hub.is_tag(weights):
+        return hub.card(hub.resolve(model_name, weights))
+    architecture = next(a for a, (name, _) in weights_lib.KERAS_APPLICATIONS.items() if name == model_name)
+    table = weights_lib.keras_weights_table()
+    return {"tag": weights, "source": f"keras.applications {architecture}", "license": "MIT (keras.applications)",
+            "imagenet": {"top1": table["top1"][architecture], "img_size": 224, "note": "as keras.io lists it"},
+            "preprocessing": weights_lib.KERAS_APPLICATIONS[architecture][1]}
 
 
 def _depth(spec, model):

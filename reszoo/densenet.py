@@ -93,10 +93,11 @@ def dense_block(x, count, growth_rate, opts, f, stage):
 
 def transition(x, opts, f, pyramid, stage):
     """BN-ReLU-Conv1x1(floor(theta * c))-AvgPool2x2 between dense blocks (``pool{stage}_*``).
-    The BN-ReLU output is the stage's output in ``pyramid`` (as timm's DenseNet features)."""
+    The dense block's output, before it, is the stage's output in ``pyramid`` (as timm's
+    DenseNet features)."""
     name = naming.transition(stage)
     filters = int(x.shape[-1] * opts.compression)
-    x = pyramid.end(f.bn_relu(x, name=name), stage, pyramid.stride)
+    x = f.bn_relu(pyramid.end(x, stage, pyramid.stride), name=name)
     x = f.conv(x, filters, 1, name=naming.part(name, "conv"))
     x = _dropout(x, opts.dropout_rate, name=naming.part(name, "drop"))
     x = layers.AveragePooling2D(2, strides=2, name=naming.part(name, "pool"))(x)
@@ -144,8 +145,8 @@ def densenet(
     variant="paper",
     **options,
 ):
-    """Build a DenseNet (Huang et al. 2017). A stage's feature map (``features_only``) is the
-    BN-ReLU before its transition, the last one the final BN-ReLU.
+    """Build a DenseNet (Huang et al. 2017). A stage's feature map (``features_only``) is its
+    dense block's output, the last one after the final BN-ReLU (timm's DenseNet features).
 
     Args:
       depth: L. CIFAR stem: 3n+4 (DenseNet) or 6n+4 (DenseNet-BC), three dense blocks of n

@@ -19,6 +19,7 @@ class BuildSpec:
     name: str
     overrides: dict = dataclasses.field(default_factory=dict)
     adapters: str | None = None  # "parallel" or "series": residual adapters added (reszoo.transfer)
+    weights: str | None = None  # the published weights it was built with ("timm/...", "imagenet")
 
     @classmethod
     def of(cls, name, overrides):
@@ -37,11 +38,13 @@ class BuildSpec:
         value = {"name": self.name, "overrides": dict(self.overrides)}
         if self.adapters is not None:
             value["adapters"] = self.adapters
+        if self.weights is not None:
+            value["weights"] = self.weights
         return value
 
     @classmethod
     def from_json(cls, value):
-        return cls(value["name"], dict(value.get("overrides", {})), value.get("adapters"))
+        return cls(value["name"], dict(value.get("overrides", {})), value.get("adapters"), value.get("weights"))
 
 
 def _encode(value):

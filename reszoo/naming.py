@@ -11,10 +11,10 @@ keras.applications' names:
     conv{s}_block{b}_{end}        the block's end: out (post-activation ReLU), add (the sum),
                                   sqrt2 (the scaled sum), concat (DenseNet)
     conv{s}_tied[_...]            the shared block (or convs) of a weight-tied stage
-    conv{s}_end                   the map stage s hands on (an identity layer): the stem's
-                                  output before pooling, a block stack's output, DenseNet's
-                                  BN-ReLU before the transition, and after the final BN-ReLU
-                                  for the last stage of pre-activation nets and DenseNet
+    conv{s}_end                   the map stage s hands on (an identity layer), where timm
+                                  takes its features: the stem's output before pooling, a
+                                  block stack's output (a dense block's before its
+                                  transition; DenseNet's last after the final BN-ReLU)
     pool{s}_*                     DenseNet's transition after stage s: part of stage s
     post_*                        the final BN-ReLU of pre-activation nets and DenseNet
     avg_pool, max_pool, fc        the head; fc is the classifier
@@ -143,6 +143,12 @@ def is_part(name, kind):
 
 def is_head(name):
     return name == CLASSIFIER or name in POOLS
+
+
+def is_after_features(name):
+    """A layer a backbone (``features_only``) may leave out: the head, and the final BN-ReLU
+    of pre-activation nets, which follows their last level."""
+    return is_head(name) or name.startswith(f"{POST}_")
 
 
 def stages(model):

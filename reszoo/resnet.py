@@ -335,8 +335,8 @@ def resnet(
 def _stages(x, stage_layers, base_width, opts, f, weight_tied, drop_path_rate, head_norm, pyramid):
     """Stages 2, 3, ... of blocks; each stage's output is marked in ``pyramid``. A
     pre-activation stage hands on the sum of its last block (the residual stream, not
-    normalised: each block normalises its own input); the last one, with ``head_norm``, the
-    final BN-ReLU, which is what the classifier sees (as timm's ResNetV2 features)."""
+    normalised: each block normalises its own input), the last stage too, before the final
+    BN-ReLU of ``head_norm`` (as timm's ResNetV2 features)."""
     block_fn = pre_activation_block if opts.preact else post_activation_block
     rates = iter(linear_rates(drop_path_rate, sum(stage_layers)))
     stride = pyramid.stride
@@ -356,7 +356,7 @@ def _stages(x, stage_layers, base_width, opts, f, weight_tied, drop_path_rate, h
             stride *= strides
             factory = shared if weight_tied == "convs" and b > 0 else f
             x = block_fn(x, filters, strides, opts, factory, next(rates), name=naming.block_name(stage, b + 1))
-        if opts.preact and head_norm and s == len(stage_layers) - 1:
-            x = f.bn_relu(x, name=naming.POST)
         x = pyramid.end(x, stage, stride)
+    if opts.preact and head_norm:
+        x = f.bn_relu(x, name=naming.POST)
     return x

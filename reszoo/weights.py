@@ -27,7 +27,8 @@ import h5py
 import keras
 import numpy as np
 
-from reszoo import io, naming, registry, transfer
+from reszoo import hub, io, naming, registry, transfer
+from reszoo.errors import WeightsError
 from reszoo.densenet import IMAGENET_BLOCKS
 from reszoo.model import BuildSpec, build_spec
 from reszoo.resnet import IMAGENET_LAYERS
@@ -45,9 +46,10 @@ KERAS_APPLICATIONS = {
     "DenseNet201": ("densenet201", "torch"),
 }
 KERAS_APPLICATIONS_MODELS = {name for name, _ in KERAS_APPLICATIONS.values()}
+IMAGENET = "imagenet"  # keras.applications' own weights, fetched as it fetches them
+_KERAS_WEIGHTS = os.path.join(os.path.dirname(__file__), "data", "keras_weights.json")
 # The models a training run folder holds, in the order they are taken.
 RUN_MODELS = ("last.keras", "best.keras")
-FIRST_CONV = naming.STEM_CONV  # adapted to other input channels
 # keras.applications layer name -> reszoo layer name, where they differ.
 _RENAMES = {"predictions": naming.CLASSIFIER, "bn": naming.part(naming.POST, "bn")}
 _COMPARED = {
@@ -56,10 +58,6 @@ _COMPARED = {
     "BatchNormalization": ("epsilon", "center", "scale"),
     "BatchNorm": ("epsilon", "center", "scale"),
 }
-
-
-class WeightsError(ValueError):
-    """Weights that cannot be loaded; the message names the layer or file."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,11 +183,35 @@ def saved_spec(source):
     return BuildSpec.from_json(config["build_spec"]) if "build_spec" in config else None
 
 
+def keras_weights_table():
+    """keras.applications' weight files: ``{architecture: {"base_url", "top", "notop"}}`` with
+    each file's name and md5, and the top-1 keras.io lists (``data/keras_weights.json``)."""
+    with open(_KERAS_WEIGHTS) as f:
+        return json.load(f)
+
+
+def keras_applications_file(architecture, include_top=True):
+    """keras.applications' ImageNet weights for ``architecture`` (e.g. "ResNet50"), fetched as
+    keras.applications fetches them: ``keras.utils.get_file`` with its URL and md5, into its
+    cache (``~/.keras/models``, or ``$KERAS_HOME/models``), once."""
+    entry = keras_weights_table()["weights"][architecture]["top" if include_top else "notop"]
+    origin = keras_weights_table()["weights"][architecture]["base_url"] + entry["file"]
+    try:
+        return keras.utils.get_file(entry["file"], origin, cache_subdir="models", file_hash=entry["md5"])
+    except Exception as err:  # no network, a file that fails its hash...
+        where = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models", entry["file"])
+        raise WeightsError(f"keras.applications {architecture} weights: cannot fetch {origin} "
+                           f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}); "
+                           f"put the file at {where} (md5 {entry['md5']})") from None
+
+
 def _source(model, source):
     """``(a Keras model holding the weights, its description, the layer rename, whether
     layer configurations are compared)`` for any kind of source."""
     if isinstance(source, keras.Model):
         return source, f"model {source.name!r}", None, False
+    if source == IMAGENET:
+        source = keras_applications_file(architecture_of(model), naming.CLASSIFIER in _weighted(model))
     path = run_model_file(source)
     if not os.path.isfile(path):
         raise WeightsError(f"no such weights file: {path}")
@@ -253,39 +275,67 @@ def load_weights(model, source):
     """Load ``source`` (see the module docstring) into ``model``, in place. Returns a
     ``LoadReport``; raises ``WeightsError`` naming the first layer that is missing or
     different, before anything is assigned."""
+    if hub.is_tag(source):
+        spec = build_spec(model)
+        tag = hub.resolve(spec.name if spec else None, source)
+        values, origin = hub.convert(hub.read(hub.download(tag), tag), tag)
+        return assign_values(model, values, hub.PREFIX + tag, origin=origin)
     return _assign(model, *_source(model, source))
+
+
+def timm_tag(model_name, weights):
+    """The timm tag ``weights`` names for ``model_name`` ("timm/ARCH.TAG", or a bare tag of
+    ``model_name``'s, such as "a1h_in1k"), or None where ``weights`` is another kind of source."""
+    if hub.is_tag(weights):
+        return hub.resolve(model_name, weights)
+    if isinstance(weights, str) and model_name and not os.path.exists(os.path.expanduser(weights)) \
+            and f"{model_name}.{weights}" in hub.table():
+        return f"{model_name}.{weights}"
+    return None
 
 
 def _assign(model, src, described, rename, compare):
     rename = rename or (lambda name: name)
+    layers = {rename(name): layer for name, layer in _weighted(src).items()}
+    check = (lambda name, target: _compare_config(layers[name], target, name)) if compare else None
+    return assign_values(model, {name: layer.get_weights() for name, layer in layers.items()}, described, check,
+                         " (build it with variant='keras')" if compare else "")
+
+
+def assign_values(model, sources, described, check=None, hint="", origin=None):
+    """Set ``model``'s layers from ``sources`` (``{layer name: [arrays in Keras' order]}``),
+    all or nothing: every weighted layer needs its arrays, of its shapes, except the
+    classifier (a new one where the classes differ or the source has none) and the first
+    conv (adapted to other input channels). ``check(name, target)`` may refuse a layer;
+    ``origin`` names each layer's source (a tensor) in the messages. Returns a ``LoadReport``."""
+    origin = origin or {}
+    said = lambda name: f"{origin[name]!r} ({name})" if name in origin else repr(name)
     targets = _weighted(model)
-    sources = {rename(name): layer for name, layer in _weighted(src).items()}
     assignments, replaced, adapted = [], [], []
-    for name, layer in sources.items():
-        if name not in targets and not naming.is_head(name):
-            raise WeightsError(f"layer {name!r} of {described} has no counterpart in {model.name}"
-                               + (" (build it with variant='keras')" if compare else ""))
+    for name in sources:
+        if name not in targets and not naming.is_after_features(name):
+            raise WeightsError(f"layer {said(name)} of {described} has no counterpart in {model.name}{hint}")
     for name, target in targets.items():
-        layer = sources.get(name)
-        values = layer.get_weights() if layer is not None else None
+        values = sources.get(name)
         if name == naming.CLASSIFIER and (values is None or [v.shape for v in values] !=
                                           [tuple(w.shape) for w in target.weights]):
             old = f"{values[0].shape[-1]} -> " if values else ""
             replaced.append(f"{name}: {old}{target.weights[0].shape[-1]} classes")
             continue
-        if layer is None:
+        if values is None:
             raise WeightsError(f"{described} has no weights for layer {name!r} of {model.name}")
-        if compare:
-            _compare_config(layer, target, name)
+        if check:
+            check(name, target)
         if len(values) != len(target.weights):
-            raise WeightsError(f"layer {name!r} has {len(target.weights)} tensors, {described}'s has {len(values)}")
+            raise WeightsError(f"layer {said(name)} has {len(target.weights)} tensors, {described}'s has "
+                               f"{len(values)}")
         have, want = values[0].shape[2:3], tuple(target.weights[0].shape[2:3])
-        if name == FIRST_CONV and values[0].ndim == 4 and have != want:
+        if name in naming.FIRST_CONVS and values[0].ndim == 4 and have != want:
             values = [adapt_input_conv(values[0], want[0]), *values[1:]]
             adapted.append(f"{name}: {have[0]} -> {want[0]} input channels")
         for variable, value in zip(target.weights, values):
             if tuple(variable.shape) != value.shape:
-                raise WeightsError(f"layer {name!r}: {variable.path} has shape {tuple(variable.shape)}, "
+                raise WeightsError(f"layer {said(name)}: {variable.path} has shape {tuple(variable.shape)}, "
                                    f"{described}'s {value.shape}")
         assignments.append((target, values))
     for target, values in assignments:

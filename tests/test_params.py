@@ -36,6 +36,23 @@ PAPER_PARAMS = {
     "densenet201": 20_013_928,
     "densenet161": 28_681_000,
     "densenet264": 33_337_704,
+    # timm 1.0.31, pretrained=False (numbers.md; also checked against timm itself in test_timm.py).
+    "resnet18d": 11_708_744,
+    "resnet34d": 21_816_904,
+    "resnet50d": 25_576_264,
+    "resnet101d": 44_568_392,
+    "resnet152d": 60_212_040,
+    "resnext50_32x4d": 25_028_904,
+    "resnext101_32x8d": 88_791_336,
+    "wide_resnet50_2": 68_883_240,
+    "wide_resnet101_2": 126_886_696,
+    "seresnet50": 28_088_024,
+    "resnetv2_50": 25_549_352,
+    "resnetv2_101": 44_541_480,
+    # Zagoruyko & Komodakis 2016 (36.5M, 11.0M, 8.9M; WRN-28-10's exact count as in numbers.md).
+    "wrn28_10": 36_479_194,
+    "wrn16_8": 10_961_370,
+    "wrn40_4": 8_949_210,
 }
 
 
