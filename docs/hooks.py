@@ -106,7 +106,7 @@ def plots(cards):
 def model_card_page(name, card):
     """One model's card: paper, numbers, the call that builds it, its configuration, its
     feature levels, and what its weights can come from."""
-    from reszoo import get_spec, weights
+    from reszoo import get_spec, hub, weights
 
     spec = get_spec(name)
     keras_names = [k for k, (reg, _) in weights.KERAS_APPLICATIONS.items() if reg == name]
@@ -127,8 +127,21 @@ def model_card_page(name, card):
               for f in card["features"]]
     lines += ["", "## Weights", "", "`reszoo.create_model(\"" + name + "\", weights=...)` loads a training run "
               "folder, a `.keras` or `.weights.h5` file of this architecture (a new classifier for other "
-              "classes)" + (f", or keras.applications' {' / '.join(keras_names)} `.h5` files (the "
-              "`variant=\"keras\"` layout is then chosen for you)" if keras_names else "") + "."]
+              "classes)" + (f", keras.applications' {' / '.join(keras_names)} `.h5` files (the "
+              "`variant=\"keras\"` layout is then chosen for you), or `weights=\"imagenet\"`, which fetches "
+              "them" if keras_names else "") + "."]
+    published = [(tag, entry) for tag, entry in hub.table().items() if entry["architecture"] == name]
+    if published:
+        lines += ["", "Published weights by name (timm's; `weights=\"timm/TAG\"`, downloaded once into the "
+                  "Hugging Face cache; the model then takes timm's padding and preprocessing):", "",
+                  "| weights | ImageNet top-1 / top-5 | eval size, crop | trained at | licence |",
+                  "|---|---:|---|---:|---|"]
+        for tag, entry in sorted(published, key=lambda t: -t[1].get("imagenet", {}).get("top1", 0)):
+            found = entry.get("imagenet")
+            score = f"{found['top1']:.2f}% / {found['top5']:.2f}%" if found else "not listed"
+            evaluated = f"{found['img_size']}, {found['crop_pct']:g}" if found else ""
+            lines.append(f"| `timm/{tag}` | {score} | {evaluated} | {entry['input_size'][-1]} | "
+                         f"{entry.get('license', '?')} |")
     return "\n".join(lines) + "\n"
 
 

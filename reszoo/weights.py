@@ -284,13 +284,15 @@ def load_weights(model, source):
 
 
 def timm_tag(model_name, weights):
-    """The timm tag ``weights`` names for ``model_name`` ("timm/ARCH.TAG", or a bare tag of
-    ``model_name``'s, such as "a1h_in1k"), or None where ``weights`` is another kind of source."""
+    """The timm tag ``weights`` names for ``model_name`` ("timm/ARCH.TAG", "ARCH.TAG", or a bare
+    tag of ``model_name``'s such as "a1h_in1k"), or None where ``weights`` is another kind of
+    source (a path that exists is always a path)."""
     if hub.is_tag(weights):
         return hub.resolve(model_name, weights)
-    if isinstance(weights, str) and model_name and not os.path.exists(os.path.expanduser(weights)) \
-            and f"{model_name}.{weights}" in hub.table():
-        return f"{model_name}.{weights}"
+    if not isinstance(weights, str) or os.path.exists(os.path.expanduser(weights)):
+        return None
+    if weights in hub.table() or (model_name and f"{model_name}.{weights}" in hub.table()):
+        return hub.resolve(model_name, weights)
     return None
 
 

@@ -79,10 +79,35 @@ def segmentation_table():
         f"{100 * r['background_share']:.1f}%) | {r['mean_iou']:.3f} |"])
 
 
+def weights_table():
+    """The best published ImageNet top-1 of each architecture's weights (reszoo/data's tables:
+    timm's tags and keras.applications' files), with source and licence."""
+    from reszoo import hub, weights
+
+    best = {}
+    for tag, entry in hub.table().items():
+        found = entry.get("imagenet")
+        arch = entry["architecture"]
+        if found and (arch not in best or found["top1"] > best[arch][1]):
+            best[arch] = (f"`timm/{tag}`", found["top1"], found["img_size"], entry.get("license", "?"))
+    keras_table = weights.keras_weights_table()
+    for architecture, (name, _) in weights.KERAS_APPLICATIONS.items():
+        if name not in best:
+            best[name] = ('`"imagenet"` (keras.applications)', keras_table["top1"][architecture], 224, "MIT")
+    rows = ["| model | best weights | ImageNet top-1 | eval size | licence | all weights |", "|---|---|---:|---:|---|---:|"]
+    import reszoo
+
+    for name in sorted(best, key=lambda n: reszoo.list_models().index(n)):
+        source, top1, size, licence = best[name]
+        count = len(reszoo.list_weights(f"{name}.*")) + (name in weights.KERAS_APPLICATIONS_MODELS)
+        rows.append(f"| `{name}` | {source} | {top1:.2f}% | {size} | {licence} | {count} |")
+    return "\n".join(rows)
+
+
 def tables(build=None):
     """Every generated table, by marker name, as a callable."""
     return {"models": lambda: model_table(build), "flags": flag_table, "continual": continual_table,
-            "segmentation": segmentation_table}
+            "segmentation": segmentation_table, "weights": weights_table}
 
 
 def render(text, tables):

@@ -1,5 +1,8 @@
 """reszoo.weights: keras.applications weights into reszoo's variant="keras" models."""
 
+import json
+import os
+
 import h5py
 import keras
 import numpy as np
@@ -171,3 +174,54 @@ def test_train_fine_tunes_from_keras_applications_weights(tmp_path, train, digit
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr[-1500:]
     small = train("--init_from=keras_applications:ResNet50", "--weights_path=x.h5", f"--model_dir={tmp_path / 'g'}")
     assert small.returncode == 2 and "images of at least 32x32" in small.stderr
+
+
+KERAS_SIDE = r'''
+import json, sys
+import numpy as np
+import keras, reszoo
+from reszoo import weights
+table = weights.keras_weights_table()
+table["weights"]["ResNet50"]["notop"]["md5"] = sys.argv[1]  # the test's file stands in for the download
+weights.keras_weights_table = lambda: table
+model = reszoo.create_model("resnet50", weights="imagenet", include_top=False, pooling="avg", input_shape=(64, 64, 3))
+peer = keras.applications.ResNet50(weights=sys.argv[2], include_top=False, pooling="avg", input_shape=(64, 64, 3))
+x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+ref = peer.predict(keras.applications.resnet.preprocess_input(x.copy()), verbose=0)
+got = model.predict(x, verbose=0)
+try:
+    reszoo.create_model("resnet50", weights="imagenet")  # the top file is not in the cache, and no network
+    missing = None
+except weights.WeightsError as err:
+    missing = str(err)
+print("RESULT" + json.dumps({"rel": float(np.linalg.norm(got - ref) / np.linalg.norm(ref)), "missing": missing,
+                             "card": reszoo.model_card(model)["weights"]}))
+'''
+
+
+def test_imagenet_weights_come_from_keras_own_cache_by_file_name_and_hash(tmp_path):
+    """weights="imagenet" fetches as keras.applications does (keras.utils.get_file, its file
+    name and md5, its cache): a file placed there is taken without a download."""
+    import hashlib
+    import subprocess
+    import sys
+
+    resnet = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(64, 64, 3))
+    rng = np.random.default_rng(0)
+    for v in resnet.weights:
+        v.assign(rng.normal(0, 0.05, tuple(v.shape)).astype("float32") + (1.0 if "variance" in v.path else 0.0))
+    models = tmp_path / "keras_home" / "models"
+    models.mkdir(parents=True)
+    file = models / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    _save_like_the_downloads(resnet, file)
+    md5 = hashlib.md5(file.read_bytes()).hexdigest()
+    proc = subprocess.run([sys.executable, "-c", KERAS_SIDE, md5, str(file)], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "KERAS_HOME": str(tmp_path / "keras_home"),
+                                            "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))[len("RESULT"):])
+    assert said["rel"] < 1e-5
+    assert said["card"]["source"] == "keras.applications ResNet50" and said["card"]["imagenet"]["top1"] == 74.9
+    assert "cannot fetch https://storage.googleapis.com/tensorflow/keras-applications/resnet/" \
+           "resnet50_weights_tf_dim_ordering_tf_kernels.h5" in said["missing"]
+    assert str(models / "resnet50_weights_tf_dim_ordering_tf_kernels.h5") in said["missing"]

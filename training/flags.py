@@ -74,7 +74,9 @@ def define():
     flags.DEFINE_boolean("deterministic", False, "deterministic ops: the same flags give the same weights")
     flags.DEFINE_integer("eval_every", 1, "evaluate every N epochs", lower_bound=1)
     flags.DEFINE_string("recipe", None, f"paper recipe preset: {', '.join(RECIPES)}")
-    flags.DEFINE_string("init_from", None, "fine-tune: a .keras model or a run folder, or keras_applications:NAME (e.g. ResNet50) with --weights_path; its head is replaced")
+    flags.DEFINE_string("init_from", None, "fine-tune: a .keras model or a run folder, published weights by name "
+                        "(timm/resnet50.a1h_in1k: reszoo.list_weights()), or keras_applications:NAME (e.g. "
+                        "ResNet50) with --weights_path; its head is replaced")
     flags.DEFINE_string("weights_path", None, "--init_from=keras_applications:NAME: the keras.applications weights file (.h5)")
     flags.DEFINE_string("freeze", "none", "fine-tune: none, backbone, or a stage (e.g. conv3) frozen with all before it")
     flags.DEFINE_float("backbone_lr_multiplier", 1.0, "fine-tune: backbone lr = lr * this", lower_bound=0.0)

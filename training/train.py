@@ -23,6 +23,7 @@ from training.errors import CommandError  # noqa: E402
 run_flags.define()
 
 KERAS_APPLICATIONS_PREFIX = "keras_applications:"
+TIMM_PREFIX = "timm/"  # reszoo.hub.PREFIX: published weights by name, built at the data's image shape
 
 
 class Interrupted(KeyboardInterrupt):
@@ -75,13 +76,28 @@ def load_init_model(init_from):
     from reszoo.weights import WeightsError, run_model_file
     from training import files
 
-    if init_from.startswith(KERAS_APPLICATIONS_PREFIX):
+    if init_from.startswith((KERAS_APPLICATIONS_PREFIX, TIMM_PREFIX)):
         return None
     try:
         init_from = run_model_file(init_from)
     except WeightsError as err:
         raise CommandError(f"--init_from: {err}", 2) from None
     return files.load_model(init_from, "--init_from")
+
+
+def timm_model(init_from, image_shape):
+    """reszoo's model of timm's weights ``init_from`` ("timm/ARCH.TAG"), with their
+    preprocessing inside (raw pixels in), at the dataset's image size and channels, no head."""
+    import reszoo
+    from reszoo import weights
+
+    if min(image_shape[:2]) < 32:
+        raise CommandError(f"--init_from={init_from}: ImageNet nets take images of at least 32x32, the dataset has "
+                           f"{tuple(image_shape)}", 2)
+    try:
+        return reszoo.create_model(weights=init_from, input_shape=image_shape, include_top=False, pooling="avg")
+    except weights.WeightsError as err:
+        raise CommandError(f"--init_from: {err}", 2) from None
 
 
 def keras_applications_model(init_from, weights_path, image_shape):
@@ -137,7 +153,9 @@ def fine_tune_model(old, data, opts):
     from reszoo import naming, transfer
 
     source = opts.init_from
-    if old is None:
+    if old is None and opts.init_from.startswith(TIMM_PREFIX):
+        old = timm_model(opts.init_from, data.image_shape)
+    elif old is None:
         old = keras_applications_model(opts.init_from, opts.weights_path, data.image_shape)
         source = opts.weights_path
     if naming.AVG_POOL not in [layer.name for layer in old.layers]:
