@@ -36,7 +36,8 @@ def _spec(model, **changes):
     spec = build_spec(model)
     if spec is None:
         return None
-    return dataclasses.replace(BuildSpec.of(spec.name, {**spec.arguments(), **changes}), adapters=spec.adapters)
+    overrides = BuildSpec.of(spec.name, {**spec.arguments(), **changes}).overrides
+    return dataclasses.replace(spec, overrides=overrides)
 
 
 def replace_classifier(model, num_classes, classifier_activation=None):
