@@ -57,10 +57,10 @@ result = {"backend": keras.backend.backend(), "numeric": {}, "tags": {}, "shapes
 for arch in numeric:
     ref = np.load(os.path.join(root, "out", arch + ".npz"))
     tags = [t for t in hub.table() if hub.table()[t]["architecture"] == arch]
+    model = reszoo.create_model(arch, weights="timm/" + tags[0], input_shape=(None, None, 3))
+    backbone = reszoo.create_model(arch, weights="timm/" + tags[0], features_only=True)
     for size in sizes:
         x = ref[f"pixels_{size}"]
-        model = reszoo.create_model(arch, weights="timm/" + tags[0], input_shape=(size, size, 3))
-        backbone = reszoo.create_model(arch, weights="timm/" + tags[0], input_shape=(size, size, 3), features_only=True)
         levels = backbone.predict(x, verbose=0)
         result["numeric"][f"{arch}@{size}"] = {
             "logits": rel(model.predict(x, verbose=0), ref[f"logits_{size}"]),
@@ -73,11 +73,13 @@ for arch in numeric:
             result["tags"][tag] = {"loaded": report.loaded, "replaced": list(report.replaced),
                                    "card": reszoo.model_card(reszoo.create_model(arch, weights=tag, input_shape=(32, 32, 3)))["weights"]["tag"] if tag == tags[-1] else None}
 if keras.backend.backend() == "tensorflow":
+    result["macs"] = {arch: reszoo.model_card(arch)["macs"] for arch in numeric}
     timm_shapes = json.load(open(os.path.join(root, "out", "shapes.json")))
     for arch in shapes:
         state = {k: np.zeros(v, "float32") for k, v in timm_shapes[arch].items()}
         values, origin = hub.convert(state, arch)
-        model = reszoo.create_model(arch, padding="symmetric", input_shape=(64, 64, 3))
+        model = reszoo.create_model(arch, padding="symmetric")
+        result["macs"][arch] = reszoo.model_card(model)["macs"]
         result["shapes"][arch] = [weights.assign_values(model, values, arch, origin=origin).loaded,
                                   len([layer for layer in model.layers if layer.weights])]
 print("RESULT" + json.dumps(result))
@@ -130,6 +132,12 @@ def test_every_tag_of_the_compared_architectures_loads_offline(tensorflow_side):
 def test_every_tensor_of_the_deeper_architectures_maps_onto_reszoo_s_layers(tensorflow_side, arch):
     loaded, weighted = tensorflow_side["shapes"][arch]
     assert loaded == weighted > 50
+
+
+def test_multiply_accumulates_equal_timm_s_for_every_architecture(timm_side, tensorflow_side):
+    timm_macs = json.loads((timm_side / "out" / "macs.json").read_text())
+    assert set(timm_macs) == set(NUMERIC) | set(SHAPES)
+    assert tensorflow_side["macs"] == timm_macs
 
 
 def test_the_table_holds_every_tag_timm_publishes_with_timm_s_own_config(timm_side):
@@ -218,6 +226,5 @@ def test_train_fine_tunes_from_timm_weights_on_grey_images(timm_side, tmp_path, 
     assert model.input_shape == (None, 32, 32, 1) and model.output_shape == (None, 3)
     assert model.build_spec.weights == "timm/resnet18.tv_in1k"
     wrong = train("--dataset=folder", f"--data_dir={folder}", "--image_size=32", "--init_from=timm/resnet18.nope",
-                  "--epochs=1", f"--model_dir={tmp_path / 'run2'}", HF_HUB_OFFLINE="1",
-                  HF_HUB_CACHE=str(timm_side / "hub"))
+                  f"--model_dir={tmp_path / 'run2'}", HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(timm_side / "hub"))
     assert wrong.returncode == 2 and "unknown timm weights 'timm/resnet18.nope'" in wrong.stderr

@@ -7,7 +7,9 @@ feature maps on random raw-pixel images at each size, for reszoo to match.
     python tests/timm_reference.py --cache DIR --out DIR --sizes 64,75 resnet50:a1h_in1k,tv_in1k ...
 
 Also writes ``shapes.json`` (every architecture's state-dict shapes, for those asked with
-``--shapes_only``) and ``cfgs.json`` (timm's pretrained config of every tag in reszoo's table).
+``--shapes_only``), ``macs.json`` (every architecture's multiply-accumulates at 224 x 224, by
+PyTorch's FlopCounterMode) and ``cfgs.json`` (timm's pretrained config of every tag in
+reszoo's table).
 """
 
 import argparse
@@ -19,6 +21,7 @@ import numpy as np
 import safetensors.torch
 import timm
 import torch
+import torch.utils.flop_counter
 
 
 def randomize(model, seed):
@@ -93,12 +96,19 @@ def main():
                     out[f"logits_{size}"])
                 model.float()
         np.savez(os.path.join(args.out, f"{arch}.npz"), **out)
-    shapes = {}
-    for arch in filter(None, args.shapes_only.split(",")):
-        model = timm.create_model(arch, pretrained=False)
-        shapes[arch] = {k: list(v.shape) for k, v in model.state_dict().items()}
+    shapes, macs = {}, {}
+    archs = [spec.partition(":")[0] for spec in args.specs] + list(filter(None, args.shapes_only.split(",")))
+    for arch in archs:
+        model = timm.create_model(arch, pretrained=False).eval()
+        if arch in args.shapes_only.split(","):
+            shapes[arch] = {k: list(v.shape) for k, v in model.state_dict().items()}
+        with torch.no_grad(), torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, 3, 224, 224))
+        macs[arch] = counter.get_total_flops() // 2  # convolutions and linear layers, 2 FLOPs per MAC
     with open(os.path.join(args.out, "shapes.json"), "w") as f:
         json.dump(shapes, f)
+    with open(os.path.join(args.out, "macs.json"), "w") as f:
+        json.dump(macs, f)
     if args.table:
         with open(args.table) as f:
             tags = json.load(f)["weights"]

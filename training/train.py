@@ -71,12 +71,20 @@ def new_model(opts, data):
 
 def load_init_model(init_from):
     """The model of ``--init_from``: a ``.keras`` file or a run folder (its last.keras, else
-    best.keras); None for keras_applications:NAME, which is built once the data's image shape
-    is known."""
+    best.keras); None for published weights (timm/ARCH.TAG, checked here) and
+    keras_applications:NAME, which are built once the data's image shape is known."""
     from reszoo.weights import WeightsError, run_model_file
     from training import files
 
-    if init_from.startswith((KERAS_APPLICATIONS_PREFIX, TIMM_PREFIX)):
+    if init_from.startswith(TIMM_PREFIX):
+        from reszoo import hub
+
+        try:
+            hub.resolve(None, init_from)  # a usage error now, before the data is read
+        except WeightsError as err:
+            raise CommandError(f"--init_from: {err}", 2) from None
+        return None
+    if init_from.startswith(KERAS_APPLICATIONS_PREFIX):
         return None
     try:
         init_from = run_model_file(init_from)
