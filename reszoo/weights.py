@@ -1,10 +1,13 @@
 """Weights in, behind ``reszoo.create_model(name, weights=...)`` and ``load_weights(model, source)``.
 
 A source is a Keras model, a ``.keras`` file, a training run folder (its ``last.keras``, else
-``best.keras``), a Keras ``.weights.h5`` file (``model.save_weights``), or one of
+``best.keras``), a Keras ``.weights.h5`` file (``model.save_weights``), one of
 keras.applications' ``.h5`` files (ResNet50/101/152, ResNet50V2/101V2/152V2,
-DenseNet121/169/201, with or without top) for the ``variant="keras"`` models:
+DenseNet121/169/201, with or without top) for the ``variant="keras"`` models, or published
+weights by name: timm's (``"timm/ARCH.TAG"``, ``reszoo.hub``) and keras.applications'
+(``"imagenet"``, fetched as keras.applications fetches them):
 
+    model = reszoo.create_model("resnet50", weights="timm/resnet50.a1h_in1k")
     model = reszoo.create_model("resnet50", weights="resnet50_weights_tf_dim_ordering_tf_kernels.h5")
     model = reszoo.create_model(weights="runs/resnet20-digits", num_classes=5)  # a new head
 
@@ -13,8 +16,8 @@ Layers are matched by name (``reszoo.naming``); keras.applications' layers by th
 compared too. Every tensor's shape must agree, except the classifier's: when the number of
 classes differs, or the source has no classifier, it keeps its fresh initialisation (timm's
 behaviour) and the report says so; and the first conv's input channels: RGB weights load into
-a model of 1 or more channels (``adapt_input_conv``). Anything else that differs is a ``WeightsError`` naming the
-first layer, and nothing is assigned.
+a model of 1 or more channels (``adapt_input_conv``). Anything else that differs is a
+``WeightsError`` naming the first layer (or timm tensor), and nothing is assigned.
 """
 
 import dataclasses
@@ -28,8 +31,8 @@ import keras
 import numpy as np
 
 from reszoo import hub, io, naming, registry, transfer
-from reszoo.errors import WeightsError
 from reszoo.densenet import IMAGENET_BLOCKS
+from reszoo.errors import WeightsError
 from reszoo.model import BuildSpec, build_spec
 from reszoo.resnet import IMAGENET_LAYERS
 
