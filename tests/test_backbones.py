@@ -15,17 +15,22 @@ from reszoo.resnet import IMAGENET_LAYERS
 NAMES = reszoo.list_models()
 
 
+def _imagenet(name):
+    """An ImageNet stem (the 7x7 or the deep one), not CIFAR's."""
+    return reszoo.get_spec(name).config["stem"] != "cifar"
+
+
 def shallow(name):
     """Overrides giving the registered model's family, block and widths at one block (or
     dense layer) per stage: the same code paths at a fraction of the cost."""
     spec = reszoo.get_spec(name)
     config = spec.config
     if spec.builder is reszoo.densenet:
-        stages = 4 if config["stem"] == "imagenet" else 3
+        stages = 4 if _imagenet(name) else 3
         return {"blocks": (1,) * stages}
-    block = IMAGENET_LAYERS[config["depth"]][0] if "depth" in config and config["stem"] == "imagenet" \
+    block = IMAGENET_LAYERS[config["depth"]][0] if "depth" in config and _imagenet(name) \
         else config.get("block", "basic")
-    stages = len(config["layers"]) if "layers" in config else (4 if config["stem"] == "imagenet" else 3)
+    stages = len(config["layers"]) if "layers" in config else (4 if _imagenet(name) else 3)
     return {"layers": (1,) * stages, "block": block}
 
 
@@ -36,7 +41,7 @@ def _variable(name, channels=3, **kwargs):
 
 def _sizes(name):
     """Two input sizes, odd ones included, at and above the net's minimum (its total stride)."""
-    return (33, 45) if reszoo.get_spec(name).config["stem"] == "imagenet" else (9, 17)
+    return (33, 45) if _imagenet(name) else (9, 17)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -74,8 +79,11 @@ def test_one_and_four_channel_inputs_and_the_pyramid_at_an_odd_size(name):
 def test_the_model_card_lists_what_features_only_returns(name, registered):
     card = reszoo.model_card(registered(name))["features"]
     assert [f["level"] for f in card] == sorted((f["level"] for f in card), key=lambda k: int(k[1:]))
-    size = 64 if reszoo.get_spec(name).config["stem"] == "imagenet" else 32
-    model = reszoo.create_model(name, features_only=True)
+    size = 64 if _imagenet(name) else 32
+    if reszoo.get_spec(name).builder is reszoo.resnet:  # a ResNet's levels and widths do not depend on its depth
+        model = _variable(name, features_only=True)
+    else:  # a DenseNet's widths do
+        model = reszoo.create_model(name, features_only=True)
     shapes = model.compute_output_shape((1, size, size, 3))
     assert list(shapes) == [f["level"] for f in card]
     for f in card:
@@ -96,10 +104,15 @@ def test_pyramid_levels_follow_the_strides():
         reszoo.create_model("resnet20", out_levels=["P1"])
 
 
-def test_pre_activation_stages_hand_on_the_residual_stream_and_the_last_its_final_bn_relu():
-    model = reszoo.create_model("preact_resnet110", features_only=True)
+def test_pre_activation_stages_hand_on_the_residual_stream_the_last_before_its_final_bn_relu():
+    """Where timm's ResNetV2 takes its features (tests/test_timm.py compares the values)."""
+    model = reszoo.create_model("preact_resnet110")
     assert model.get_layer("conv3_end").input is model.get_layer("conv3_block18_add").output
-    assert model.get_layer("conv4_end").input is model.get_layer("post_relu").output
+    assert model.get_layer("conv4_end").input is model.get_layer("conv4_block18_add").output
+    assert model.get_layer("post_bn").input is model.get_layer("conv4_end").output
+    dense = reszoo.create_model("densenet121")
+    assert dense.get_layer("conv3_end").input is dense.get_layer("conv3_block12_concat").output
+    assert dense.get_layer("pool3_bn").input is dense.get_layer("conv3_end").output
 
 
 def test_below_the_minimum_size_is_a_clear_error():

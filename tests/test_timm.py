@@ -111,8 +111,7 @@ def test_timm_weights_give_timm_s_logits_and_features_on_tensorflow(tensorflow_s
 
 
 def test_timm_weights_give_timm_s_logits_and_features_on_jax(timm_side):
-    jax_side = _reszoo_side(timm_side, "jax", ["resnet50d", "resnext50_32x4d", "seresnet50", "resnetv2_50",
-                                               "densenet121"], [])
+    jax_side = _reszoo_side(timm_side, "jax", ["resnet50d", "resnetv2_50", "densenet121"], [])
     assert jax_side["backend"] == "jax"
     for key, found in jax_side["numeric"].items():
         assert found["logits"] < TOLERANCE and max(found["levels"].values()) < TOLERANCE, (key, found)
