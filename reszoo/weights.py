@@ -197,8 +197,9 @@ def keras_applications_file(architecture, include_top=True):
     """keras.applications' ImageNet weights for ``architecture`` (e.g. "ResNet50"), fetched as
     keras.applications fetches them: ``keras.utils.get_file`` with its URL and md5, into its
     cache (``~/.keras/models``, or ``$KERAS_HOME/models``), once."""
-    entry = keras_weights_table()["weights"][architecture]["top" if include_top else "notop"]
-    origin = keras_weights_table()["weights"][architecture]["base_url"] + entry["file"]
+    files = keras_weights_table()["weights"][architecture]
+    entry = files["top" if include_top else "notop"]
+    origin = files["base_url"] + entry["file"]
     try:
         return keras.utils.get_file(entry["file"], origin, cache_subdir="models", file_hash=entry["md5"])
     except Exception as err:  # no network, a file that fails its hash...
