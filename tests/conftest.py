@@ -1,4 +1,5 @@
 import functools
+import json
 import os
 import pathlib
 import subprocess
@@ -30,14 +31,12 @@ def _seed():
     keras.utils.set_random_seed(0)
 
 
-DEEPEST = ("resnet1202", "preact_resnet1001", "deepest")
-
-
 def pytest_collection_modifyitems(items):
-    """Tests on the ~4,000-layer nets share one xdist worker, so each is built once."""
+    """Tests of full-size registered models share one xdist worker, so each model is built
+    once per session (building the whole zoo takes about 3 minutes here)."""
     for item in items:
-        if any(name in item.nodeid for name in DEEPEST):
-            item.add_marker(pytest.mark.xdist_group("deepest"))
+        if "registered" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("zoo"))
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -47,6 +46,44 @@ def run_command(module, *args, cwd=ROOT, timeout=600, **env):
     """``python -m MODULE ARGS`` as a user runs it, output captured."""
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})
+
+
+USAGE_DRIVER = r"""
+import contextlib, io, json, os, sys
+from training import flags as run_flags, train
+parse = run_flags.parser(run_flags, train.__doc__, run_flags.TRAIN_GROUPS)
+said = []
+for args, env in json.loads(sys.argv[1]):
+    saved = dict(os.environ)
+    os.environ.update(env)
+    err, code = io.StringIO(), 0
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            run_flags.FLAGS.unparse_flags()
+            train.main(parse(["train", *args]))
+        except SystemExit as exit:
+            code = exit.code
+    os.environ.clear()
+    os.environ.update(saved)
+    said.append([code, err.getvalue()])
+print("RESULT" + json.dumps(said))
+"""
+
+
+@pytest.fixture(scope="session")
+def usage_errors():
+    """``usage_errors([(args, env), ...])``: each ``training.train ARGS`` run through the command's
+    own parser and main(), one after another in one fresh process (TensorFlow imported once, not
+    once a case); for commands that stop before training. A list of (exit code, stderr)."""
+
+    def run(cases):
+        proc = subprocess.run([sys.executable, "-c", USAGE_DRIVER, json.dumps([[list(map(str, a)), e] for a, e in cases])],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return [tuple(case) for case in json.loads(proc.stdout.split("RESULT", 1)[1])]
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ import pytest
 import reszoo
 from reszoo import naming, registry, weights
 from reszoo.resnet import IMAGENET_LAYERS
+from helpers import infer
+
 
 NAMES = reszoo.list_models()
 
@@ -77,18 +79,26 @@ def test_one_and_four_channel_inputs_and_the_pyramid_at_an_odd_size(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_the_model_card_lists_what_features_only_returns(name, registered):
-    card = reszoo.model_card(registered(name))["features"]
+    """The card's levels are the registered net's stage ends, at their widths and strides; and
+    features_only returns exactly the levels its own card lists (on the shallow twin: a
+    DenseNet's widths depend on its depth, so the twin's card is its own)."""
+    model = registered(name)
+    card = reszoo.model_card(model)["features"]
     assert [f["level"] for f in card] == sorted((f["level"] for f in card), key=lambda k: int(k[1:]))
-    size = 64 if _imagenet(name) else 32
-    if reszoo.get_spec(name).builder is reszoo.resnet:  # a ResNet's levels and widths do not depend on its depth
-        model = _variable(name, features_only=True)
-    else:  # a DenseNet's widths do
-        model = reszoo.create_model(name, features_only=True)
-    shapes = model.compute_output_shape((1, size, size, 3))
-    assert list(shapes) == [f["level"] for f in card]
+    side = model.input_shape[1]
     for f in card:
+        shape = model.get_layer(f["layer"]).output.shape
+        assert f["layer"] == naming.stage_end(f["stage"])
+        assert shape[-1] == f["channels"] and side // shape[1] == f["stride"], f
+    features = _variable(name, features_only=True)
+    twin = reszoo.model_card(features)["features"]
+    if reszoo.get_spec(name).builder is reszoo.resnet:  # a ResNet's levels and widths do not depend on its depth
+        assert twin == card
+    size = 64 if _imagenet(name) else 32
+    shapes = features.compute_output_shape((1, size, size, 3))
+    assert list(shapes) == [f["level"] for f in twin]
+    for f in twin:
         assert shapes[f["level"]][-1] == f["channels"] and size // shapes[f["level"]][1] == f["stride"]
-        assert model.get_layer(f["layer"]).name == naming.stage_end(f["stage"])
 
 
 def test_pyramid_levels_follow_the_strides():
@@ -156,7 +166,7 @@ def test_rgb_weights_on_grey_images_give_what_their_rgb_copy_gives(architecture,
     grey = reszoo.create_model(name, weights=str(tmp_path / "w.h5"), input_shape=(None, None, 1),
                                include_top=False, pooling="avg")
     g = np.random.default_rng(1).uniform(0, 255, (2, 40, 48, 1)).astype("float32")
-    np.testing.assert_array_equal(grey.predict(g, verbose=0), rgb.predict(np.repeat(g, 3, -1), verbose=0))
+    np.testing.assert_array_equal(infer(grey, g), infer(rgb, np.repeat(g, 3, -1)))
 
 
 def test_more_channels_repeat_the_first_conv_and_a_paper_model_sums_it(tmp_path):
@@ -173,5 +183,5 @@ def test_more_channels_repeat_the_first_conv_and_a_paper_model_sums_it(tmp_path)
     paper.save(tmp_path / "paper.keras")
     grey = reszoo.create_model("resnet20", input_shape=(32, 32, 1), weights=str(tmp_path / "paper.keras"))
     x = np.random.default_rng(2).uniform(0, 1, (2, 32, 32, 1)).astype("float32")
-    np.testing.assert_allclose(grey.predict(x, verbose=0), paper.predict(np.repeat(x, 3, -1), verbose=0),
+    np.testing.assert_allclose(infer(grey, x), infer(paper, np.repeat(x, 3, -1)),
                                rtol=1e-5, atol=1e-5)

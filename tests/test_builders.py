@@ -9,6 +9,8 @@ import pytest
 import reszoo
 from reszoo.factory import LayerFactory
 from reszoo.resnet import BlockOptions, post_activation_block, pre_activation_block
+from helpers import infer
+
 
 
 @pytest.mark.parametrize("name", reszoo.list_models())
@@ -26,7 +28,7 @@ def test_output_shape_of_every_registered_model(registered, name):
                                   "preact_resnet18_cifar", "densenet_bc100_k12"])
 def test_forward_pass_gives_finite_logits_that_depend_on_input(registered, name):
     x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")
-    y = registered(name).predict(x, verbose=0)
+    y = infer(registered(name), x)
     assert y.shape == (4, 10) and np.isfinite(y).all()
     assert np.abs(y[0] - y[1]).max() > 1e-6
 
@@ -54,21 +56,21 @@ def test_backbone_pooling_reduces_the_feature_map(pooling, reduce):
     pooled = reszoo.create_model("resnet20", include_top=False, pooling=pooling)
     pooled.set_weights(features.get_weights())
     x = np.random.default_rng(1).normal(size=(2, 24, 40, 3)).astype("float32")
-    fmap = features.predict(x, verbose=0)
-    np.testing.assert_allclose(pooled.predict(x, verbose=0), reduce(fmap, axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    fmap = infer(features, x)
+    np.testing.assert_allclose(infer(pooled, x), reduce(fmap, axis=(1, 2)), rtol=1e-5, atol=1e-6)
 
 
 def test_custom_input_shape_classes_and_softmax():
     model = reszoo.create_model("resnet20", input_shape=(64, 48, 1), num_classes=7,
                                 classifier_activation="softmax")
-    y = model.predict(np.random.rand(3, 64, 48, 1).astype("float32"), verbose=0)
+    y = infer(model, np.random.rand(3, 64, 48, 1).astype("float32"))
     assert y.shape == (3, 7)
     np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_variable_spatial_size_backbone():
     model = reszoo.create_model("resnet50", input_shape=(None, None, 3), include_top=False)
-    assert model.predict(np.zeros((1, 96, 64, 3), "float32"), verbose=0).shape == (1, 3, 2, 2048)
+    assert infer(model, np.zeros((1, 96, 64, 3), "float32")).shape == (1, 3, 2, 2048)
 
 
 def test_input_tensor_is_used():
@@ -85,7 +87,7 @@ def test_input_tensor_after_a_preprocessing_layer():
     x = np.random.rand(2, 32, 32, 3).astype("float32")
     direct = reszoo.create_model("resnet20")
     direct.set_weights(model.get_weights())
-    np.testing.assert_allclose(model.predict(x, verbose=0), direct.predict(x * 0.5, verbose=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(infer(model, x), infer(direct, x * 0.5), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="input_tensor must be a Keras tensor"):
         reszoo.create_model("resnet20", input_tensor=np.zeros((1, 32, 32, 3)))
 
@@ -228,8 +230,11 @@ def test_unknown_model_suggests_close_names():
 
 def test_list_models_wildcards_and_family():
     assert reszoo.list_models("resnet*") == [
-        "resnet18", "resnet20", "resnet32", "resnet34", "resnet44", "resnet50", "resnet56",
-        "resnet101", "resnet110", "resnet152", "resnet1202"]
+        "resnet18", "resnet18d", "resnet20", "resnet32", "resnet34", "resnet34d", "resnet44",
+        "resnet50", "resnet50d", "resnet56", "resnet101", "resnet101d", "resnet110", "resnet152",
+        "resnet152d", "resnet1202", "resnetv2_50", "resnetv2_101"]
+    assert reszoo.list_models("resnet*d") == [
+        "resnet18d", "resnet34d", "resnet50d", "resnet101d", "resnet152d"]
     assert reszoo.list_models("plain*") == reszoo.list_models(family="plain")
     assert set(reszoo.list_models(["densenet_bc*", "preact_resnet1*"])) == {
         "densenet_bc100_k12", "densenet_bc190_k40", "densenet_bc250_k24",
@@ -274,7 +279,7 @@ def test_memory_efficient_densenet_trains_exactly_like_the_standard_one(name):
             layer.set_weights(by_name[layer.name].get_weights())
     x = np.random.default_rng(0).normal(size=(8, 16, 16, 3)).astype("float32")
     y = np.eye(4, dtype="float32")[np.arange(8) % 4]
-    np.testing.assert_allclose(efficient.predict(x, verbose=0), standard.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(infer(efficient, x), infer(standard, x), rtol=1e-5, atol=1e-5)
     for model in (standard, efficient):
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
         model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
@@ -288,7 +293,7 @@ def test_memory_efficient_densenet_round_trips_through_keras_files(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(infer(loaded, x), infer(model, x), rtol=1e-6, atol=1e-6)
 
 
 def test_weight_tied_stages_share_one_block_per_stage():
@@ -311,17 +316,17 @@ def test_weight_tied_convs_share_kernels_and_keep_bn_per_block():
     assert len(conv._inbound_nodes) == 8
     assert model.get_layer("conv3_block2_2_bn") is not model.get_layer("conv3_block9_2_bn")
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
-    before = model.predict(x, verbose=0)
+    before = infer(model, x)
     conv.kernel.assign(conv.kernel * 0.5)  # one kernel serves eight blocks
-    assert not np.allclose(model.predict(x, verbose=0), before)
+    assert not np.allclose(infer(model, x), before)
 
 
 def test_weight_tied_stage_is_the_shared_block_iterated():
     model = reszoo.resnet(layers=(4,), weight_tied=True, norm=None, base_width=8, input_shape=(8, 8, 3),
                           include_top=False)
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
-    h = keras.Model(model.inputs, model.get_layer("conv2_block1_out").output).predict(x, verbose=0)
+    h = infer(keras.Model(model.inputs, model.get_layer("conv2_block1_out").output), x)
     block = model.get_layer("conv2_tied")
     for _ in range(3):
-        h = block.predict(h, verbose=0)
-    np.testing.assert_allclose(model.predict(x, verbose=0), h, rtol=1e-5, atol=1e-5)
+        h = infer(block, h)
+    np.testing.assert_allclose(infer(model, x), h, rtol=1e-5, atol=1e-5)

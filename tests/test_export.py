@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 import reszoo
+from helpers import infer
+
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -89,7 +91,7 @@ def test_a_fresh_process_loads_each_version_and_matches_the_keras_model(run, tmp
     proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "x.npy"), *versions],
                           env=ENV, capture_output=True, text=True, timeout=300)  # no reszoo import
     assert proc.returncode == 0, proc.stderr[-2000:]
-    expected = model.predict(x.astype("float32"), verbose=0)
+    expected = infer(model, x.astype("float32"))
     for version, out in json.loads(proc.stdout.splitlines()[-1]).items():
         np.testing.assert_allclose(out["logits"], expected, **TOL, err_msg=version)
         np.testing.assert_allclose(out["uint8_logits"], expected, **TOL)
@@ -220,7 +222,7 @@ def test_onnx_and_tflite_are_verified_against_the_keras_model(run, tmp_path):
     version = tmp_path / "resnet20_digits" / "1"
     assert json.loads((version / "metadata.json").read_text())["formats"] == ["saved_model", "onnx", "tflite"]
     x, _, _ = _digits()
-    expected = model.predict(x.astype("float32"), verbose=0)
+    expected = infer(model, x.astype("float32"))
     session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(["logits"], {"images": x.astype("float32")})[0], expected, rtol=1e-4, atol=1e-4)
     runner = tf.lite.Interpreter(model_path=str(version / "model.tflite")).get_signature_runner("serve")
@@ -248,7 +250,7 @@ def test_export_from_the_jax_backend(run, tmp_path):
     assert json.loads((version / "metadata.json").read_text())["versions"]["keras_backend"] == "jax"
     x, _, _ = _digits()
     got = tf.saved_model.load(str(version)).signatures["serving_default"](images=tf.constant(x, tf.float32))
-    np.testing.assert_allclose(got["logits"].numpy(), model.predict(x.astype("float32"), verbose=0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got["logits"].numpy(), infer(model, x.astype("float32")), rtol=1e-4, atol=1e-4)
     proc = cli("training.export", f"--model_dir={model_dir}", f"--export_dir={tmp_path}", "--formats=onnx",
                KERAS_BACKEND="jax")
     assert proc.returncode == 2 and "KERAS_BACKEND=tensorflow" in _one_error_line(proc, "export")

@@ -4,6 +4,8 @@ import importlib.util
 import pathlib
 import re
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -58,19 +60,33 @@ def test_the_fine_tuning_example_runs_as_written(tmp_path):
     readme = (ROOT / "README.md").read_text()
     setup = re.search(r"^pip install -e .* && (python -m training\.train)$", readme, re.M).group(1)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    printed = []
     for command in [setup, *_commands_after("## From the command line")]:
         proc = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, (command, proc.stderr[-2000:])
+        printed.append(proc.stdout)
     import json
 
     import keras
 
     import reszoo  # noqa: F401
 
+    default = tmp_path / "runs" / "resnet20-digits"  # the main job: 30 epochs of ResNet-20 on the digits
+    results = json.loads((default / "results.json").read_text())
+    assert results["test_accuracy"] >= 0.95  # 99.2% measured
+    assert results["model"] == "resnet20" and results["dataset"] == "digits"
+    assert f"test accuracy {results['test_accuracy']:.4f}" in printed[0]
+    for name in ("last.keras", "best.keras", "history.csv", "flags.json", "logs"):
+        assert (default / name).exists(), name
+    assert len((default / "history.csv").read_text().splitlines()) == 1 + 30
+    digits = keras.saving.load_model(default / "last.keras", compile=False)
+    assert digits.layers[1].name == "preprocess"  # the saved model takes raw pixels
+    (_, _), (x_test, y_test), _ = load_digits()
+    accuracy = (digits.predict(x_test.astype("float32"), verbose=0).argmax(1) == y_test).mean()
+    assert accuracy == pytest.approx(results["test_accuracy"], abs=1e-6)
     results = json.loads((tmp_path / "runs" / "resnet20-my_images" / "results.json").read_text())
     assert results["class_names"] == [f"digit{d}" for d in range(5)] and np.isfinite(results["test_loss"])
     tuned = keras.saving.load_model(tmp_path / "runs" / "resnet20-my_images" / "last.keras", compile=False)
-    digits = keras.saving.load_model(tmp_path / "runs" / "resnet20-digits" / "last.keras", compile=False)
     assert tuned.input_shape == (None, 64, 64, 1) and tuned.output_shape == (None, 5)
     for layer in digits.layers[1:-1]:  # --freeze=backbone: every weight as the digits model has it
         for a, b in zip(layer.get_weights(), tuned.get_layer(layer.name).get_weights(), strict=True):

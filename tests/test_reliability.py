@@ -259,12 +259,12 @@ def test_read_only_model_dir_is_a_usage_error(tmpfs, train):
     assert error_lines(proc.stderr) == [f"train: error: --model_dir={disk / 'run'}: {disk} is on a read-only file system"]
 
 
-def _usage_error(proc):
+def _usage_error(code, stderr):
     """The one line of a usage error (exit code 2), with no traceback."""
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith(("WARNING", "I0000", "E0000", "W0000"))]
-    assert len(lines) == 1 and lines[0].startswith("train: error:"), proc.stderr[-2000:]
+    assert code == 2, stderr[-2000:]
+    assert "Traceback" not in stderr
+    lines = [l for l in stderr.splitlines() if l.strip() and not l.startswith(("WARNING", "I0000", "E0000", "W0000"))]
+    assert len(lines) == 1 and lines[0].startswith("train: error:"), stderr[-2000:]
     return lines[0]
 
 
@@ -278,17 +278,25 @@ TF_CONFIG_CASES = {
 }
 
 
-@pytest.mark.parametrize("tf_config", TF_CONFIG_CASES)
-def test_a_bad_tf_config_is_one_line(tmp_path, tf_config, train):
-    proc = train("--distribution_strategy=multi_worker_mirrored", f"--model_dir={tmp_path / 'run'}",
-                 timeout=120, TF_CONFIG=tf_config)
-    assert TF_CONFIG_CASES[tf_config] in _usage_error(proc)
-
-
-def test_no_tpu_is_one_line(tmp_path, train):
-    proc = train("--distribution_strategy=tpu", "--tpu=local", f"--model_dir={tmp_path / 'run'}", timeout=120)
-    assert "--distribution_strategy=tpu: no TPU at --tpu='local'" in _usage_error(proc)
-    assert not (tmp_path / "run").exists()
+def test_bad_clusters_devices_folders_and_image_sizes_are_one_line_usage_errors(tmp_path, usage_errors, image_folder):
+    """A bad TF_CONFIG, no TPU, a --model_dir that is a file, images below the net's minimum:
+    one line, exit code 2, nothing written (each case through the command's own main())."""
+    (tmp_path / "taken").write_text("notes")
+    images = image_folder(tmp_path / "imgs")
+    cases = [(["--distribution_strategy=multi_worker_mirrored", f"--model_dir={tmp_path / 'c' / str(i)}"],
+              {"TF_CONFIG": tf_config}) for i, tf_config in enumerate(TF_CONFIG_CASES)]
+    cases += [(["--distribution_strategy=tpu", "--tpu=local", f"--model_dir={tmp_path / 'tpu'}"], {}),
+              ([f"--model_dir={tmp_path / 'taken'}"], {}),
+              (["--dataset=folder", f"--data_dir={images}", "--image_size=1", "--batch_size=2",
+                f"--model_dir={tmp_path / 'small'}"], {})]
+    lines = [_usage_error(code, stderr) for code, stderr in usage_errors(cases)]
+    for line, message in zip(lines, TF_CONFIG_CASES.values()):
+        assert message in line
+    assert "--distribution_strategy=tpu: no TPU at --tpu='local'" in lines[4]
+    assert lines[5] == f"train: error: --model_dir={tmp_path / 'taken'} is a file, not a folder"
+    assert (tmp_path / "taken").read_text() == "notes"
+    assert lines[6] == "train: error: images of 1x1 are too small for this net: it takes at least 4x4 (its total stride)"
+    assert not any((tmp_path / name).exists() for name in ("c", "tpu", "small"))
 
 
 def test_a_worker_whose_peer_never_starts_gives_up_after_the_timeout(tmp_path, train):
@@ -312,26 +320,13 @@ def test_a_worker_whose_peer_never_starts_gives_up_after_the_timeout(tmp_path, t
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
 
 
-def test_model_dir_that_is_a_file_is_a_usage_error(tmp_path, train):
-    (tmp_path / "taken").write_text("notes")
-    assert _usage_error(train(f"--model_dir={tmp_path / 'taken'}", timeout=120)) == \
-        f"train: error: --model_dir={tmp_path / 'taken'} is a file, not a folder"
-    assert (tmp_path / "taken").read_text() == "notes"
-
-
 def test_a_usage_error_writes_nothing_so_the_corrected_command_runs(tmp_path, train):
     folder = tmp_path / "run"
-    assert "depth must be 6n+2" in _usage_error(train("--model_args=depth=57", "--epochs=1", f"--model_dir={folder}"))
+    refused = train("--model_args=depth=57", "--epochs=1", f"--model_dir={folder}")
+    assert "depth must be 6n+2" in _usage_error(refused.returncode, refused.stderr)
     assert not folder.exists()
     proc = train("--model_args=depth=8", "--epochs=1", f"--model_dir={folder}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-
-
-def test_images_below_the_net_s_minimum_are_a_usage_error(tmp_path, train, image_folder):
-    folder = image_folder(tmp_path / "imgs")
-    line = _usage_error(train("--dataset=folder", f"--data_dir={folder}", "--image_size=1", "--batch_size=2",
-                              f"--model_dir={tmp_path / 'r'}"))
-    assert line == "train: error: images of 1x1 are too small for this net: it takes at least 4x4 (its total stride)"
 
 
 def test_a_truncated_init_from_model_says_so(tmp_path, straight, train):
@@ -360,7 +355,7 @@ def test_overwrite_with_another_architecture_starts_again(tmp_path, train):
     assert train(*RUN[:2], "--epochs=2", f"--model_dir={folder}").returncode == 0
     refused = train("--model_args=base_width=4", "--epochs=1", f"--model_dir={folder}")
     assert "holds a run with other flags (--epochs, --model_args); use another --model_dir, pass --overwrite" in \
-        _usage_error(refused)
+        _usage_error(refused.returncode, refused.stderr)
     proc = train("--model_args=base_width=4", "--epochs=1", "--overwrite", f"--model_dir={folder}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "resuming" not in proc.stdout and "warning" not in proc.stderr

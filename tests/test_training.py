@@ -25,26 +25,6 @@ def _weights(path):
     return keras.saving.load_model(path, compile=False).get_weights()
 
 
-def test_default_run_on_embedded_digits_reaches_95_percent(tmp_path, train):
-    # The no-flag default is 30 epochs (99.2% measured); 8 epochs must already clear 95%.
-    proc = train("--epochs=8", f"--model_dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results["test_accuracy"] >= 0.95
-    assert results["model"] == "resnet20" and results["dataset"] == "digits"
-    assert f"test accuracy {results['test_accuracy']:.4f}" in proc.stdout
-    for name in ("last.keras", "best.keras", "history.csv", "flags.json", "logs"):
-        assert (tmp_path / name).exists(), name
-    assert len((tmp_path / "history.csv").read_text().splitlines()) == 1 + 8
-    # The saved model takes raw pixels: its first layer normalises with the digits' statistics.
-    model = keras.saving.load_model(tmp_path / "last.keras", compile=False)
-    assert model.layers[1].name == "preprocess"
-    from reszoo.datasets import load_digits
-    (_, _), (x_test, y_test), _ = load_digits()
-    accuracy = (model.predict(x_test.astype("float32"), verbose=0).argmax(1) == y_test).mean()
-    assert accuracy == pytest.approx(results["test_accuracy"], abs=1e-6)
-
-
 def test_resume_after_kill_gives_the_weights_of_an_uninterrupted_run(tmp_path, train):
     flags = [*SMALL, "--epochs=4", "--deterministic", "--seed=3"]
     straight = train(*flags, f"--model_dir={tmp_path / 'a'}")
@@ -129,46 +109,50 @@ def test_fine_tune_to_a_different_set_of_classes(tmp_path, train, digit_folder):
     assert results["test_accuracy"] > 0.5  # 5 unseen classes on frozen features (73.6% measured)
 
 
-def test_fine_tune_errors_name_the_problem(tmp_path, train):
+def test_fine_tune_errors_name_the_problem(tmp_path, usage_errors):
     bad = tmp_path / "bad.keras"
     bad.write_bytes(b"not a model")
-    proc = train(f"--init_from={bad}", "--epochs=1", f"--model_dir={tmp_path / 'x'}")
-    assert proc.returncode == 1 and "is not a .keras file, or is truncated" in _error_lines(proc)[0]
-    proc = train(f"--init_from={tmp_path / 'missing.keras'}", f"--model_dir={tmp_path / 'y'}")
-    assert proc.returncode == 2 and "no such file" in _error_lines(proc)[0]
     model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(3, name="fc")])
     model.save(tmp_path / "cifar_shaped.keras")
-    proc = train(f"--init_from={tmp_path / 'cifar_shaped.keras'}", f"--model_dir={tmp_path / 'z'}")
-    assert proc.returncode == 2 and "avg_pool" in _error_lines(proc)[0]
+    said = usage_errors([([f"--init_from={bad}", "--epochs=1", f"--model_dir={tmp_path / 'x'}"], {}),
+                         ([f"--init_from={tmp_path / 'missing.keras'}", f"--model_dir={tmp_path / 'y'}"], {}),
+                         ([f"--init_from={tmp_path / 'cifar_shaped.keras'}", f"--model_dir={tmp_path / 'z'}"], {})])
+    lines = [[l for l in stderr.splitlines() if l.startswith("train: error:")] for _, stderr in said]
+    assert said[0][0] == 1 and "is not a .keras file, or is truncated" in lines[0][0]
+    assert said[1][0] == 2 and "no such file" in lines[1][0]
+    assert said[2][0] == 2 and "avg_pool" in lines[2][0]
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--batch_size=0"], "batch_size"),
-    (["--dataset=cifar10", "--data_dir=/nonexistent/tfds"], "tfds build cifar10"),
-    (["--dataset=no_such_dataset_xyz"], "unknown dataset"),
-    (["--dataset=folder", "--data_dir=/nonexistent"], "not a folder"),
-    (["--model=resnet5"], "did you mean"),
-    (["--model_args=depth=57"], "depth must be 6n+2"),
-    (["--distribution_strategy=multi_worker_mirrored"], "needs the TF_CONFIG"),
-    (["--freeze=backbone"], "need --init_from"),
-    (["--batch_size=5000"], "larger than the 1438 training images"),
-])
-def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, args, message, train):
-    proc = train(*args, f"--model_dir={tmp_path / 'run'}", timeout=120)
-    _assert_usage_error(proc, message)
+CLI_ERRORS = [
+    (["--batch_size=0"], {}, "batch_size"),
+    (["--dataset=cifar10", "--data_dir=/nonexistent/tfds"], {}, "tfds build cifar10"),
+    (["--dataset=no_such_dataset_xyz"], {}, "unknown dataset"),
+    (["--dataset=folder", "--data_dir=/nonexistent"], {}, "not a folder"),
+    (["--model=resnet5"], {}, "did you mean"),
+    (["--model_args=depth=57"], {}, "depth must be 6n+2"),
+    (["--distribution_strategy=multi_worker_mirrored"], {}, "needs the TF_CONFIG"),
+    (["--freeze=backbone"], {}, "need --init_from"),
+    (["--batch_size=5000"], {}, "larger than the 1438 training images"),
+    (["--distribution_strategy=multi_worker_mirrored"], {"TF_CONFIG": "{cluster: none"}, "TF_CONFIG is not valid JSON"),
+]
 
 
-def test_bad_tf_config_is_a_usage_error(tmp_path, train):
-    proc = train("--distribution_strategy=multi_worker_mirrored", f"--model_dir={tmp_path}",
-                 timeout=120, TF_CONFIG="{cluster: none")
-    _assert_usage_error(proc, "TF_CONFIG is not valid JSON")
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, usage_errors, train):
+    said = usage_errors([(args + [f"--model_dir={tmp_path / str(i)}"], env)
+                         for i, (args, env, _) in enumerate(CLI_ERRORS)])
+    for (args, env, message), (code, stderr) in zip(CLI_ERRORS, said, strict=True):
+        _assert_usage_error(code, stderr, message)
+        assert not (tmp_path / str(CLI_ERRORS.index((args, env, message)))).exists(), args
+    # and once as a user meets it, in a process of its own
+    proc = train("--model_args=depth=57", f"--model_dir={tmp_path / 'run'}", timeout=120)
+    _assert_usage_error(proc.returncode, proc.stderr, "depth must be 6n+2")
 
 
-def _assert_usage_error(proc, message):
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith(("WARNING", "I0000", "E0000", "W0000"))]
-    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+def _assert_usage_error(code, stderr, message):
+    assert code == 2, (message, stderr[-2000:])
+    lines = [l for l in stderr.splitlines() if l.strip() and not l.startswith(("WARNING", "I0000", "E0000", "W0000"))]
+    assert len(lines) == 1 and message in lines[0], (message, stderr[-2000:])
+    assert "Traceback" not in stderr
 
 
 @pytest.fixture

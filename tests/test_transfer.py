@@ -12,6 +12,8 @@ import pytest
 
 import reszoo
 from reszoo import transfer, weights
+from helpers import infer
+
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = dict(base_width=4, input_shape=(8, 8, 1))
@@ -46,7 +48,7 @@ def test_a_model_remembers_how_it_was_built_in_memory_and_on_disk(tmp_path):
     again = reszoo.create_model(weights=str(tmp_path / "m.keras"))
     assert reszoo.build_spec(again) == spec
     assert again.get_layer("conv1_conv").kernel_regularizer.l2 == pytest.approx(1e-4)
-    np.testing.assert_array_equal(model.predict(X, verbose=0), again.predict(X, verbose=0))
+    np.testing.assert_array_equal(infer(model, X), infer(again, X))
     with pytest.raises(ValueError, match="was not built by reszoo.create_model"):
         reszoo.model_card(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
 
@@ -70,7 +72,7 @@ def test_weights_from_every_source_with_a_new_classifier_for_other_classes(tmp_p
     report = weights.load_weights(reszoo.create_model("resnet20", num_classes=3, **SMALL), sources[kind])
     assert report.replaced == ("fc: 10 -> 3 classes",) and report.loaded == 38
     same_classes = reszoo.create_model("resnet20", weights=sources[kind], **SMALL)
-    np.testing.assert_array_equal(same_classes.predict(X, verbose=0), trained.predict(X, verbose=0))
+    np.testing.assert_array_equal(infer(same_classes, X), infer(trained, X))
 
 
 def test_weights_that_do_not_fit_name_the_layer_and_load_nothing(tmp_path):
@@ -135,10 +137,10 @@ def test_replace_classifier_keeps_the_features_and_the_spec():
     model = reszoo.create_model("resnet20", **SMALL)
     new = transfer.replace_classifier(model, 4, classifier_activation="softmax")
     features = keras.Model(model.inputs, model.get_layer("avg_pool").output)
-    np.testing.assert_array_equal(features.predict(X, verbose=0),
-                                  keras.Model(new.inputs, new.get_layer("avg_pool").output).predict(X, verbose=0))
+    np.testing.assert_array_equal(infer(features, X),
+                                  infer(keras.Model(new.inputs, new.get_layer("avg_pool").output), X))
     assert new.output_shape == (None, 4) and reszoo.build_spec(new).overrides["num_classes"] == 4
-    np.testing.assert_allclose(new.predict(X, verbose=0).sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(infer(new, X).sum(-1), 1.0, rtol=1e-5)
 
 
 def _train(model, x, y, epochs=2):
@@ -152,9 +154,9 @@ def test_adapters_start_as_the_backbone_and_leave_it_untouched(mode, tmp_path):
     backbone = reszoo.create_model("resnet20", **SMALL)
     _randomize(backbone)
     before = [w.copy() for w in backbone.get_weights()]
-    outputs = backbone.predict(X, verbose=0)
+    outputs = infer(backbone, X)
     adapted = transfer.add_adapters(backbone, mode, num_classes=3)
-    features = lambda m: keras.Model(m.inputs, m.get_layer("avg_pool").output).predict(X, verbose=0)
+    features = lambda m: infer(keras.Model(m.inputs, m.get_layer("avg_pool").output), X)
     # Zero adapters: the same net (to float rounding: the sum breaks TF's conv-BN fusion).
     np.testing.assert_allclose(features(adapted), features(backbone), rtol=1e-5, atol=1e-6)
     trained = {v.path.split("/")[0] for v in adapted.trainable_variables}
@@ -164,24 +166,24 @@ def test_adapters_start_as_the_backbone_and_leave_it_untouched(mode, tmp_path):
     _train(adapted, rng.uniform(0, 16, (64, 8, 8, 1)).astype("float32"), rng.integers(0, 3, 64))
     # The backbone (every weight, BN statistics included) and its outputs are exactly as before.
     assert all(np.array_equal(a, b) for a, b in zip(before, backbone.get_weights(), strict=True))
-    np.testing.assert_array_equal(backbone.predict(X, verbose=0), outputs)
+    np.testing.assert_array_equal(infer(backbone, X), outputs)
     assert not np.array_equal(features(adapted), features(backbone))  # the task learned something
     # A task alone: a small file that puts the same model back on the backbone.
     size = transfer.save_task(adapted, tmp_path / "task.npz")
     assert size < 0.5 * os.path.getsize(_saved(backbone, tmp_path))
     again = transfer.load_task(backbone, tmp_path / "task.npz")
-    np.testing.assert_array_equal(again.predict(X, verbose=0), adapted.predict(X, verbose=0))
+    np.testing.assert_array_equal(infer(again, X), infer(adapted, X))
     # The whole task model as one .keras file: create_model rebuilds it, adapters included.
     adapted.save(tmp_path / "adapted.keras")
     rebuilt = reszoo.create_model(weights=tmp_path / "adapted.keras")
-    np.testing.assert_array_equal(rebuilt.predict(X, verbose=0), adapted.predict(X, verbose=0))
+    np.testing.assert_array_equal(infer(rebuilt, X), infer(adapted, X))
     adapted.save_weights(tmp_path / "adapted.weights.h5")  # weights alone: matched through the spec
     fresh = transfer.add_adapters(reszoo.create_model("resnet20", **SMALL), mode, num_classes=3)
     reszoo.weights.load_weights(fresh, tmp_path / "adapted.weights.h5")
-    np.testing.assert_array_equal(fresh.predict(X, verbose=0), adapted.predict(X, verbose=0))
+    np.testing.assert_array_equal(infer(fresh, X), infer(adapted, X))
     card = reszoo.model_card(rebuilt)
     assert card["adapters"] == mode and card["num_classes"] == 3
-    pyramid = keras.Model(rebuilt.inputs, rebuilt.pyramid_outputs).predict(X, verbose=0)
+    pyramid = infer(keras.Model(rebuilt.inputs, rebuilt.pyramid_outputs), X)
     assert {k: v.shape[-1] for k, v in pyramid.items()} == {f["level"]: f["channels"] for f in card["features"]}
     other = reszoo.create_model("resnet20", **SMALL)
     with pytest.raises(ValueError, match="was trained on another backbone"):
@@ -232,7 +234,7 @@ def test_train_with_adapters_keeps_the_backbone_and_saves_the_task(tmp_path):
     (_, _), (x_test, _), _ = load_digits()
     again = transfer.load_task(backbone, tmp_path / "b" / "task.npz")
     x = x_test[:16].astype("float32")
-    np.testing.assert_allclose(again.predict(x, verbose=0), adapted.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(infer(again, x), infer(adapted, x), rtol=1e-6, atol=1e-6)
     exported = _cli("training.export", f"--model_dir={tmp_path / 'b'}", f"--export_dir={tmp_path / 'saved'}")
     assert exported.returncode == 0, exported.stderr[-2000:]  # a task exports as a normal SavedModel
     (tmp_path / "unfinished").mkdir()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import reszoo
+from helpers import infer
 from reszoo import weights
 
 SHAPE = (64, 64, 3)
@@ -55,8 +56,8 @@ def test_keras_applications_weights_give_the_same_outputs(architecture, tmp_path
     assert weights.architecture_of(model) == architecture
     x = np.random.default_rng(1).uniform(0, 255, (2, *SHAPE)).astype("float32")
     mode = weights.KERAS_APPLICATIONS[architecture][1]
-    expected = source.predict(PREPROCESS[mode](x.copy()), verbose=0)
-    got = model.predict(x, verbose=0)  # raw pixels: the preprocessing is the model's first layer
+    expected = infer(source, PREPROCESS[mode](x.copy()))
+    got = infer(model, x)  # raw pixels: the preprocessing is the model's first layer
     assert _relative_error(expected, got) < 1e-5
 
 
@@ -66,10 +67,10 @@ def test_notop_files_model_objects_and_keras3_weight_files_load(tmp_path):
     _save_like_the_downloads(source, tmp_path / "notop.h5")
     source.save_weights(tmp_path / "notop.weights.h5")
     x = np.random.default_rng(3).uniform(0, 255, (2, *SHAPE)).astype("float32")
-    expected = source.predict(PREPROCESS["torch"](x.copy()), verbose=0)
+    expected = infer(source, PREPROCESS["torch"](x.copy()))
     for given in (str(tmp_path / "notop.h5"), str(tmp_path / "notop.weights.h5"), source):
         model = weights.keras_applications_model("DenseNet121", given, input_shape=SHAPE, include_top=False)
-        assert _relative_error(expected, model.predict(x, verbose=0)) < 1e-5
+        assert _relative_error(expected, infer(model, x)) < 1e-5
     # A file without a head fills everything but the classifier, which stays new (timm's way).
     model = reszoo.create_model("densenet121", input_shape=SHAPE, num_classes=7, variant="keras")
     report = weights.load_weights(model, str(tmp_path / "notop.h5"))
@@ -92,11 +93,11 @@ def test_a_top_file_loads_into_other_classes_and_any_input_size(tmp_path):
         for a, b in zip(model.get_layer(name).get_weights(), source.get_layer(name).get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
     x = np.random.default_rng(6).uniform(0, 255, (2, *SHAPE)).astype("float32")
-    features = keras.Model(model.inputs, model.get_layer("avg_pool").output).predict(x, verbose=0)
+    features = infer(keras.Model(model.inputs, model.get_layer("avg_pool").output), x)
     at_size = keras.applications.ResNet50(weights=None, input_shape=SHAPE, include_top=False, pooling="avg")
     for layer in at_size.layers[1:]:
         layer.set_weights(source.get_layer(layer.name).get_weights())
-    assert _relative_error(at_size.predict(PREPROCESS["caffe"](x.copy()), verbose=0), features) < 1e-5
+    assert _relative_error(infer(at_size, PREPROCESS["caffe"](x.copy())), features) < 1e-5
     same = reszoo.create_model("resnet50", weights=str(tmp_path / "resnet50.h5"))
     np.testing.assert_array_equal(same.get_layer("fc").get_weights()[0], source.get_layer("predictions").get_weights()[0])
 
@@ -181,14 +182,16 @@ import json, sys
 import numpy as np
 import keras, reszoo
 from reszoo import weights
+
 table = weights.keras_weights_table()
 table["weights"]["ResNet50"]["notop"]["md5"] = sys.argv[1]  # the test's file stands in for the download
 weights.keras_weights_table = lambda: table
 model = reszoo.create_model("resnet50", weights="imagenet", include_top=False, pooling="avg", input_shape=(64, 64, 3))
 peer = keras.applications.ResNet50(weights=sys.argv[2], include_top=False, pooling="avg", input_shape=(64, 64, 3))
 x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
-ref = peer.predict(keras.applications.resnet.preprocess_input(x.copy()), verbose=0)
-got = model.predict(x, verbose=0)
+infer = lambda m, x: keras.ops.convert_to_numpy(m(x, training=False))
+ref = infer(peer, keras.applications.resnet.preprocess_input(x.copy()))
+got = infer(model, x)
 try:
     reszoo.create_model("resnet50", weights="imagenet")  # the top file is not in the cache, and no network
     missing = None

@@ -8,7 +8,7 @@ feature maps on random raw-pixel images at each size, for reszoo to match.
 
 Also writes ``shapes.json`` (every architecture's state-dict shapes, for those asked with
 ``--shapes_only``), ``macs.json`` (every architecture's multiply-accumulates at 224 x 224, by
-PyTorch's FlopCounterMode) and ``cfgs.json`` (timm's pretrained config of every tag in
+PyTorch's FlopCounterMode on the meta device) and ``cfgs.json`` (timm's pretrained config of every tag in
 reszoo's table).
 """
 
@@ -99,11 +99,12 @@ def main():
     shapes, macs = {}, {}
     archs = [spec.partition(":")[0] for spec in args.specs] + list(filter(None, args.shapes_only.split(",")))
     for arch in archs:
-        model = timm.create_model(arch, pretrained=False).eval()
-        if arch in args.shapes_only.split(","):
-            shapes[arch] = {k: list(v.shape) for k, v in model.state_dict().items()}
-        with torch.no_grad(), torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, 3, 224, 224))
+        with torch.device("meta"):  # shapes and counts only: no memory, no arithmetic
+            model = timm.create_model(arch, pretrained=False).eval()
+            if arch in args.shapes_only.split(","):
+                shapes[arch] = {k: list(v.shape) for k, v in model.state_dict().items()}
+            with torch.no_grad(), torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+                model(torch.zeros(1, 3, 224, 224))
         macs[arch] = counter.get_total_flops() // 2  # convolutions and linear layers, 2 FLOPs per MAC
     with open(os.path.join(args.out, "shapes.json"), "w") as f:
         json.dump(shapes, f)
