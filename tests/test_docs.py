@@ -20,10 +20,11 @@ CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def site(tmp_path_factory, registered):
     """The site, built strictly from the cards of the models this session has built (the zoo
-    takes minutes to build; the hook builds it itself when no cards are given)."""
+    takes minutes to build; the hook builds it itself when no cards are given). Once a session:
+    the zoo's xdist group interleaves modules, and pytest ends a module's fixtures between them."""
     out = tmp_path_factory.mktemp("site")
     cards = out.parent / "cards.pickle"
     cards.write_bytes(pickle.dumps({name: reszoo.model_card(registered(name)) for name in reszoo.list_models()}))
@@ -48,7 +49,7 @@ def site(tmp_path_factory, registered):
     server.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser():
     if not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)):
         if os.environ.get("CI"):
@@ -83,7 +84,7 @@ def _images(browser):
         "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def screenshots(tmp_path_factory):
     folder = tmp_path_factory.mktemp("screenshots")
     print(f"screenshots in {folder}")
