@@ -31,6 +31,7 @@ def _seed():
     keras.utils.set_random_seed(0)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the groups into the node ids
 def pytest_collection_modifyitems(items):
     """Tests of full-size registered models share one xdist worker, so each model is built
     once per session (building the whole zoo takes about 3 minutes here)."""
