@@ -1,5 +1,5 @@
-"""The console commands ``reszoo-train``, ``reszoo-export`` and ``reszoo-predict`` (setup.py's
-entry points), which run ``python -m training.train`` and its siblings from any folder. A
+"""The console commands ``reszoo-train``, ``reszoo-export``, ``reszoo-predict`` and
+``reszoo-serve`` (setup.py's entry points), which run ``python -m training.train`` and its siblings from any folder. A
 module of its own, beside the ``reszoo`` library and the ``training`` commands: the library
 imports neither its callers nor this launcher.
 
@@ -39,3 +39,7 @@ def export():
 
 def predict():
     _command("predict")
+
+
+def serve():
+    _command("serve")

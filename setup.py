@@ -12,11 +12,13 @@ setup(
     py_modules=["reszoo_cli"],
     package_data={"reszoo": ["data/*.npz", "data/*.json"]},
     entry_points={"console_scripts": ["reszoo-train=reszoo_cli:train", "reszoo-export=reszoo_cli:export",
-                                      "reszoo-predict=reszoo_cli:predict"]},
+                                      "reszoo-predict=reszoo_cli:predict", "reszoo-serve=reszoo_cli:serve"]},
     install_requires=["keras>=3.15.1,<4", "numpy"],
     extras_require={
         "tf": ["tensorflow>=2.21,<2.22", "tensorflow-datasets>=4.9", "tensorboard", "absl-py"],
         "export": ["tf2onnx>=1.17", "onnxruntime>=1.20"],
+        # reszoo-serve: KServe's model server; the SavedModel runtime needs [tf] too.
+        "serve": ["kserve>=0.21,<0.22", "onnxruntime>=1.20"],
         "lab": ["matplotlib>=3.7"],
         "hub": ["keras-hub>=0.32"],
         # PyTorch peers: the GPU benchmark's torchvision contenders (and timm checkpoints).
@@ -31,6 +33,7 @@ setup(
             "jaxlib>=0.10.2",
             "tf2onnx>=1.17",
             "onnxruntime>=1.20",
+            "kserve>=0.21,<0.22",
             "matplotlib>=3.7",
             "keras-hub>=0.32",
             "torch>=2.10",

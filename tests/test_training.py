@@ -370,7 +370,7 @@ def test_pipelines_run_without_tf_data_autotuning():
 
 
 def test_console_commands_run_from_any_folder_and_refuse_a_foreign_training_package(tmp_path):
-    """reszoo-train, reszoo-export and reszoo-predict (setup.py's entry points)."""
+    """reszoo-train, reszoo-export, reszoo-predict and reszoo-serve (setup.py's entry points)."""
     bin_dir = pathlib.Path(sys.executable).parent
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     run = lambda command, *args, **extra: subprocess.run([str(bin_dir / command), *map(str, args)], cwd=tmp_path,
@@ -389,6 +389,8 @@ def test_console_commands_run_from_any_folder_and_refuse_a_foreign_training_pack
     predicted = run("reszoo-predict", "--saved_model=saved/resnet20_digits", "--top=2", "digit.png")
     assert predicted.returncode == 0 and predicted.stdout.splitlines()[0] == "digit.png"
     assert len(predicted.stdout.splitlines()) == 3
+    helped = run("reszoo-serve", "--help")
+    assert helped.returncode == 0 and "--model_base_path" in helped.stdout
     fake = tmp_path / "elsewhere" / "training"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("")

@@ -106,6 +106,17 @@ def decode_image(data, channels):
     return to_channels(tf.io.decode_image(data, channels=0, expand_animations=False), channels)
 
 
+def serving_image(data, image_shape):
+    """One encoded image as float32 pixels of ``image_shape`` (H, W, C), resized (bilinear, as
+    in training) when its size differs: the exported ``serving_bytes`` signature and
+    ``reszoo-serve`` decode through this function."""
+    height, width, channels = image_shape
+    image = tf.cast(decode_image(data, channels), tf.float32)
+    same = tf.reduce_all(tf.shape(image)[:2] == [height, width])
+    image = tf.cond(same, lambda: image, lambda: tf.image.resize(image, (height, width)))
+    return tf.ensure_shape(image, image_shape)
+
+
 def to_channels(image, channels):
     """A uint8 image of 1-4 channels (grey, grey + alpha, RGB, RGBA) as ``channels``."""
     native = tf.shape(image)[-1]

@@ -116,7 +116,7 @@ def _preprocessing(model):
 
 def _serving_module(tf, core, image_shape, class_names, top_k):
     """A tf.Module around the Keras-exported ``core`` (float32 pixels -> logits)."""
-    from training.data import decode_image
+    from training.data import serving_image
 
     height, width, channels = image_shape
     names = tf.constant([str(n) for n in class_names])
@@ -129,12 +129,6 @@ def _serving_module(tf, core, image_shape, class_names, top_k):
         return {"logits": logits, "probabilities": probabilities, "top_k_ids": ids,
                 "top_k_scores": scores, "top_k_names": tf.gather(names, ids)}
 
-    def decode(data):
-        image = tf.cast(decode_image(data, channels), tf.float32)
-        same = tf.reduce_all(tf.shape(image)[:2] == [height, width])
-        image = tf.cond(same, lambda: image, lambda: tf.image.resize(image, (height, width)))
-        return tf.ensure_shape(image, image_shape)
-
     module = tf.Module()
     module.core = core
     module.class_names = names
@@ -144,7 +138,8 @@ def _serving_module(tf, core, image_shape, class_names, top_k):
         lambda images: outputs(tf.cast(images, tf.float32)),
         input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name="images")])
     module.serving_bytes = tf.function(
-        lambda image_bytes: outputs(tf.map_fn(decode, image_bytes, fn_output_signature=pixels.dtype)),
+        lambda image_bytes: outputs(tf.map_fn(lambda data: serving_image(data, image_shape), image_bytes,
+                                              fn_output_signature=pixels.dtype)),
         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     return module
 

@@ -29,7 +29,7 @@ def resolve(path):
     raise ValueError(f"--saved_model: {path!r} is neither a SavedModel folder nor a folder of versions")
 
 
-def _problem(version):
+def missing(version):
     """What is missing from a SavedModel folder, or None."""
     index = os.path.join(version, "variables", "variables.index")
     if not os.path.isfile(os.path.join(version, "saved_model.pb")):
@@ -46,7 +46,7 @@ def load(saved_model):
     from training.errors import first_line
 
     version = resolve(saved_model)
-    problem = _problem(version)
+    problem = missing(version)
     if problem:
         raise ValueError(f"{version} {problem}; export it again")
     try:

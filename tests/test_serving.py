@@ -1,0 +1,345 @@
+"""reszoo-serve: exports served on KServe in TF Serving's REST protocol, on localhost.
+
+One digits run is exported (SavedModel and ONNX) and served beside a broken and an empty model
+folder; the answers are checked against the SavedModel itself and training.predict, bad requests
+against their 4xx, a load of concurrent clients against a version rolled out under it, the ONNX
+runtime against the SavedModel, and SIGTERM against a request in flight.
+"""
+
+import base64
+import concurrent.futures
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from conftest import ROOT, run_command
+
+pytestmark = pytest.mark.xdist_group("serving")
+MODEL = "resnet20_digits"
+TOL = 1e-5  # of the logits' scale: batches of other sizes run other kernels
+
+
+def _close(got, expected, tol=TOL):
+    expected = np.asarray(expected)
+    return np.allclose(got, expected, rtol=tol, atol=tol * max(1.0, float(np.abs(expected).max())))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python -m training.serve ARGS`` on free ports, up when its model answers."""
+
+    def __init__(self, tmp, base, *args):
+        self.port, self.grpc_port = _free_port(), _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(tmp / f"serve-{self.port}.log", "w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "training.serve", f"--model_base_path={base}", f"--port={self.port}",
+             f"--grpc_port={self.grpc_port}", "--poll_seconds=0.2", *args],
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            assert self.proc.poll() is None, self.output()[-4000:]
+            try:
+                if requests.get(f"{self.url}/v1/models/{MODEL}", timeout=5).ok:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("the server did not come up:\n" + self.output()[-4000:])
+
+    def output(self):
+        self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()
+
+    def predict(self, body, path=f"/v1/models/{MODEL}:predict", session=requests):
+        data = body if isinstance(body, bytes) else json.dumps(body)
+        answer = session.post(self.url + path, data=data, timeout=60)
+        return answer.status_code, answer.json()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+        self.log.close()
+
+
+def _export(model_dir, export_dir, *args):
+    proc = run_command("training.export", f"--model_dir={model_dir}", f"--export_dir={export_dir}",
+                       "--formats=saved_model,onnx", *args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.split("exported ", 1)[1].strip()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A digits run exported as version 1 under base/, beside a model folder whose only version is
+    damaged, one with no version, and a half-written export; a second run (other weights) to roll
+    out as version 2; the server on base/."""
+    tmp = tmp_path_factory.mktemp("serving")
+    base = tmp / "base"
+    proc = run_command("training.train", "--epochs=1", "--model_args=base_width=8", f"--model_dir={tmp / 'run'}",
+                       "--export", f"--export_dir={base}", "--export_formats=saved_model,onnx")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    v1 = base / MODEL / "1"
+    shutil.copytree(v1, base / "broken" / "1")
+    (base / "broken" / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    (base / "empty").mkdir()
+    shutil.copytree(v1, base / MODEL / ".tmp-2-killed")  # an export killed before its rename
+
+    import keras
+
+    from reszoo import naming
+
+    shutil.copytree(tmp / "run", tmp / "run2")
+    model = keras.saving.load_model(tmp / "run" / "last.keras", compile=False)
+    kernel, bias = model.get_layer(naming.CLASSIFIER).get_weights()
+    model.get_layer(naming.CLASSIFIER).set_weights([kernel[:, ::-1], bias[::-1]])  # other answers
+    model.save(tmp / "run2" / "last.keras")
+    server = Server(tmp, base)
+    yield tmp, base, server
+    server.stop()
+
+
+def _images(n, seed=0):
+    from reszoo.datasets import load_digits
+
+    (_, _), (x, _), _ = load_digits()
+    return x[seed:seed + n].astype("float32")  # raw pixels 0..16, as the model was trained
+
+
+def _expected(version_dir, pixels):
+    import tensorflow as tf
+
+    out = tf.saved_model.load(str(version_dir)).signatures["serving_default"](images=tf.constant(pixels))
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def _png(image):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0].astype("uint8")).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_answers_are_the_exports_own_in_every_request_form(served, tmp_path):
+    from training.predict import predict
+
+    tmp, base, server = served
+    pixels = _images(3)
+    expected = _expected(base / MODEL / "1", pixels)
+    status, rows = server.predict({"instances": pixels.tolist()})
+    assert status == 200 and len(rows["predictions"]) == 3
+    assert _close([p["logits"] for p in rows["predictions"]], expected["logits"])
+    assert [p["top_k_names"] for p in rows["predictions"]] == expected["top_k_names"].astype(str).tolist()
+    status, columns = server.predict({"signature_name": "serving_uint8", "inputs": {"images": pixels.astype(int).tolist()}})
+    assert status == 200 and set(columns["outputs"]) == {"logits", "probabilities", "top_k_ids", "top_k_scores",
+                                                         "top_k_names"}
+    assert _close(columns["outputs"]["probabilities"], expected["probabilities"])
+    files = []
+    for i, image in enumerate(pixels):
+        files.append(tmp_path / f"{i}.png")
+        files[-1].write_bytes(_png(image))
+    b64 = [{"image_bytes": {"b64": base64.b64encode(f.read_bytes()).decode()}} for f in files]
+    status, encoded = server.predict({"signature_name": "serving_bytes", "instances": b64})
+    assert status == 200
+    for answer, (_, top) in zip(encoded["predictions"], predict(str(base / MODEL), [str(f) for f in files])):
+        assert answer["top_k_names"] == [name for name, _ in top]
+        assert _close(answer["top_k_scores"], [score for _, score in top])
+    status, one = server.predict({"instances": pixels[:1].tolist()}, path=f"/v1/models/{MODEL}/versions/1:predict")
+    assert status == 200
+    assert _close(one["predictions"][0]["logits"], expected["logits"][0])
+    assert requests.get(f"{server.url}/v1/models/{MODEL}").json() == {"model_version_status": [
+        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+
+    v2 = {"inputs": [{"name": "images", "shape": [3, 8, 8, 1], "datatype": "FP32", "data": pixels.ravel().tolist()}]}
+    answer = requests.post(f"{server.url}/v2/models/{MODEL}/infer", json=v2, timeout=60).json()
+    outputs = {o["name"]: np.reshape(o["data"], o["shape"]) for o in answer["outputs"]}
+    assert _close(outputs["logits"], expected["logits"])
+    assert outputs["top_k_names"].tolist() == expected["top_k_names"].astype(str).tolist()
+    assert _close(_grpc_logits(server.grpc_port, pixels), expected["logits"].ravel())
+
+
+def _grpc_logits(port, pixels):
+    import asyncio
+
+    from kserve import InferenceGRPCClient, InferInput, InferRequest
+
+    async def call():
+        client = InferenceGRPCClient(f"127.0.0.1:{port}")
+        tensor = InferInput("images", list(pixels.shape), "FP32")
+        tensor.set_data_from_numpy(pixels)
+        answer = await client.infer(InferRequest(model_name=MODEL, infer_inputs=[tensor]))
+        return {o.name: o.as_numpy() for o in answer.outputs}["logits"].ravel().tolist()
+
+    return asyncio.run(call())
+
+
+def test_damaged_empty_and_half_written_models_are_reported_and_not_served(served):
+    _, _, server = served
+    log = server.output()
+    assert "serve: error: broken version 1 cannot be loaded, its files are damaged" in log
+    assert "serve: error: empty (" in log and "has no complete version yet" in log
+    assert f"serving {MODEL} version 1 (saved_model)" in log
+    for name in ("broken", "empty", ".tmp-2-killed"):
+        status, answer = server.predict({"instances": _images(1).tolist()}, path=f"/v1/models/{name}:predict")
+        assert status == 404 and name in answer["error"]
+    assert requests.get(f"{server.url}/v1/models/broken").status_code == 404
+
+
+BAD = [  # (body, status, what the one-line error says)
+    (b"{not json", 400, ("not JSON", "Unrecognized request format")),  # ours for curl's form type, KServe's for JSON
+    ([1, 2], 400, 'a JSON object with "instances" or "inputs"'),
+    ({"instances": [[1, 2]]}, 400, "shape [1, 2], expected [batch, 8, 8, 1]"),
+    ({"instances": [[["a"] * 1] * 8] * 8}, 400, "not a rectangular array of numbers"),
+    ({"instances": []}, 400, "non-empty list"),
+    ({"instances": [1], "inputs": [1]}, 400, "exactly one of"),
+    ({"signature_name": "serving_float16", "instances": [1]}, 400, "signature_name 'serving_float16' is not served"),
+    ({"signature_name": "serving_uint8", "instances": np.full((1, 8, 8, 1), 300).tolist()}, 400, "0..255"),
+    ({"signature_name": "serving_bytes", "instances": [{"image_bytes": {"b64": base64.b64encode(b"GIF89a?").decode()}}]},
+     400, "image 0 cannot be decoded"),
+    ({"signature_name": "serving_bytes", "instances": [{"image_bytes": {"b64": "@@@"}}]}, 400, "not valid base64"),
+    ({"signature_name": "serving_bytes", "instances": ["raw"]}, 400, 'image_bytes must be {"b64"'),
+    ({"instances": [{"pixels": 1}]}, 400, 'the "images" input of serving_default'),
+]
+
+
+def test_bad_requests_get_a_4xx_with_one_line_and_the_server_keeps_serving(served):
+    _, _, server = served
+    for body, status, says in BAD:
+        got, answer = server.predict(body)
+        said = answer.get("error", "")
+        assert (got, any(s in said for s in (says if isinstance(says, tuple) else [says]))) == (status, True), \
+            (body, answer)
+        assert "\n" not in answer["error"]
+    assert server.predict({"instances": [1]}, path="/v1/models/nope:predict")[0] == 404
+    got, answer = server.predict({"instances": _images(1).tolist()}, path=f"/v1/models/{MODEL}/versions/7:predict")
+    assert got == 404 and "version 7 is not served (it serves version 1" in answer["error"]
+    got, answer = server.predict(b" " * (17 * 2 ** 20))
+    assert got == 413 and "over the server's limit" in answer["error"]
+    assert server.predict({"instances": _images(1).tolist()})[0] == 200
+    assert "Traceback" not in server.output()
+
+
+def _client(server, pixels, until, answers, errors):
+    session = requests.Session()
+    i = 0
+    while not until(i):
+        image = pixels[i % len(pixels)][None]
+        try:
+            status, answer = server.predict({"instances": image.tolist()}, session=session)
+        except requests.RequestException as err:
+            errors.append(repr(err))
+        else:
+            if status != 200:
+                errors.append(answer)
+            else:
+                answers.append((i % len(pixels), answer["predictions"][0]["logits"]))
+        i += 1
+
+
+def test_concurrent_clients_are_batched_and_a_version_rolls_out_under_load(served):
+    tmp, base, server = served
+    pixels = _images(16)
+    v1 = _expected(base / MODEL / "1", pixels)["logits"]
+    answers, errors = [], []
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: _client(server, pixels, lambda i: i >= 25, answers, errors), range(8)))
+    assert errors == [] and len(answers) == 8 * 25
+    for i, logits in answers:
+        assert _close(logits, v1[i])
+    metrics = requests.get(f"{server.url}/metrics").text
+    count = float(next(l for l in metrics.splitlines() if l.startswith(f'reszoo_batch_size_count{{model="{MODEL}"}}'))
+              .split()[-1])
+    total = float(next(l for l in metrics.splitlines() if l.startswith(f'reszoo_batch_size_sum{{model="{MODEL}"}}'))
+                  .split()[-1])
+    assert total >= 8 * 25 and count < total  # every image was run, some of them in shared batches
+
+    answers.clear()
+    rolled = threading.Event()
+    after = []
+
+    def until(i):
+        if rolled.is_set():
+            after.append(i)
+        return rolled.is_set() and len(after) > 8 * 10
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        clients = [pool.submit(_client, server, pixels, until, answers, errors) for _ in range(8)]
+        final = _export(tmp / "run2", base)  # the real export: a .tmp- folder, renamed into place
+        assert final.endswith(f"{MODEL}/2")
+        deadline = time.time() + 60
+        while requests.get(f"{server.url}/v1/models/{MODEL}").json()["model_version_status"][0]["version"] != "2":
+            assert time.time() < deadline, server.output()[-4000:]
+            time.sleep(0.1)
+        switched = len(answers)
+        rolled.set()
+        [c.result() for c in clients]
+    v2 = _expected(base / MODEL / "2", pixels)["logits"]
+    assert errors == [] and len(answers) > switched
+    old = [_close(logits, v1[i]) for i, logits in answers]
+    new = [_close(logits, v2[i]) for i, logits in answers]
+    assert all(a or b for a, b in zip(old, new))  # each answer is one version's, whole
+    assert all(new[switched + 8:]) and any(old)  # answers after the switch are version 2's
+
+
+def test_the_onnx_runtime_answers_as_the_saved_model_and_sigterm_drains(served):
+    tmp, base, server = served
+    onnx = Server(tmp, base / MODEL, "--runtime=onnx", "--max_batch_size=1")
+    try:
+        pixels = _images(64, seed=100)
+        status, answer = onnx.predict({"instances": pixels.tolist()})
+        version = requests.get(f"{onnx.url}/v1/models/{MODEL}").json()["model_version_status"][0]["version"]
+        expected = _expected(base / MODEL / version, pixels)
+        assert status == 200
+        assert _close([p["logits"] for p in answer["predictions"]], expected["logits"], 1e-4)
+        assert [p["top_k_ids"][0] for p in answer["predictions"]] == expected["top_k_ids"][:, 0].tolist()
+        assert _close([p["top_k_scores"] for p in answer["predictions"]], expected["top_k_scores"], 1e-4)
+        big = json.dumps({"instances": np.repeat(pixels, 300, axis=0).tolist()}).encode()  # 19,200 images: 3 s
+        done = {}
+        thread = threading.Thread(target=lambda: done.update(answer=onnx.predict(big)))
+        thread.start()
+        time.sleep(1.0)
+        onnx.proc.send_signal(signal.SIGTERM)
+        thread.join(60)
+        assert done["answer"][0] == 200 and len(done["answer"][1]["predictions"]) == 64 * 300
+        assert onnx.proc.wait(60) == 0
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{onnx.url}/v1/models/{MODEL}", timeout=5)
+    finally:
+        onnx.stop()
+
+
+def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, served):
+    _, base, server = served
+    (tmp_path / "only_broken").mkdir()
+    shutil.copytree(base / "broken", tmp_path / "only_broken" / "broken")
+    cases = [([], 2, "--model_base_path is required"),
+             ([f"--model_base_path={tmp_path / 'nowhere'}"], 2, "is not a folder"),
+             ([f"--model_base_path={tmp_path}/only_broken/broken", f"--port={server.port}"], 2, "the port is in use"),
+             ([f"--model_base_path={base}", "--port=8123", "--grpc_port=8123"], 2, "must differ"),
+             ([f"--model_base_path={base}", "--runtime=tflite"], 2, "--runtime"),
+             ([f"--model_base_path={tmp_path / 'only_broken'}", f"--port={_free_port()}", "--grpc_port=0"], 1,
+              "nothing to serve")]
+    for args, code, says in cases:
+        proc = run_command("training.serve", *args)
+        lines = [l for l in proc.stderr.splitlines() if l.startswith("serve: error:")]
+        assert proc.returncode == code and any(says in l for l in lines), (args, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr

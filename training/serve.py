@@ -1,0 +1,148 @@
+"""Serve exported models over HTTP: ``reszoo-serve --model_base_path=saved_models``.
+
+Serves every model under the base path (or the one model folder given) at its newest complete
+version, as TensorFlow Serving does, on KServe's Python model server: TF Serving's REST API
+(``POST /v1/models/NAME:predict`` with ``instances`` or ``inputs``, ``{"b64": ...}`` images,
+``signature_name``; ``GET /v1/models/NAME`` for the version status) on ``--port``, the Open
+Inference Protocol (v2) on the same port and over gRPC on ``--grpc_port``, and ``/metrics``.
+A version exported while it runs is served from the next poll on; a ``.tmp-*`` folder never is.
+"""
+
+import os
+import socket
+import sys
+import threading
+import time
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    flags.DEFINE_string("model_base_path", None, "required: a folder of model folders (saved_models), or one model "
+                        "folder (saved_models/resnet20_digits), each holding integer version folders")
+    flags.DEFINE_integer("port", 8501, "REST port (TF Serving's)", lower_bound=1, upper_bound=65535)
+    flags.DEFINE_integer("grpc_port", 8500, "gRPC port of the v2 protocol; 0: no gRPC", lower_bound=0,
+                         upper_bound=65535)
+    flags.DEFINE_enum("runtime", "saved_model", ["saved_model", "onnx"],
+                      "run the SavedModel (TensorFlow) or the export's model.onnx (ONNX Runtime)")
+    flags.DEFINE_integer("max_batch_size", 32, "concurrent requests to a model run as one batch of up to this "
+                         "many images; 1: no batching", lower_bound=1)
+    flags.DEFINE_float("batch_timeout_ms", 0.0, "wait this long for more requests before a model call (0: take "
+                       "what queued while the model was busy, no wait)", lower_bound=0.0)
+    flags.DEFINE_float("poll_seconds", 1.0, "how often to look for new versions and models (TF Serving's "
+                       "--file_system_poll_wait_seconds)", lower_bound=0.05)
+    flags.DEFINE_float("max_request_mb", 16.0, "larger request bodies are refused (413)", lower_bound=0.001)
+
+
+def _say(line):
+    stream = sys.stderr if line.startswith("serve: error") else sys.stdout
+    stream.write(line + "\n")
+    stream.flush()
+
+
+def _usage(message):
+    _say(f"serve: error: {message}")
+    sys.exit(2)
+
+
+def _port_free(port):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def _watch(models_by_folder, base, make, register, every):
+    """Poll for new versions of the served models and for new model folders."""
+    from training import serving
+
+    while True:
+        time.sleep(every)
+        try:
+            found = serving.model_folders(base)
+        except (OSError, ValueError):
+            continue
+        for name, folder in found.items():
+            if folder not in models_by_folder:
+                models_by_folder[folder] = make(name, folder)
+            model = models_by_folder[folder]
+            if model.refresh() and model.name not in register.get_models():
+                register.update(model)
+
+
+def main(argv):
+    if len(argv) > 1:
+        _usage(f"unexpected arguments {argv[1:]}")
+    if FLAGS.model_base_path is None:
+        _usage("--model_base_path is required (a folder of exported models, e.g. saved_models)")
+    for flag in ("port", "grpc_port"):
+        port = getattr(FLAGS, flag)
+        if port and not _port_free(port):
+            _usage(f"--{flag}={port}: the port is in use (another server is running there?)")
+    if FLAGS.grpc_port and FLAGS.grpc_port == FLAGS.port:
+        _usage("--grpc_port must differ from --port")
+    try:
+        import kserve
+        from kserve.model_repository import ModelRepository
+    except ImportError:
+        _usage("reszoo-serve needs KServe's model server: pip install -e '.[serve]'")
+    if FLAGS.runtime == "onnx":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            _usage("--runtime=onnx needs onnxruntime: pip install -e '.[serve]'")
+    from training import serving
+
+    try:
+        folders = serving.model_folders(FLAGS.model_base_path)
+    except ValueError as err:
+        _usage(str(err))
+    if not folders:
+        _usage(f"--model_base_path: {FLAGS.model_base_path} holds no model folders (export one with "
+               "python -m training.export)")
+
+    def make(name, folder):
+        batcher = serving.Batcher(name, FLAGS.max_batch_size, FLAGS.batch_timeout_ms / 1000)
+        return serving.ServedModel(name, folder, FLAGS.runtime, batcher, say=_say)
+
+    repository = ModelRepository()
+    by_folder = {folder: make(name, folder) for name, folder in folders.items()}
+    for model in by_folder.values():
+        model.refresh()
+        if model.current is None and not model.failed:
+            _say(f"serve: error: {model.name} ({model.folder}) has no complete version yet; served once one "
+                 "is exported")
+    ready = [model for model in by_folder.values() if model.ready]
+    if not ready:
+        _say(f"serve: error: nothing to serve under {FLAGS.model_base_path}")
+        sys.exit(1)
+    server = kserve.ModelServer(http_port=FLAGS.port, grpc_port=FLAGS.grpc_port or 8081,
+                                enable_grpc=bool(FLAGS.grpc_port), registered_models=repository,
+                                enable_latency_logging=False, workers=1)
+    kserve.logging.logger.addFilter(serving.OneLine())
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")  # KServe's, on newer FastAPI
+    serving.add_routes(kserve.model_server.app, repository, int(FLAGS.max_request_mb * 2 ** 20))
+    threading.Thread(target=_watch, args=(by_folder, FLAGS.model_base_path, make, repository, FLAGS.poll_seconds),
+                     daemon=True).start()
+    _say(f"serving REST on port {FLAGS.port}" + (f", gRPC on port {FLAGS.grpc_port}" if FLAGS.grpc_port else ""))
+    server.start(ready)
+
+
+def cli():
+    """``reszoo-serve`` and ``python -m training.serve``."""
+    from training import flags as run_flags
+
+    define_flags()
+    app.run(main, flags_parser=run_flags.parser(sys.modules[__name__], __doc__))
+
+
+if __name__ == "__main__":
+    cli()

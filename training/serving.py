@@ -1,0 +1,401 @@
+"""Exported models served with KServe's model server, in TF Serving's REST protocol.
+
+``reszoo-serve`` (``training/serve.py``) is the command; this module is what it runs:
+
+- ``model_folders``: the models under a base path, in TF Serving's layout (``NAME/VERSION/``);
+- ``Version``: one complete version folder loaded for a runtime, the SavedModel (TensorFlow) or
+  its ``model.onnx`` (ONNX Runtime), answering the export's five outputs;
+- ``Batcher``: concurrent requests to one model run as one batch;
+- ``ServedModel``: a ``kserve.Model`` that serves the newest complete version of one model
+  folder, takes TF Serving's v1 requests (``instances`` / ``inputs``, ``{"b64": ...}``,
+  ``signature_name``) and the Open Inference Protocol's (v2, REST and gRPC);
+- ``add_routes``: the TF Serving routes KServe lacks (model status, a version's predict).
+"""
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import os
+import threading
+
+import numpy as np
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from kserve import Model
+from kserve.errors import InvalidInput, ModelNotFound
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from prometheus_client import Histogram
+
+from training.export import versions
+from training.predict import missing
+
+SIGNATURES = {"serving_default": ("images", "float32"), "serving_uint8": ("images", "uint8"),
+              "serving_bytes": ("image_bytes", "string")}
+OUTPUTS = ("logits", "probabilities", "top_k_ids", "top_k_scores", "top_k_names")
+RUNTIMES = ("saved_model", "onnx")
+BATCH_SIZES = Histogram("reszoo_batch_size", "Images per model call", ["model"],
+                        buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+
+
+class NotServed(LookupError):
+    """A model, version or route that is not served: HTTP 404."""
+
+
+def model_folders(base):
+    """``{name: folder}`` of the models under ``base``: ``base`` itself when it holds
+    versions (integer folders), else each of its sub-folders (TF Serving's model base path)."""
+    if not os.path.isdir(base):
+        raise ValueError(f"--model_base_path: {base!r} is not a folder")
+    if versions(base):
+        return {os.path.basename(os.path.normpath(base)): base}
+    return {d: os.path.join(base, d) for d in sorted(os.listdir(base))
+            if not d.startswith(".") and os.path.isdir(os.path.join(base, d))}
+
+
+def _decode(tf, data, image_shape):
+    from training.data import serving_image
+
+    return serving_image(tf.constant(data), image_shape).numpy()
+
+
+class Version:
+    """One version folder of an export, loaded for ``runtime``; ``run(pixels)`` gives the
+    export's outputs for float32 pixels ``[n, H, W, C]`` as numpy arrays."""
+
+    def __init__(self, folder, runtime):
+        self.folder, self.runtime = folder, runtime
+        self.number = int(os.path.basename(os.path.normpath(folder)))
+        problem = missing(folder)
+        meta_file = os.path.join(folder, "metadata.json")
+        if problem is None and not os.path.isfile(meta_file):
+            problem = "has no metadata.json (it is not a reszoo export)"
+        if problem is None and runtime == "onnx" and not os.path.isfile(os.path.join(folder, "model.onnx")):
+            problem = "has no model.onnx (export it with --formats=onnx, or serve with --runtime=saved_model)"
+        if problem:
+            raise ValueError(problem)
+        try:
+            with open(meta_file) as f:
+                self.metadata = json.load(f)
+            size = self.metadata["input"]
+            self.image_shape = (size["height"], size["width"], size["channels"])
+            self.class_names = np.asarray([str(n) for n in self.metadata["class_names"]])
+            self.top_k = int(self.metadata["top_k"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"its metadata.json is damaged ({type(err).__name__}: {err})") from None
+        try:
+            self._load()
+        except Exception as err:  # TF and ONNX Runtime raise many kinds for damaged files
+            line = (str(err).strip().splitlines() or [""])[0][:200]
+            raise ValueError(f"cannot be loaded, its files are damaged ({type(err).__name__}: {line})") from None
+
+    def _load(self):
+        if self.runtime == "onnx":
+            import onnxruntime as ort
+
+            self._session = ort.InferenceSession(os.path.join(self.folder, "model.onnx"),
+                                                 providers=["CPUExecutionProvider"])
+            return
+        import tensorflow as tf
+
+        self._tf = tf
+        self._signature = tf.saved_model.load(self.folder).signatures["serving_default"]
+
+    def run(self, pixels):
+        if self.runtime == "saved_model":
+            out = self._signature(images=self._tf.constant(pixels))
+            out = {k: v.numpy() for k, v in out.items()}
+            out["top_k_names"] = out["top_k_names"].astype(str)
+            return out
+        logits = self._session.run(["logits"], {"images": pixels})[0].astype("float32")
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+        ids = np.argsort(-probabilities, axis=1, kind="stable")[:, :self.top_k].astype("int32")
+        return {"logits": logits, "probabilities": probabilities, "top_k_ids": ids,
+                "top_k_scores": np.take_along_axis(probabilities, ids, axis=1), "top_k_names": self.class_names[ids]}
+
+    def decode(self, images):
+        """Encoded images (bytes) as float32 pixels, as the export's ``serving_bytes`` decodes
+        them; InvalidInput names the first that does not decode."""
+        import tensorflow as tf
+
+        from training.data import error_reason
+
+        out = []
+        for i, data in enumerate(images):
+            try:
+                out.append(_decode(tf, data, self.image_shape))
+            except (tf.errors.InvalidArgumentError, ValueError) as err:
+                raise InvalidInput(f"image {i} cannot be decoded ({error_reason(err)})") from None
+        return np.stack(out)
+
+
+class Batcher:
+    """Runs concurrent requests to one model as one batch of at most ``max_batch_size`` images:
+    whatever queued while the model was busy goes in the next call (no wait when idle), and
+    ``timeout_s`` > 0 waits that long for more (TF Serving's ``batch_timeout_micros``)."""
+
+    def __init__(self, name, max_batch_size, timeout_s):
+        self.name, self.max_batch_size, self.timeout_s = name, max_batch_size, timeout_s
+        self._queue = self._task = self._get = None
+
+    async def run(self, version, pixels):
+        loop = asyncio.get_running_loop()
+        if self.max_batch_size <= 1:
+            BATCH_SIZES.labels(self.name).observe(len(pixels))
+            return await loop.run_in_executor(None, version.run, pixels)
+        if self._task is None:
+            self._queue = asyncio.Queue()
+            self._task = loop.create_task(self._serve())
+        answer = loop.create_future()
+        self._queue.put_nowait((version, pixels, answer))
+        return await answer
+
+    async def _next(self, timeout):
+        """The next queued request, or None after ``timeout`` seconds (a get that times out is
+        kept for the next call, so no request is lost to a cancellation)."""
+        if self._get is None:
+            self._get = asyncio.ensure_future(self._queue.get())
+        done, _ = await asyncio.wait({self._get}, timeout=timeout)
+        if not done:
+            return None
+        item, self._get = self._get.result(), None
+        return item
+
+    async def _serve(self):
+        held = None
+        loop = asyncio.get_running_loop()
+        while True:
+            group, held = [held or await self._next(None)], None
+            rows = len(group[0][1])
+            deadline = loop.time() + self.timeout_s
+            while rows < self.max_batch_size:
+                item = await self._next(max(0.0, deadline - loop.time()))
+                if item is None:
+                    break
+                if item[0] is not group[0][0] or rows + len(item[1]) > self.max_batch_size:
+                    held = item
+                    break
+                group.append(item)
+                rows += len(item[1])
+            await self._call(loop, group, rows)
+
+    async def _call(self, loop, group, rows):
+        version = group[0][0]
+        pixels = group[0][1] if len(group) == 1 else np.concatenate([item[1] for item in group])
+        BATCH_SIZES.labels(self.name).observe(rows)
+        try:
+            out = await loop.run_in_executor(None, version.run, pixels)
+        except Exception as err:  # every waiting request hears of it; the loop goes on
+            for _, _, answer in group:
+                answer.set_exception(err)
+            return
+        start = 0
+        for _, part, answer in group:
+            if not answer.done():
+                answer.set_result({k: v[start:start + len(part)] for k, v in out.items()})
+            start += len(part)
+
+
+def _b64(value, where):
+    if not (isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str)):
+        raise InvalidInput(f'{where}: image_bytes must be {{"b64": "<base64 of an encoded image>"}}')
+    try:
+        return base64.b64decode(value["b64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{where}: the b64 string is not valid base64") from None
+
+
+def _pixels(value, dtype, image_shape, where):
+    """A request's pixels as float32 ``[n, H, W, C]``; InvalidInput says what is wrong."""
+    try:
+        array = np.asarray(value, dtype="float64")
+    except (ValueError, TypeError):
+        raise InvalidInput(f"{where}: not a rectangular array of numbers") from None
+    expected = "[batch, " + ", ".join(map(str, image_shape)) + "]"
+    if array.ndim != 4 or tuple(array.shape[1:]) != tuple(image_shape):
+        raise InvalidInput(f"{where}: shape {list(array.shape)}, expected {expected} (rows of "
+                           f"{image_shape[0]} x {image_shape[1]} pixels of {image_shape[2]} channel(s))")
+    if not np.isfinite(array).all():
+        raise InvalidInput(f"{where}: pixels must be finite numbers")
+    if dtype == "uint8" and ((array < 0) | (array > 255) | (array != np.round(array))).any():
+        raise InvalidInput(f"{where}: serving_uint8 takes whole numbers 0..255")
+    return array.astype("float32")
+
+
+def parse_v1(body, image_shape):
+    """TF Serving's REST request: ``(signature, row_format, inputs)``, where inputs is a list
+    of encoded images (serving_bytes) or a float32 array of pixels."""
+    if isinstance(body, (bytes, bytearray)):  # curl -d sends form content-type: JSON all the same
+        try:
+            body = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise InvalidInput(f"the request body is not JSON ({err})") from None
+    if not isinstance(body, dict):
+        raise InvalidInput('the request must be a JSON object with "instances" or "inputs"')
+    signature = body.get("signature_name", "serving_default")
+    if signature not in SIGNATURES:
+        raise InvalidInput(f"signature_name {signature!r} is not served; the export has {', '.join(SIGNATURES)}")
+    if ("instances" in body) == ("inputs" in body):
+        raise InvalidInput('the request needs exactly one of "instances" (row format) or "inputs" (columnar)')
+    name, dtype = SIGNATURES[signature]
+    row = "instances" in body
+    data = body["instances" if row else "inputs"]
+    if row:
+        if not isinstance(data, list) or not data:
+            raise InvalidInput('"instances" must be a non-empty list')
+        items = [item[name] if isinstance(item, dict) and name in item else item for item in data]
+        if any(isinstance(item, dict) and set(item) != {"b64"} for item in items):
+            raise InvalidInput(f'each instance is the "{name}" input of {signature}, or an object holding it')
+    else:
+        data = data[name] if isinstance(data, dict) and name in data else data
+        if dtype == "string":
+            items = data if isinstance(data, list) else [data]
+        else:
+            items = data
+    if dtype == "string":
+        if not items:
+            raise InvalidInput("no images in the request")
+        where = "instances" if row else "inputs"
+        return signature, row, [_b64(item, f"{where}[{i}]") for i, item in enumerate(items)]
+    return signature, row, _pixels(items, dtype, image_shape, '"instances"' if row else '"inputs"')
+
+
+def as_json(out, row):
+    """The export's outputs in TF Serving's answer: ``predictions`` (one object per image)
+    for the row format, ``outputs`` (one list per output) for the columnar."""
+    lists = {k: out[k].tolist() for k in OUTPUTS}
+    if not row:
+        return {"outputs": lists}
+    return {"predictions": [{k: lists[k][i] for k in OUTPUTS} for i in range(len(lists["logits"]))]}
+
+
+_V2_TYPES = {"logits": "FP32", "probabilities": "FP32", "top_k_ids": "INT32", "top_k_scores": "FP32",
+             "top_k_names": "BYTES"}
+
+
+class ServedModel(Model):
+    """The newest complete version of one model folder, behind KServe's v1 and v2 routes."""
+
+    def __init__(self, name, folder, runtime="saved_model", batcher=None, say=print):
+        super().__init__(name)
+        self.folder, self.runtime, self.say = folder, runtime, say
+        self.batcher = batcher or Batcher(name, 1, 0.0)
+        self.current = None
+        self.failed = {}
+        self._lock = threading.Lock()
+
+    def refresh(self):
+        """Load the newest complete version if it is newer than the one served; a version that
+        fails to load is reported once and skipped. True when the served version changed."""
+        with self._lock:
+            for number in reversed(versions(self.folder)):
+                if self.current is not None and number <= self.current.number:
+                    return False
+                if number in self.failed:
+                    continue
+                try:
+                    version = Version(os.path.join(self.folder, str(number)), self.runtime)
+                except ValueError as err:
+                    self.failed[number] = str(err)
+                    self.say(f"serve: error: {self.name} version {number} {err}; not served")
+                    continue
+                self.current, self.ready = version, True
+                self.say(f"serving {self.name} version {number} ({self.runtime})")
+                return True
+            return False
+
+    def status(self, version=None):
+        """TF Serving's model status answer (``GET /v1/models/NAME[/versions/N]``)."""
+        current = self._version(version)
+        return {"model_version_status": [{"version": str(current.number), "state": "AVAILABLE",
+                                          "status": {"error_code": "OK", "error_message": ""}}]}
+
+    def _version(self, version=None):
+        current = self.current
+        if current is None:
+            raise NotServed(f"model {self.name!r} has no version that can be served yet")
+        if version is not None and str(version) != str(current.number):
+            raise NotServed(f"model {self.name!r} version {version} is not served (it serves version "
+                            f"{current.number}, its newest complete one)")
+        return current
+
+    async def answer_v1(self, body, version=None):
+        current = self._version(version)
+        signature, row, inputs = parse_v1(body, current.image_shape)
+        if signature == "serving_bytes":
+            inputs = await asyncio.get_running_loop().run_in_executor(None, current.decode, inputs)
+        return as_json(await self.batcher.run(current, inputs), row)
+
+    async def predict(self, payload, headers=None, response_headers=None):
+        if isinstance(payload, InferRequest):
+            return await self._answer_v2(payload)
+        return await self.answer_v1(payload)
+
+    async def _answer_v2(self, request):
+        current = self._version(request.model_version or None)
+        if len(request.inputs) != 1:
+            raise InvalidInput("the request needs one input: images (FP32 or UINT8) or image_bytes (BYTES)")
+        tensor = request.inputs[0]
+        if tensor.name == "image_bytes" and tensor.datatype == "BYTES":
+            images = [bytes(v) if not isinstance(v, str) else v.encode("latin-1") for v in tensor.as_numpy().ravel()]
+            pixels = await asyncio.get_running_loop().run_in_executor(None, current.decode, images)
+        elif tensor.name == "images" and tensor.datatype in ("FP32", "UINT8"):
+            dtype = "uint8" if tensor.datatype == "UINT8" else "float32"
+            pixels = _pixels(tensor.as_numpy(), dtype, current.image_shape, "images")
+        else:
+            raise InvalidInput(f"input {tensor.name!r} ({tensor.datatype}) is not served; send images (FP32 or "
+                               "UINT8) or image_bytes (BYTES)")
+        out = await self.batcher.run(current, pixels)
+        outputs = []
+        for key in OUTPUTS:
+            value = out[key].astype(object) if key == "top_k_names" else out[key]
+            result = InferOutput(key, list(value.shape), _V2_TYPES[key])
+            result.set_data_from_numpy(value, binary_data=False)
+            outputs.append(result)
+        return InferResponse(request.id or "", self.name, outputs, model_version=str(current.number))
+
+
+class OneLine(logging.Filter):
+    """KServe logs a bad request with its traceback: one line instead (the client has the message)."""
+
+    def filter(self, record):
+        err = record.exc_info[1] if record.exc_info else None
+        if isinstance(err, (InvalidInput, ModelNotFound, NotServed)):
+            record.msg, record.args, record.exc_info = f"bad request: {err}", (), None
+        return True
+
+
+def add_routes(app, repository, max_request_bytes):
+    """TF Serving's routes that KServe's v1 lacks, before KServe's own (the first match wins):
+    model and version status, a version's ``:predict``; and the request size limit (413)."""
+
+    def served(name):
+        model = repository.get_model(name)
+        if model is None:
+            raise NotServed(f"model {name!r} is not served (served: {', '.join(repository.get_models()) or 'none'})")
+        return model
+
+    @app.middleware("http")
+    async def limit(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > max_request_bytes:
+            async for _ in request.stream():  # read, not kept: a client still sending would see a reset
+                pass
+            return JSONResponse({"error": f"the request body is {int(size)} bytes, over the server's limit of "
+                                          f"{max_request_bytes} (--max_request_mb)"}, status_code=413)
+        return await call_next(request)
+
+    async def not_served(_, err):
+        return JSONResponse({"error": str(err)}, status_code=404)
+
+    app.add_exception_handler(NotServed, not_served)
+    app.add_api_route("/v1/models/{name}", lambda name: served(name).status(), methods=["GET"])
+    app.add_api_route("/v1/models/{name}/versions/{version}",
+                      lambda name, version: served(name).status(version), methods=["GET"])
+
+    async def predict_version(name: str, version: str, request: Request):
+        return await served(name).answer_v1(await request.body(), version)
+
+    app.add_api_route("/v1/models/{name}/versions/{version}:predict", predict_version, methods=["POST"])
