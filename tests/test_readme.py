@@ -91,6 +91,29 @@ def test_the_fine_tuning_example_runs_as_written(tmp_path):
     for layer in digits.layers[1:-1]:  # --freeze=backbone: every weight as the digits model has it
         for a, b in zip(layer.get_weights(), tuned.get_layer(layer.name).get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
+    _check_the_serving_example(tmp_path, env)
+
+
+def _check_the_serving_example(tmp_path, env):
+    """README's Serving block, as one shell script after the set-up command (its run folder):
+    the export is served, its status and its answer for the digit are printed."""
+    import json
+    import subprocess
+
+    from training.predict import predict
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```\n(.*?)```", text[text.index("## Serving"):], re.S).group(1)
+    script = "set -e\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + block
+    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status, _, answer = proc.stdout.partition('{"predictions"')
+    assert json.loads(status[status.index("{"):]) == {"model_version_status": [
+        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    served = json.loads('{"predictions"' + answer)["predictions"][0]
+    (_, top), = predict(str(tmp_path / "saved_models" / "resnet20_digits"), [str(tmp_path / "digit.png")])
+    assert served["top_k_names"] == [name for name, _ in top]
+    assert served["top_k_scores"] == pytest.approx([score for _, score in top], abs=1e-5)
 
 
 def _python_blocks(heading, page="docs/transfer.md"):

@@ -11,6 +11,7 @@ import concurrent.futures
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -44,19 +45,19 @@ def _free_port():
 class Server:
     """``python -m training.serve ARGS`` on free ports, up when its model answers."""
 
-    def __init__(self, tmp, base, *args):
+    def __init__(self, tmp, base, *args, ready=MODEL):
         self.port, self.grpc_port = _free_port(), _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(tmp / f"serve-{self.port}.log", "w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "training.serve", f"--model_base_path={base}", f"--port={self.port}",
-             f"--grpc_port={self.grpc_port}", "--poll_seconds=0.2", *args],
+            [sys.executable, "-m", "training.serve", *[f"--model_base_path={base}"] * (base is not None),
+             f"--port={self.port}", f"--grpc_port={self.grpc_port}", "--poll_seconds=0.2", *args],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         deadline = time.time() + 180
         while time.time() < deadline:
             assert self.proc.poll() is None, self.output()[-4000:]
             try:
-                if requests.get(f"{self.url}/v1/models/{MODEL}", timeout=5).ok:
+                if requests.get(f"{self.url}/v1/models/{ready}", timeout=5).ok:
                     return
             except requests.ConnectionError:
                 pass
@@ -64,7 +65,8 @@ class Server:
         raise AssertionError("the server did not come up:\n" + self.output()[-4000:])
 
     def output(self):
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log.name) as f:
             return f.read()
 
@@ -149,7 +151,8 @@ def test_answers_are_the_exports_own_in_every_request_form(served, tmp_path):
     assert status == 200 and len(rows["predictions"]) == 3
     assert _close([p["logits"] for p in rows["predictions"]], expected["logits"])
     assert [p["top_k_names"] for p in rows["predictions"]] == expected["top_k_names"].astype(str).tolist()
-    status, columns = server.predict({"signature_name": "serving_uint8", "inputs": {"images": pixels.astype(int).tolist()}})
+    uint8 = {"signature_name": "serving_uint8", "inputs": {"images": pixels.astype(int).tolist()}}
+    status, columns = server.predict(uint8)
     assert status == 200 and set(columns["outputs"]) == {"logits", "probabilities", "top_k_ids", "top_k_scores",
                                                          "top_k_names"}
     assert _close(columns["outputs"]["probabilities"], expected["probabilities"])
@@ -213,7 +216,7 @@ BAD = [  # (body, status, what the one-line error says)
     ({"instances": [1], "inputs": [1]}, 400, "exactly one of"),
     ({"signature_name": "serving_float16", "instances": [1]}, 400, "signature_name 'serving_float16' is not served"),
     ({"signature_name": "serving_uint8", "instances": np.full((1, 8, 8, 1), 300).tolist()}, 400, "0..255"),
-    ({"signature_name": "serving_bytes", "instances": [{"image_bytes": {"b64": base64.b64encode(b"GIF89a?").decode()}}]},
+    ({"signature_name": "serving_bytes", "instances": [{"image_bytes": {"b64": base64.b64encode(b"GIF8?").decode()}}]},
      400, "image 0 cannot be decoded"),
     ({"signature_name": "serving_bytes", "instances": [{"image_bytes": {"b64": "@@@"}}]}, 400, "not valid base64"),
     ({"signature_name": "serving_bytes", "instances": ["raw"]}, 400, 'image_bytes must be {"b64"'),
@@ -343,3 +346,138 @@ def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, served):
         lines = [l for l in proc.stderr.splitlines() if l.startswith("serve: error:")]
         assert proc.returncode == code and any(says in l for l in lines), (args, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr
+
+
+def _kserve_object(data, klass, where):
+    """``data`` (a manifest's mapping) built as KServe's (or Kubernetes') Python model ``klass``,
+    field by field: an unknown field, a wrong type or a missing required field fails."""
+    import kserve
+    import kubernetes.client
+
+    if klass.lower().startswith("list["):  # both generators' spellings: list[X] and List[X]
+        assert isinstance(data, list), f"{where}: expected a list"
+        return [_kserve_object(d, klass[5:-1], f"{where}[{i}]") for i, d in enumerate(data)]
+    if klass.lower().startswith(("dict(", "dict[")):  # dict(str, X) and Dict[str, X]
+        assert isinstance(data, dict), f"{where}: expected a mapping"
+        value = klass[5:-1].split(", ", 1)[1]
+        return {k: _kserve_object(v, value, f"{where}.{k}") for k, v in data.items()}
+    if klass in ("str", "int", "bool", "float", "object"):
+        assert klass == "object" or isinstance(data, {"str": str, "int": int, "bool": bool, "float": float}[klass]), \
+            f"{where}: expected {klass}, got {data!r}"
+        return data
+    cls = getattr(kserve.models, klass, None) or getattr(kubernetes.client.models, klass)
+    names = {json_name: attr for attr, json_name in cls.attribute_map.items()}
+    unknown = set(data) - set(names)
+    assert not unknown, f"{where}: {klass} has no field {sorted(unknown)}"
+    return cls(**{names[k]: _kserve_object(v, cls.openapi_types[names[k]], f"{where}.{k}") for k, v in data.items()})
+
+
+def test_the_kserve_manifests_are_kserve_objects_and_run_reszoo_serve_with_its_own_flags(tmp_path):
+    import yaml
+
+    deploy = ROOT / "deploy"
+    kinds = {"InferenceService": "V1beta1InferenceService", "ServingRuntime": "V1alpha1ServingRuntime"}
+    manifests = {}
+    for path in sorted((deploy / "kserve").glob("*.yaml")):
+        data = yaml.safe_load(path.read_text())
+        assert data["apiVersion"].startswith("serving.kserve.io/"), path
+        manifests[path.name] = _kserve_object(data, kinds[data["kind"]], path.name)
+    assert set(manifests) == {"tensorflow.yaml", "reszoo.yaml", "reszoo-runtime.yaml"}
+    assert manifests["tensorflow.yaml"].spec.predictor.model.model_format.name == "tensorflow"
+    runtime = manifests["reszoo-runtime.yaml"]
+    served = manifests["reszoo.yaml"].spec.predictor.model
+    assert served.runtime == runtime.metadata.name
+    assert served.model_format.name in [f.name for f in runtime.spec.supported_model_formats]
+    container = runtime.spec.containers[0]
+    assert container.name == "kserve-container" and container.ports[0].container_port == 8080
+    dockerfile = (deploy / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["reszoo-serve"]' in dockerfile
+    command = json.loads(re.search(r"^CMD (.*)$", dockerfile, re.M).group(1))
+    for args in (container.args, command):  # every flag is reszoo-serve's: it gets as far as the missing folder
+        args = [a.replace("{{.Name}}", "resnet20-digits").replace("/mnt/models", str(tmp_path / "mnt")) for a in args]
+        proc = run_command("training.serve", *args, f"--port={_free_port()}", "--grpc_port=0")
+        assert proc.returncode == 2 and f"serve: error: --model_base_path: '{tmp_path / 'mnt'}' is not a folder" in \
+            proc.stderr, (args, proc.stderr[-1500:])
+
+
+def _task_run(folder, backbone_run, num_classes, seed):
+    """A run folder as ``--adapters`` leaves it (task.npz, flags.json, results.json), its task
+    made here: adapters and a classifier with random weights on ``backbone_run``'s model."""
+    import keras
+
+    from reszoo import transfer
+
+    backbone = keras.saving.load_model(backbone_run / "last.keras", compile=False)
+    adapted = transfer.add_adapters(backbone, "parallel", num_classes=num_classes)
+    rng = np.random.default_rng(seed)
+    for layer in transfer.task_layers(adapted):
+        target = getattr(layer, "adapter", layer)
+        target.set_weights([w + rng.normal(0, 0.05, w.shape).astype(w.dtype) for w in target.get_weights()])
+    folder.mkdir()
+    transfer.save_task(adapted, folder / "task.npz")
+    (folder / "flags.json").write_text(json.dumps({"init_from": str(backbone_run), "adapters": "parallel"}))
+    (folder / "results.json").write_text(json.dumps({"class_names": [f"c{i}" for i in range(num_classes)]}))
+    return adapted
+
+
+def test_adapter_tasks_share_one_backbone_and_answer_as_their_models(served):
+    from reszoo.layers import ResidualAdapter
+    from training.serving import AdapterTask, Backbones
+
+    tmp, _, _ = served
+    adapted = {name: _task_run(tmp / name, tmp / "run", classes, seed)
+               for name, classes, seed in [("task_a", 5, 1), ("task_b", 3, 2)]}
+    backbones = Backbones()
+    tasks = {name: AdapterTask(str(tmp / name), backbones) for name in adapted}
+    convs = [[layer.conv for layer in task.model.layers if isinstance(layer, ResidualAdapter)]
+             for task in tasks.values()]
+    assert len(convs[0]) == 18 and all(a is b for a, b in zip(*convs))  # one backbone's convolutions in memory
+    pixels = _images(4)
+    server = Server(tmp, None, "--grpc_port=0", f"--adapter_tasks={tmp / 'task_a'},{tmp / 'task_b'}",
+                    ready="task_a")
+    try:
+        for name, model in adapted.items():
+            status, answer = server.predict({"instances": pixels.tolist()}, path=f"/v1/models/{name}:predict")
+            expected = np.asarray(model(pixels, training=False))
+            assert status == 200 and _close([p["logits"] for p in answer["predictions"]], expected)
+            assert _close(tasks[name].run(pixels)["logits"], expected)
+            assert answer["predictions"][0]["top_k_names"][0] == f"c{expected[0].argmax()}"
+    finally:
+        server.stop()
+    assert "serving task_b (adapter task on" in server.output()
+
+
+@pytest.mark.skipif(shutil.which("tensorflow_model_server") is None,
+                    reason="TF Serving's tensorflow_model_server is not on PATH (it is on neither PyPI nor Debian)")
+def test_tf_serving_gives_the_same_answers_to_the_same_requests(served, tmp_path):
+    _, base, server = served
+    port = _free_port()
+    tfs = subprocess.Popen(["tensorflow_model_server", f"--rest_api_port={port}", "--port=0", f"--model_name={MODEL}",
+                            f"--model_base_path={base / MODEL}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/v1/models/{MODEL}"
+        deadline = time.time() + 120
+        while True:
+            try:
+                if requests.get(url, timeout=5).ok:
+                    break
+            except requests.ConnectionError:
+                assert time.time() < deadline
+                time.sleep(0.5)
+        assert requests.get(url).json()["model_version_status"][0]["state"] == "AVAILABLE"
+        pixels = _images(3)
+        b64 = [{"image_bytes": {"b64": base64.b64encode(_png(image)).decode()}} for image in pixels]
+        for body in ({"instances": pixels.tolist()}, {"signature_name": "serving_uint8", "inputs": pixels.tolist()},
+                     {"signature_name": "serving_bytes", "instances": b64}):
+            theirs = requests.post(f"{url}:predict", data=json.dumps(body), timeout=60).json()
+            ours = server.predict(body)[1]
+            key = "predictions" if "predictions" in ours else "outputs"
+            if key == "predictions":
+                assert [p["top_k_names"] for p in theirs[key]] == [p["top_k_names"] for p in ours[key]]
+                assert _close([p["logits"] for p in theirs[key]], [p["logits"] for p in ours[key]])
+            else:
+                assert theirs[key]["top_k_names"] == ours[key]["top_k_names"]
+                assert _close(theirs[key]["logits"], ours[key]["logits"])
+    finally:
+        tfs.terminate()
+        tfs.wait(30)

@@ -8,6 +8,7 @@ Inference Protocol (v2) on the same port and over gRPC on ``--grpc_port``, and `
 A version exported while it runs is served from the next poll on; a ``.tmp-*`` folder never is.
 """
 
+import logging
 import os
 import socket
 import sys
@@ -23,8 +24,12 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    flags.DEFINE_string("model_base_path", None, "required: a folder of model folders (saved_models), or one model "
-                        "folder (saved_models/resnet20_digits), each holding integer version folders")
+    flags.DEFINE_string("model_base_path", None, "a folder of model folders (saved_models), or one model folder "
+                        "(saved_models/resnet20_digits), each holding integer version folders")
+    flags.DEFINE_list("adapter_tasks", [], "run folders trained with --adapters: each served as a model named after "
+                      "its folder, all tasks of one backbone sharing it in memory")
+    flags.DEFINE_string("model_name", None, "the model's name when --model_base_path is one model folder (default: "
+                        "the folder's name; TF Serving's flag, which KServe's runtimes pass)")
     flags.DEFINE_integer("port", 8501, "REST port (TF Serving's)", lower_bound=1, upper_bound=65535)
     flags.DEFINE_integer("grpc_port", 8500, "gRPC port of the v2 protocol; 0: no gRPC", lower_bound=0,
                          upper_bound=65535)
@@ -32,11 +37,13 @@ def define_flags():
                       "run the SavedModel (TensorFlow) or the export's model.onnx (ONNX Runtime)")
     flags.DEFINE_integer("max_batch_size", 32, "concurrent requests to a model run as one batch of up to this "
                          "many images; 1: no batching", lower_bound=1)
-    flags.DEFINE_float("batch_timeout_ms", 0.0, "wait this long for more requests before a model call (0: take "
-                       "what queued while the model was busy, no wait)", lower_bound=0.0)
+    flags.DEFINE_float("batch_timeout_ms", 0.0, "when requests queue behind a busy model, wait this long for more "
+                       "before its next call (0: take what queued; a request to an idle model never waits)",
+                       lower_bound=0.0)
     flags.DEFINE_float("poll_seconds", 1.0, "how often to look for new versions and models (TF Serving's "
                        "--file_system_poll_wait_seconds)", lower_bound=0.05)
     flags.DEFINE_float("max_request_mb", 16.0, "larger request bodies are refused (413)", lower_bound=0.001)
+    flags.DEFINE_bool("log_requests", False, "log a line per request (uvicorn's access log, KServe's timings)")
 
 
 def _say(line):
@@ -60,14 +67,14 @@ def _port_free(port):
     return True
 
 
-def _watch(models_by_folder, base, make, register, every):
+def _watch(models_by_folder, base, name, make, register, every):
     """Poll for new versions of the served models and for new model folders."""
     from training import serving
 
     while True:
         time.sleep(every)
         try:
-            found = serving.model_folders(base)
+            found = serving.model_folders(base, name)
         except (OSError, ValueError):
             continue
         for name, folder in found.items():
@@ -78,17 +85,27 @@ def _watch(models_by_folder, base, make, register, every):
                 register.update(model)
 
 
+def _tasks(runs, make):
+    """The adapter tasks of ``runs`` as served models; one that cannot be loaded is reported."""
+    from training import serving
+
+    backbones, served = serving.Backbones(), []
+    for run in runs:
+        name = os.path.basename(os.path.normpath(run))
+        try:
+            served.append(make(name, None, serving.AdapterTask(run, backbones)))
+        except ValueError as err:
+            _say(f"serve: error: adapter task {name}: {err}; not served")
+            continue
+        _say(f"serving {name} (adapter task on {served[-1].current.metadata['backbone']})")
+    return served
+
+
 def main(argv):
     if len(argv) > 1:
         _usage(f"unexpected arguments {argv[1:]}")
-    if FLAGS.model_base_path is None:
-        _usage("--model_base_path is required (a folder of exported models, e.g. saved_models)")
-    for flag in ("port", "grpc_port"):
-        port = getattr(FLAGS, flag)
-        if port and not _port_free(port):
-            _usage(f"--{flag}={port}: the port is in use (another server is running there?)")
-    if FLAGS.grpc_port and FLAGS.grpc_port == FLAGS.port:
-        _usage("--grpc_port must differ from --port")
+    if FLAGS.model_base_path is None and not FLAGS.adapter_tasks:
+        _usage("--model_base_path is required (a folder of exported models, e.g. saved_models), or --adapter_tasks")
     try:
         import kserve
         from kserve.model_repository import ModelRepository
@@ -101,17 +118,28 @@ def main(argv):
             _usage("--runtime=onnx needs onnxruntime: pip install -e '.[serve]'")
     from training import serving
 
-    try:
-        folders = serving.model_folders(FLAGS.model_base_path)
-    except ValueError as err:
-        _usage(str(err))
-    if not folders:
-        _usage(f"--model_base_path: {FLAGS.model_base_path} holds no model folders (export one with "
-               "python -m training.export)")
+    folders = {}
+    if FLAGS.model_base_path is not None:
+        try:
+            folders = serving.model_folders(FLAGS.model_base_path, FLAGS.model_name)
+        except ValueError as err:
+            _usage(str(err))
+        if not folders:
+            _usage(f"--model_base_path: {FLAGS.model_base_path} holds no model folders (export one with "
+                   "python -m training.export)")
+    for run in FLAGS.adapter_tasks:
+        if not os.path.isdir(run):
+            _usage(f"--adapter_tasks: {run!r} is not a run folder")
+    for flag in ("port", "grpc_port"):
+        port = getattr(FLAGS, flag)
+        if port and not _port_free(port):
+            _usage(f"--{flag}={port}: the port is in use (another server is running there?)")
+    if FLAGS.grpc_port and FLAGS.grpc_port == FLAGS.port:
+        _usage("--grpc_port must differ from --port")
 
-    def make(name, folder):
+    def make(name, folder, servable=None):
         batcher = serving.Batcher(name, FLAGS.max_batch_size, FLAGS.batch_timeout_ms / 1000)
-        return serving.ServedModel(name, folder, FLAGS.runtime, batcher, say=_say)
+        return serving.ServedModel(name, folder, FLAGS.runtime, batcher, say=_say, servable=servable)
 
     repository = ModelRepository()
     by_folder = {folder: make(name, folder) for name, folder in folders.items()}
@@ -120,18 +148,22 @@ def main(argv):
         if model.current is None and not model.failed:
             _say(f"serve: error: {model.name} ({model.folder}) has no complete version yet; served once one "
                  "is exported")
-    ready = [model for model in by_folder.values() if model.ready]
+    ready = [model for model in by_folder.values() if model.ready] + _tasks(FLAGS.adapter_tasks, make)
     if not ready:
-        _say(f"serve: error: nothing to serve under {FLAGS.model_base_path}")
+        _say("serve: error: nothing to serve")
         sys.exit(1)
     server = kserve.ModelServer(http_port=FLAGS.port, grpc_port=FLAGS.grpc_port or 8081,
                                 enable_grpc=bool(FLAGS.grpc_port), registered_models=repository,
                                 enable_latency_logging=False, workers=1)
     kserve.logging.logger.addFilter(serving.OneLine())
+    if not FLAGS.log_requests:
+        for name in ("uvicorn.access", kserve.logging.KSERVE_TRACE_LOGGER_NAME):
+            logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")  # KServe's, on newer FastAPI
     serving.add_routes(kserve.model_server.app, repository, int(FLAGS.max_request_mb * 2 ** 20))
-    threading.Thread(target=_watch, args=(by_folder, FLAGS.model_base_path, make, repository, FLAGS.poll_seconds),
-                     daemon=True).start()
+    if FLAGS.model_base_path is not None:
+        watch = (by_folder, FLAGS.model_base_path, FLAGS.model_name, make, repository, FLAGS.poll_seconds)
+        threading.Thread(target=_watch, args=watch, daemon=True).start()
     _say(f"serving REST on port {FLAGS.port}" + (f", gRPC on port {FLAGS.grpc_port}" if FLAGS.grpc_port else ""))
     server.start(ready)
 

@@ -15,10 +15,12 @@
 import asyncio
 import base64
 import binascii
+import collections
 import json
 import logging
 import os
 import threading
+import zipfile
 
 import numpy as np
 from fastapi import Request
@@ -43,13 +45,14 @@ class NotServed(LookupError):
     """A model, version or route that is not served: HTTP 404."""
 
 
-def model_folders(base):
+def model_folders(base, name=None):
     """``{name: folder}`` of the models under ``base``: ``base`` itself when it holds
-    versions (integer folders), else each of its sub-folders (TF Serving's model base path)."""
+    versions (integer folders), named ``name`` or after the folder, else each of its
+    sub-folders (TF Serving's model base path)."""
     if not os.path.isdir(base):
         raise ValueError(f"--model_base_path: {base!r} is not a folder")
     if versions(base):
-        return {os.path.basename(os.path.normpath(base)): base}
+        return {name or os.path.basename(os.path.normpath(base)): base}
     return {d: os.path.join(base, d) for d in sorted(os.listdir(base))
             if not d.startswith(".") and os.path.isdir(os.path.join(base, d))}
 
@@ -60,9 +63,40 @@ def _decode(tf, data, image_shape):
     return serving_image(tf.constant(data), image_shape).numpy()
 
 
-class Version:
-    """One version folder of an export, loaded for ``runtime``; ``run(pixels)`` gives the
-    export's outputs for float32 pixels ``[n, H, W, C]`` as numpy arrays."""
+class Servable:
+    """What a served model runs: ``run(pixels)`` gives the export's five outputs for float32
+    pixels ``[n, H, W, C]``, ``decode(images)`` turns encoded images into such pixels."""
+
+    number, image_shape, class_names, top_k = 1, None, None, 5
+
+    def outputs(self, logits):
+        """The export's outputs from logits, as its graph computes them (softmax, top-k with
+        the lower class id first among ties)."""
+        logits = np.asarray(logits, "float32")
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+        ids = np.argsort(-probabilities, axis=1, kind="stable")[:, :self.top_k].astype("int32")
+        return {"logits": logits, "probabilities": probabilities, "top_k_ids": ids,
+                "top_k_scores": np.take_along_axis(probabilities, ids, axis=1), "top_k_names": self.class_names[ids]}
+
+    def decode(self, images):
+        """Encoded images (bytes) as float32 pixels, as the export's ``serving_bytes`` decodes
+        them; InvalidInput names the first that does not decode."""
+        import tensorflow as tf
+
+        from training.data import error_reason
+
+        out = []
+        for i, data in enumerate(images):
+            try:
+                out.append(_decode(tf, data, self.image_shape))
+            except (tf.errors.InvalidArgumentError, ValueError) as err:
+                raise InvalidInput(f"image {i} cannot be decoded ({error_reason(err)})") from None
+        return np.stack(out)
+
+
+class Version(Servable):
+    """One version folder of an export, loaded for ``runtime``."""
 
     def __init__(self, folder, runtime):
         self.folder, self.runtime = folder, runtime
@@ -108,78 +142,119 @@ class Version:
             out = {k: v.numpy() for k, v in out.items()}
             out["top_k_names"] = out["top_k_names"].astype(str)
             return out
-        logits = self._session.run(["logits"], {"images": pixels})[0].astype("float32")
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probabilities = shifted / shifted.sum(axis=1, keepdims=True)
-        ids = np.argsort(-probabilities, axis=1, kind="stable")[:, :self.top_k].astype("int32")
-        return {"logits": logits, "probabilities": probabilities, "top_k_ids": ids,
-                "top_k_scores": np.take_along_axis(probabilities, ids, axis=1), "top_k_names": self.class_names[ids]}
+        return self.outputs(self._session.run(["logits"], {"images": pixels})[0])
 
-    def decode(self, images):
-        """Encoded images (bytes) as float32 pixels, as the export's ``serving_bytes`` decodes
-        them; InvalidInput names the first that does not decode."""
+
+class AdapterTask(Servable):
+    """A residual-adapter task: a run trained with ``--adapters`` (its ``task.npz``) put back on
+    its backbone, which ``backbones`` (a ``Backbones``) gives and tasks of one backbone share:
+    N tasks hold one backbone and N sets of adapters, BatchNorm layers and classifiers
+    (Rebuffi et al. 2017)."""
+
+    def __init__(self, run_dir, backbones):
+        from reszoo import transfer
+        from training import files, run_folder
+
+        self.folder = run_dir
+        task = os.path.join(run_dir, run_folder.TASK)
+        try:
+            results = files.read_json(os.path.join(run_dir, run_folder.RESULTS))
+            run_flags = files.read_json(os.path.join(run_dir, run_folder.FLAGS_FILE))
+            init_from = run_flags["init_from"]
+        except (files.CommandError, KeyError, TypeError) as err:
+            raise ValueError(f"{run_dir} is not a finished run trained with --adapters ({err})") from None
+        if not os.path.isfile(task) or not init_from:
+            raise ValueError(f"{run_dir} has no {run_folder.TASK}: train it with --adapters")
+        try:
+            with np.load(task, allow_pickle=False) as data:
+                self.image_shape = tuple(json.loads(str(data["__task__"]))["input_shape"])
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"{task} is not a reszoo task file, or is damaged ({type(err).__name__})") from None
+        self.class_names = np.asarray([str(n) for n in results["class_names"]])
+        self.top_k = min(5, len(self.class_names))
+        self.model = transfer.load_task(backbones(run_flags, self.image_shape), task)
+        self.metadata = {"task": task, "backbone": init_from}
         import tensorflow as tf
 
-        from training.data import error_reason
+        model = self.model
+        self._call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
-        out = []
-        for i, data in enumerate(images):
+    def run(self, pixels):
+        return self.outputs(self._call(pixels).numpy())
+
+
+class Backbones:
+    """The backbones of adapter tasks, each loaded once per image shape, as ``training.train``
+    loads ``--init_from`` for a run (a run folder, a ``.keras`` file, timm's or keras.applications'
+    weights); tasks of one backbone get the same model."""
+
+    def __init__(self):
+        self._loaded = {}
+
+    def __call__(self, run_flags, image_shape):
+        from training import train
+
+        init_from = run_flags["init_from"]
+        key = (os.path.realpath(init_from) if os.path.exists(init_from) else init_from, tuple(image_shape))
+        if key not in self._loaded:
             try:
-                out.append(_decode(tf, data, self.image_shape))
-            except (tf.errors.InvalidArgumentError, ValueError) as err:
-                raise InvalidInput(f"image {i} cannot be decoded ({error_reason(err)})") from None
-        return np.stack(out)
+                old = train.load_init_model(init_from)
+                if old is None and init_from.startswith(train.TIMM_PREFIX):
+                    old = train.timm_model(init_from, image_shape)
+                elif old is None:
+                    old = train.keras_applications_model(init_from, run_flags.get("weights_path"), image_shape)
+                self._loaded[key] = train.resized(old, image_shape, init_from)
+            except train.CommandError as err:
+                raise ValueError(f"its backbone cannot be loaded: {err}") from None
+        return self._loaded[key]
 
 
 class Batcher:
     """Runs concurrent requests to one model as one batch of at most ``max_batch_size`` images:
-    whatever queued while the model was busy goes in the next call (no wait when idle), and
-    ``timeout_s`` > 0 waits that long for more (TF Serving's ``batch_timeout_micros``)."""
+    a request to an idle model runs at once, and whatever queues while the model is busy goes in
+    its next call; ``timeout_s`` > 0 waits that long for more first (TF Serving's
+    ``batch_timeout_micros``)."""
 
     def __init__(self, name, max_batch_size, timeout_s):
         self.name, self.max_batch_size, self.timeout_s = name, max_batch_size, timeout_s
-        self._queue = self._task = self._get = None
+        self._pending = collections.deque()
+        self._busy = False
 
     async def run(self, version, pixels):
         loop = asyncio.get_running_loop()
-        if self.max_batch_size <= 1:
-            BATCH_SIZES.labels(self.name).observe(len(pixels))
-            return await loop.run_in_executor(None, version.run, pixels)
-        if self._task is None:
-            self._queue = asyncio.Queue()
-            self._task = loop.create_task(self._serve())
+        if self.max_batch_size <= 1 or not self._busy:
+            return await self._alone(loop, version, pixels)
         answer = loop.create_future()
-        self._queue.put_nowait((version, pixels, answer))
+        self._pending.append((version, pixels, answer))
         return await answer
 
-    async def _next(self, timeout):
-        """The next queued request, or None after ``timeout`` seconds (a get that times out is
-        kept for the next call, so no request is lost to a cancellation)."""
-        if self._get is None:
-            self._get = asyncio.ensure_future(self._queue.get())
-        done, _ = await asyncio.wait({self._get}, timeout=timeout)
-        if not done:
-            return None
-        item, self._get = self._get.result(), None
-        return item
+    async def _alone(self, loop, version, pixels):
+        """The fast path: the model is idle (or batching is off), so this request runs by itself."""
+        BATCH_SIZES.labels(self.name).observe(len(pixels))
+        if self.max_batch_size <= 1:
+            return await loop.run_in_executor(None, version.run, pixels)
+        self._busy = True
+        try:
+            return await loop.run_in_executor(None, version.run, pixels)
+        finally:
+            if self._pending:
+                loop.create_task(self._drain(loop))
+            else:
+                self._busy = False
 
-    async def _serve(self):
-        held = None
-        loop = asyncio.get_running_loop()
-        while True:
-            group, held = [held or await self._next(None)], None
-            rows = len(group[0][1])
-            deadline = loop.time() + self.timeout_s
-            while rows < self.max_batch_size:
-                item = await self._next(max(0.0, deadline - loop.time()))
-                if item is None:
-                    break
-                if item[0] is not group[0][0] or rows + len(item[1]) > self.max_batch_size:
-                    held = item
-                    break
-                group.append(item)
-                rows += len(item[1])
-            await self._call(loop, group, rows)
+    async def _drain(self, loop):
+        try:
+            while self._pending:
+                if self.timeout_s and sum(len(item[1]) for item in self._pending) < self.max_batch_size:
+                    await asyncio.sleep(self.timeout_s)
+                version, group, rows = self._pending[0][0], [], 0
+                while self._pending and self._pending[0][0] is version and (
+                        not group or rows + len(self._pending[0][1]) <= self.max_batch_size):
+                    group.append(self._pending.popleft())
+                    rows += len(group[-1][1])
+                await self._call(loop, group, rows)
+        finally:
+            self._busy = False
 
     async def _call(self, loop, group, rows):
         version = group[0][0]
@@ -187,9 +262,10 @@ class Batcher:
         BATCH_SIZES.labels(self.name).observe(rows)
         try:
             out = await loop.run_in_executor(None, version.run, pixels)
-        except Exception as err:  # every waiting request hears of it; the loop goes on
+        except Exception as err:  # every waiting request hears of it; the batcher goes on
             for _, _, answer in group:
-                answer.set_exception(err)
+                if not answer.done():
+                    answer.set_exception(err)
             return
         start = 0
         for _, part, answer in group:
@@ -278,17 +354,20 @@ _V2_TYPES = {"logits": "FP32", "probabilities": "FP32", "top_k_ids": "INT32", "t
 class ServedModel(Model):
     """The newest complete version of one model folder, behind KServe's v1 and v2 routes."""
 
-    def __init__(self, name, folder, runtime="saved_model", batcher=None, say=print):
+    def __init__(self, name, folder, runtime="saved_model", batcher=None, say=print, servable=None):
         super().__init__(name)
         self.folder, self.runtime, self.say = folder, runtime, say
         self.batcher = batcher or Batcher(name, 1, 0.0)
-        self.current = None
+        self.current = servable
+        self.ready = servable is not None
         self.failed = {}
         self._lock = threading.Lock()
 
     def refresh(self):
         """Load the newest complete version if it is newer than the one served; a version that
         fails to load is reported once and skipped. True when the served version changed."""
+        if self.folder is None:  # a fixed servable (an adapter task): nothing to look for
+            return False
         with self._lock:
             for number in reversed(versions(self.folder)):
                 if self.current is not None and number <= self.current.number:
@@ -357,6 +436,25 @@ class ServedModel(Model):
         return InferResponse(request.id or "", self.name, outputs, model_version=str(current.number))
 
 
+class SizeLimit:
+    """ASGI middleware: a request whose Content-Length is over ``max_bytes`` gets 413 (its body
+    read and dropped, so a client still sending sees the answer, not a reset)."""
+
+    def __init__(self, app, max_bytes):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            size = dict(scope["headers"]).get(b"content-length", b"")
+            if size.isdigit() and int(size) > self.max_bytes:
+                while (await receive()).get("more_body"):
+                    pass
+                answer = JSONResponse({"error": f"the request body is {int(size)} bytes, over the server's limit of "
+                                                f"{self.max_bytes} (--max_request_mb)"}, status_code=413)
+                return await answer(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 class OneLine(logging.Filter):
     """KServe logs a bad request with its traceback: one line instead (the client has the message)."""
 
@@ -369,7 +467,7 @@ class OneLine(logging.Filter):
 
 def add_routes(app, repository, max_request_bytes):
     """TF Serving's routes that KServe's v1 lacks, before KServe's own (the first match wins):
-    model and version status, a version's ``:predict``; and the request size limit (413)."""
+    model and version status, a version's ``:predict``; and the request size limit."""
 
     def served(name):
         model = repository.get_model(name)
@@ -377,15 +475,7 @@ def add_routes(app, repository, max_request_bytes):
             raise NotServed(f"model {name!r} is not served (served: {', '.join(repository.get_models()) or 'none'})")
         return model
 
-    @app.middleware("http")
-    async def limit(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > max_request_bytes:
-            async for _ in request.stream():  # read, not kept: a client still sending would see a reset
-                pass
-            return JSONResponse({"error": f"the request body is {int(size)} bytes, over the server's limit of "
-                                          f"{max_request_bytes} (--max_request_mb)"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(SizeLimit, max_bytes=max_request_bytes)
 
     async def not_served(_, err):
         return JSONResponse({"error": str(err)}, status_code=404)

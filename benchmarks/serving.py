@@ -1,0 +1,253 @@
+"""reszoo-serve under load: batch-1 requests from 1 and 8 concurrent clients, p50 / p99 latency
+and requests/s for each runtime, beside the bare model call in this process (the floor: one
+image, and the offline batched throughput), in one run.
+
+    python -m benchmarks.serving [--models=resnet20,resnet50 --runtimes=saved_model,onnx --adapter_tasks=4]
+
+ResNet-20 (digits, 8x8x1) is sent as JSON pixels (``serving_default``), ResNet-50 (224x224x3)
+as a base64 PNG (``serving_bytes``, decoded in the server) as TF Serving's clients send images.
+Clients and server share this machine's cores, as on any one-box load test. Also the memory of
+N residual-adapter tasks served on one ResNet-50 against N full models.
+"""
+
+import argparse
+import base64
+import concurrent.futures
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from benchmarks.common import emit
+
+SHAPES = {"resnet20": (8, 8, 1), "resnet50": (224, 224, 3)}
+
+
+def _export(model_name, tmp):
+    import reszoo
+    from training import export
+
+    run_dir = os.path.join(tmp, model_name)
+    os.makedirs(run_dir)
+    model = reszoo.create_model(model_name, input_shape=SHAPES[model_name],  # zero-gamma: random weights with
+                                num_classes=10 if model_name == "resnet20" else 1000,  # logits of a sane scale
+                                zero_init_last_bn=True)
+    model.save(os.path.join(run_dir, "last.keras"))
+    with open(os.path.join(run_dir, "results.json"), "w") as f:
+        json.dump({"model": model_name, "dataset": "bench"}, f)
+    return export.export(run_dir, os.path.join(tmp, "saved_models"), formats=("saved_model", "onnx"))
+
+
+MEMORY_SIDE = r"""
+import gc, json, os, sys
+import numpy as np
+import keras
+import reszoo
+from training.serving import AdapterTask, Backbones
+
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+
+
+mode, n, tmp, size = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+x = np.zeros((1, size, size, 3), "float32")
+gc.collect()
+before = rss_mb()
+if mode == "tasks":
+    backbones = Backbones()
+    held = [AdapterTask(os.path.join(tmp, f"task{i}"), backbones) for i in range(n)]
+    [task.run(x) for task in held]
+else:
+    held = [keras.saving.load_model(os.path.join(tmp, f"task{i}", "last.keras"), compile=False) for i in range(n)]
+    [model(x, training=False) for model in held]
+gc.collect()
+weights = {id(v): v for h in held for v in getattr(h, "model", h).weights}  # a shared variable counts once
+print(json.dumps({"mb": rss_mb() - before, "params": int(sum(np.prod(v.shape) for v in weights.values()))}))
+"""
+
+
+def adapter_memory(model_name, tasks, tmp):
+    """Memory of ``tasks`` adapter tasks served on one backbone against as many full models
+    (each task's whole adapted network), each side measured in a fresh process (RSS rise over
+    the process after its imports)."""
+    import numpy as np
+
+    import reszoo
+    from reszoo import transfer
+
+    size = SHAPES[model_name][0]
+    backbone = reszoo.create_model(model_name, zero_init_last_bn=True)
+    backbone_file = os.path.join(tmp, f"{model_name}.keras")
+    backbone.save(backbone_file)
+    rng = np.random.default_rng(0)
+    for i in range(tasks):
+        adapted = transfer.add_adapters(backbone, "parallel")
+        for layer in transfer.task_layers(adapted):
+            target = getattr(layer, "adapter", layer)
+            target.set_weights([w + rng.normal(0, 0.01, w.shape).astype(w.dtype) for w in target.get_weights()])
+        folder = os.path.join(tmp, f"task{i}")
+        os.makedirs(folder)
+        transfer.save_task(adapted, os.path.join(folder, "task.npz"))
+        adapted.save(os.path.join(folder, "last.keras"))
+        with open(os.path.join(folder, "flags.json"), "w") as f:
+            json.dump({"init_from": backbone_file, "adapters": "parallel"}, f)
+        with open(os.path.join(folder, "results.json"), "w") as f:
+            json.dump({"class_names": [str(c) for c in range(adapted.output_shape[-1])]}, f)
+    for mode in ("tasks", "full"):
+        proc = subprocess.run([sys.executable, "-c", MEMORY_SIDE, mode, str(tasks), tmp, str(size)],
+                              capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        if proc.returncode:
+            raise RuntimeError(proc.stderr[-2000:])
+        found = json.loads(proc.stdout.strip().splitlines()[-1])
+        emit(bench="serving memory", model=model_name, tasks=tasks,
+             path="adapter tasks on one backbone (reszoo-serve --adapter_tasks)" if mode == "tasks"
+             else "full models, one per task", rss_rise_mb=round(found["mb"], 1), params_held=found["params"])
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(base, runtime, max_batch_size):
+    import requests
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "training.serve", f"--model_base_path={base}", f"--port={port}",
+                             "--grpc_port=0", f"--runtime={runtime}", f"--max_batch_size={max_batch_size}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    name = os.path.basename(base)
+    for _ in range(1200):
+        try:
+            if requests.get(f"{url}/v1/models/{name}", timeout=5).ok:
+                return proc, f"{url}/v1/models/{name}:predict"
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"reszoo-serve did not start on {base}")
+
+
+def _load(url, body, clients, requests_each):
+    """Latencies (ms) of ``clients`` threads sending ``requests_each`` requests each (after one
+    request each to connect and warm up), and the wall time from the first timed request to the
+    last answer."""
+    import http.client
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    data = body.encode()
+    headers = {"Content-Type": "application/json"}
+
+    def post(connection):
+        connection.request("POST", parts.path, data, headers)
+        answer = connection.getresponse()
+        answer.read()
+        if answer.status != 200:
+            raise RuntimeError(f"HTTP {answer.status}")
+
+    def client(_):  # http.client, not requests: the load generator's own cost stays small
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        post(connection)  # connection and warm-up
+        ready.wait()
+        spans = []
+        for _ in range(requests_each):
+            start = time.perf_counter()
+            post(connection)
+            spans.append((start, time.perf_counter()))
+        connection.close()
+        return spans
+
+    ready = threading.Barrier(clients)
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        spans = [s for part in pool.map(client, range(clients)) for s in part]
+    wall = max(end for _, end in spans) - min(start for start, _ in spans)
+    return [(end - start) * 1000 for start, end in spans], wall
+
+
+def _percentile(values, q):
+    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
+
+
+def _body(model_name, pixels):
+    if model_name == "resnet20":
+        return json.dumps({"instances": pixels.tolist()})
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[0].astype("uint8")).save(buffer, "PNG")
+    return json.dumps({"signature_name": "serving_bytes",
+                       "instances": [{"image_bytes": {"b64": base64.b64encode(buffer.getvalue()).decode()}}]})
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet20,resnet50")
+    parser.add_argument("--runtimes", default="saved_model,onnx")
+    parser.add_argument("--requests", type=int, default=0, help="requests per client (0: 300 for ResNet-20, 20 "
+                        "for ResNet-50)")
+    parser.add_argument("--max_batch_size", type=int, default=32)
+    parser.add_argument("--adapter_tasks", type=int, default=4, help="tasks for the memory comparison on "
+                        "ResNet-50 (0: none)")
+    args = parser.parse_args()
+    import numpy as np
+
+    from training.serving import Version
+
+    tmp = tempfile.mkdtemp(prefix="reszoo-serve-bench-")
+    if args.adapter_tasks:
+        os.makedirs(os.path.join(tmp, "adapters"))
+        adapter_memory("resnet50", args.adapter_tasks, os.path.join(tmp, "adapters"))
+    for model_name in [m for m in args.models.split(",") if m]:
+        version_dir = _export(model_name, tmp)
+        base = os.path.dirname(version_dir)
+        shape = SHAPES[model_name]
+        pixels = np.random.default_rng(0).integers(0, 256, (1, *shape)).astype("float32")
+        body = _body(model_name, pixels)
+        each = args.requests or (300 if model_name == "resnet20" else 20)
+        for runtime in args.runtimes.split(","):
+            version = Version(version_dir, runtime)
+            version.run(pixels)
+            floor = []
+            for _ in range(max(50, each)):
+                start = time.perf_counter()
+                version.run(pixels)
+                floor.append((time.perf_counter() - start) * 1000)
+            batch = np.repeat(pixels, args.max_batch_size, axis=0)
+            version.run(batch)
+            start = time.perf_counter()
+            rounds = 5 if model_name == "resnet20" else 2
+            for _ in range(rounds):
+                version.run(batch)
+            offline = rounds * len(batch) / (time.perf_counter() - start)
+            emit(bench="serving", model=model_name, runtime=runtime, path="bare model call, batch 1",
+                 p50_ms=round(statistics.median(floor), 3), p99_ms=round(_percentile(floor, 99), 3),
+                 offline_images_per_s=round(offline, 1), offline_batch=len(batch))
+            del version
+            proc, url = _serve(base, runtime, args.max_batch_size)
+            try:
+                for clients in (1, 8):
+                    times, wall = _load(url, body, clients, each)
+                    rate = len(times) / wall
+                    emit(bench="serving", model=model_name, runtime=runtime, path=f"reszoo-serve, {clients} client(s)",
+                         signature="serving_default" if model_name == "resnet20" else "serving_bytes (PNG)",
+                         p50_ms=round(statistics.median(times), 3), p99_ms=round(_percentile(times, 99), 3),
+                         requests_per_s=round(rate, 1), added_p50_ms=round(statistics.median(times)
+                                                                           - statistics.median(floor), 3),
+                         of_offline=round(rate / offline, 3))
+            finally:
+                proc.terminate()
+                proc.wait(60)
+
+
+if __name__ == "__main__":
+    main()
