@@ -303,9 +303,9 @@ def test_concurrent_clients_are_batched_and_a_version_rolls_out_under_load(serve
     assert all(new[switched + 8:]) and any(old)  # answers after the switch are version 2's
 
 
-def test_the_onnx_runtime_answers_as_the_saved_model_and_sigterm_drains(served):
+def test_the_onnx_runtime_answers_as_the_saved_model_and_sigterm_drains_its_worker_processes(served):
     tmp, base, server = served
-    onnx = Server(tmp, base / MODEL, "--runtime=onnx", "--max_batch_size=1")
+    onnx = Server(tmp, base / MODEL, "--runtime=onnx", "--max_batch_size=1", "--workers=2")
     try:
         pixels = _images(64, seed=100)
         status, answer = onnx.predict({"instances": pixels.tolist()})
@@ -324,6 +324,7 @@ def test_the_onnx_runtime_answers_as_the_saved_model_and_sigterm_drains(served):
         thread.join(60)
         assert done["answer"][0] == 200 and len(done["answer"][1]["predictions"]) == 64 * 300
         assert onnx.proc.wait(60) == 0
+        assert "(2 worker processes)" in onnx.output() and onnx.output().count("serving resnet20_digits version") == 3
         with pytest.raises(requests.ConnectionError):
             requests.get(f"{onnx.url}/v1/models/{MODEL}", timeout=5)
     finally:
@@ -438,7 +439,7 @@ def test_adapter_tasks_share_one_backbone_and_answer_as_their_models(served):
     try:
         for name, model in adapted.items():
             status, answer = server.predict({"instances": pixels.tolist()}, path=f"/v1/models/{name}:predict")
-            expected = np.asarray(model(pixels, training=False))
+            expected = np.asarray(model([pixels], training=False))  # a cloned model takes a list
             assert status == 200 and _close([p["logits"] for p in answer["predictions"]], expected)
             assert _close(tasks[name].run(pixels)["logits"], expected)
             assert answer["predictions"][0]["top_k_names"][0] == f"c{expected[0].argmax()}"

@@ -8,13 +8,9 @@ Inference Protocol (v2) on the same port and over gRPC on ``--grpc_port``, and `
 A version exported while it runs is served from the next poll on; a ``.tmp-*`` folder never is.
 """
 
-import logging
 import os
 import socket
 import sys
-import threading
-import time
-import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -43,6 +39,8 @@ def define_flags():
     flags.DEFINE_float("poll_seconds", 1.0, "how often to look for new versions and models (TF Serving's "
                        "--file_system_poll_wait_seconds)", lower_bound=0.05)
     flags.DEFINE_float("max_request_mb", 16.0, "larger request bodies are refused (413)", lower_bound=0.001)
+    flags.DEFINE_integer("workers", 1, "REST server processes (KServe's multi-process server), each with its own copy "
+                         "of the models; gRPC stays in the main process", lower_bound=1)
     flags.DEFINE_bool("log_requests", False, "log a line per request (uvicorn's access log, KServe's timings)")
 
 
@@ -67,33 +65,15 @@ def _port_free(port):
     return True
 
 
-def _watch(models_by_folder, base, name, make, register, every):
-    """Poll for new versions of the served models and for new model folders."""
+def _tasks(runs, options):
+    """The adapter tasks of run folders ``runs``, served; one that cannot load is reported."""
     from training import serving
 
-    while True:
-        time.sleep(every)
-        try:
-            found = serving.model_folders(base, name)
-        except (OSError, ValueError):
-            continue
-        for name, folder in found.items():
-            if folder not in models_by_folder:
-                models_by_folder[folder] = make(name, folder)
-            model = models_by_folder[folder]
-            if model.refresh() and model.name not in register.get_models():
-                register.update(model)
-
-
-def _tasks(runs, make):
-    """The adapter tasks of ``runs`` as served models; one that cannot be loaded is reported."""
-    from training import serving
-
-    backbones, served = serving.Backbones(), []
+    served = []
     for run in runs:
         name = os.path.basename(os.path.normpath(run))
         try:
-            served.append(make(name, None, serving.AdapterTask(run, backbones)))
+            served.append(serving.served_model(name, None, options, _say, task=run))
         except ValueError as err:
             _say(f"serve: error: adapter task {name}: {err}; not served")
             continue
@@ -108,7 +88,6 @@ def main(argv):
         _usage("--model_base_path is required (a folder of exported models, e.g. saved_models), or --adapter_tasks")
     try:
         import kserve
-        from kserve.model_repository import ModelRepository
     except ImportError:
         _usage("reszoo-serve needs KServe's model server: pip install -e '.[serve]'")
     if FLAGS.runtime == "onnx":
@@ -118,16 +97,21 @@ def main(argv):
             _usage("--runtime=onnx needs onnxruntime: pip install -e '.[serve]'")
     from training import serving
 
+    options = serving.ServeOptions(
+        base_path=FLAGS.model_base_path, model_name=FLAGS.model_name, adapter_tasks=tuple(FLAGS.adapter_tasks),
+        runtime=FLAGS.runtime, max_batch_size=FLAGS.max_batch_size, batch_timeout_s=FLAGS.batch_timeout_ms / 1000,
+        poll_seconds=FLAGS.poll_seconds, max_request_bytes=int(FLAGS.max_request_mb * 2 ** 20),
+        log_requests=FLAGS.log_requests)
     folders = {}
-    if FLAGS.model_base_path is not None:
+    if options.base_path is not None:
         try:
-            folders = serving.model_folders(FLAGS.model_base_path, FLAGS.model_name)
+            folders = serving.model_folders(options.base_path, options.model_name)
         except ValueError as err:
             _usage(str(err))
         if not folders:
-            _usage(f"--model_base_path: {FLAGS.model_base_path} holds no model folders (export one with "
+            _usage(f"--model_base_path: {options.base_path} holds no model folders (export one with "
                    "python -m training.export)")
-    for run in FLAGS.adapter_tasks:
+    for run in options.adapter_tasks:
         if not os.path.isdir(run):
             _usage(f"--adapter_tasks: {run!r} is not a run folder")
     for flag in ("port", "grpc_port"):
@@ -137,34 +121,21 @@ def main(argv):
     if FLAGS.grpc_port and FLAGS.grpc_port == FLAGS.port:
         _usage("--grpc_port must differ from --port")
 
-    def make(name, folder, servable=None):
-        batcher = serving.Batcher(name, FLAGS.max_batch_size, FLAGS.batch_timeout_ms / 1000)
-        return serving.ServedModel(name, folder, FLAGS.runtime, batcher, say=_say, servable=servable)
-
-    repository = ModelRepository()
-    by_folder = {folder: make(name, folder) for name, folder in folders.items()}
-    for model in by_folder.values():
-        model.refresh()
+    models = [serving.served_model(name, folder, options, _say) for name, folder in folders.items()]
+    for model in models:
         if model.current is None and not model.failed:
             _say(f"serve: error: {model.name} ({model.folder}) has no complete version yet; served once one "
                  "is exported")
-    ready = [model for model in by_folder.values() if model.ready] + _tasks(FLAGS.adapter_tasks, make)
+    ready = [model for model in models if model.ready] + _tasks(options.adapter_tasks, options)
     if not ready:
         _say("serve: error: nothing to serve")
         sys.exit(1)
+    serving.set_up_process(options, _say)
     server = kserve.ModelServer(http_port=FLAGS.port, grpc_port=FLAGS.grpc_port or 8081,
-                                enable_grpc=bool(FLAGS.grpc_port), registered_models=repository,
-                                enable_latency_logging=False, workers=1)
-    kserve.logging.logger.addFilter(serving.OneLine())
-    if not FLAGS.log_requests:
-        for name in ("uvicorn.access", kserve.logging.KSERVE_TRACE_LOGGER_NAME):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")  # KServe's, on newer FastAPI
-    serving.add_routes(kserve.model_server.app, repository, int(FLAGS.max_request_mb * 2 ** 20))
-    if FLAGS.model_base_path is not None:
-        watch = (by_folder, FLAGS.model_base_path, FLAGS.model_name, make, repository, FLAGS.poll_seconds)
-        threading.Thread(target=_watch, args=watch, daemon=True).start()
-    _say(f"serving REST on port {FLAGS.port}" + (f", gRPC on port {FLAGS.grpc_port}" if FLAGS.grpc_port else ""))
+                                enable_grpc=bool(FLAGS.grpc_port), registered_models=serving.Repository(),
+                                enable_latency_logging=False, workers=FLAGS.workers)
+    _say(f"serving REST on port {FLAGS.port}" + (f" ({FLAGS.workers} worker processes)" if FLAGS.workers > 1 else "")
+         + (f", gRPC on port {FLAGS.grpc_port}" if FLAGS.grpc_port else ""))
     server.start(ready)
 
 

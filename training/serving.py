@@ -16,17 +16,23 @@ import asyncio
 import base64
 import binascii
 import collections
+import contextlib
+import dataclasses
 import json
 import logging
 import os
 import threading
+import time
+import warnings
 import zipfile
 
 import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from kserve import Model
+from kserve import Model, model_server
+from kserve import logging as kserve_logging
 from kserve.errors import InvalidInput, ModelNotFound
+from kserve.model_repository import ModelRepository
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prometheus_client import Histogram
 
@@ -39,6 +45,25 @@ OUTPUTS = ("logits", "probabilities", "top_k_ids", "top_k_scores", "top_k_names"
 RUNTIMES = ("saved_model", "onnx")
 BATCH_SIZES = Histogram("reszoo_batch_size", "Images per model call", ["model"],
                         buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeOptions:
+    """What ``reszoo-serve`` serves and how (its flags, read once)."""
+
+    base_path: str = None
+    model_name: str = None
+    adapter_tasks: tuple = ()
+    runtime: str = "saved_model"
+    max_batch_size: int = 32
+    batch_timeout_s: float = 0.0
+    poll_seconds: float = 1.0
+    max_request_bytes: int = 16 * 2 ** 20
+    log_requests: bool = False
+
+
+SERVED = {}  # this process's served models by name: KServe's repository and the routes read it
+_KNOWN = {}  # every model folder found, by name, served or waiting for a version that loads
 
 
 class NotServed(LookupError):
@@ -177,7 +202,8 @@ class AdapterTask(Servable):
         import tensorflow as tf
 
         model = self.model
-        self._call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        listed = isinstance(model.input, (list, tuple))  # a cloned functional model takes [inputs]
+        self._call = tf.function(lambda x: model([x] if listed else x, training=False), reduce_retracing=True)
 
     def run(self, pixels):
         return self.outputs(self._call(pixels).numpy())
@@ -354,11 +380,11 @@ _V2_TYPES = {"logits": "FP32", "probabilities": "FP32", "top_k_ids": "INT32", "t
 class ServedModel(Model):
     """The newest complete version of one model folder, behind KServe's v1 and v2 routes."""
 
-    def __init__(self, name, folder, runtime="saved_model", batcher=None, say=print, servable=None):
+    def __init__(self, name, folder, options=ServeOptions(), say=print, servable=None):
         super().__init__(name)
-        self.folder, self.runtime, self.say = folder, runtime, say
-        self.batcher = batcher or Batcher(name, 1, 0.0)
-        self.current = servable
+        self.folder, self.options, self.runtime, self.say = folder, options, options.runtime, say
+        self.batcher = Batcher(name, options.max_batch_size, options.batch_timeout_s)
+        self.current, self.task = servable, None
         self.ready = servable is not None
         self.failed = {}
         self._lock = threading.Lock()
@@ -465,14 +491,22 @@ class OneLine(logging.Filter):
         return True
 
 
-def add_routes(app, repository, max_request_bytes):
+class Quiet(logging.Filter):
+    """Drops every record: the per-request log lines, unless --log_requests (a filter, not a
+    level, because KServe's worker processes reset the levels when they configure logging)."""
+
+    def filter(self, record):
+        return False
+
+
+def add_routes(app, max_request_bytes):
     """TF Serving's routes that KServe's v1 lacks, before KServe's own (the first match wins):
     model and version status, a version's ``:predict``; and the request size limit."""
 
     def served(name):
-        model = repository.get_model(name)
+        model = SERVED.get(name)
         if model is None:
-            raise NotServed(f"model {name!r} is not served (served: {', '.join(repository.get_models()) or 'none'})")
+            raise NotServed(f"model {name!r} is not served (served: {', '.join(SERVED) or 'none'})")
         return model
 
     app.add_middleware(SizeLimit, max_bytes=max_request_bytes)
@@ -489,3 +523,98 @@ def add_routes(app, repository, max_request_bytes):
         return await served(name).answer_v1(await request.body(), version)
 
     app.add_api_route("/v1/models/{name}/versions/{version}:predict", predict_version, methods=["POST"])
+
+
+_BACKBONES = Backbones()
+_SET_UP = []
+
+
+def served_model(name, folder, options, say=print, task=None):
+    """A model of ``folder`` (its newest complete version loaded, or none yet) or the adapter
+    task of run folder ``task``, entered in ``SERVED``; ValueError when the task cannot load."""
+    servable = AdapterTask(task, _BACKBONES) if task else None
+    model = ServedModel(name, folder, options, say, servable)
+    model.task = task
+    model.refresh()
+    _KNOWN[name] = model
+    if model.ready:
+        SERVED[name] = model
+    return model
+
+
+def set_up_process(options, say=print, watching=True):
+    """What every serving process does once: TF Serving's routes on KServe's app, one-line bad
+    requests in the log, per-request lines off, and the watcher of the base path."""
+    if _SET_UP:
+        return
+    _SET_UP.append(options)
+    kserve_logging.logger.addFilter(OneLine())
+    if not options.log_requests:
+        for name in ("uvicorn.access", kserve_logging.KSERVE_TRACE_LOGGER_NAME):
+            logging.getLogger(name).addFilter(Quiet())
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")  # KServe's, on newer FastAPI
+    add_routes(model_server.app, options.max_request_bytes)
+    if watching and options.base_path is not None:
+        threading.Thread(target=watch, args=(options, say), daemon=True).start()
+
+
+def watch(options, say=print):
+    """Poll the base path for new versions of the served models and for new model folders."""
+    while True:
+        time.sleep(options.poll_seconds)
+        try:
+            found = model_folders(options.base_path, options.model_name)
+        except (OSError, ValueError):
+            continue
+        for name, folder in found.items():
+            if name not in _KNOWN:
+                _KNOWN[name] = ServedModel(name, folder, options, say)
+            model = _KNOWN[name]
+            if model.folder == folder and model.refresh():
+                SERVED.setdefault(name, model)
+
+
+class Repository(ModelRepository):
+    """KServe's model repository over ``SERVED``. Pickled into KServe's worker processes
+    (``--workers``), it is rebuilt there: the process set up, each model loaded afresh."""
+
+    def __init__(self):
+        super().__init__()
+        self.models = SERVED
+
+    def __reduce__(self):
+        options = _SET_UP[0] if _SET_UP else ServeOptions()
+        specs = [(name, model.folder, model.task) for name, model in _KNOWN.items()]
+        return _worker_repository, (options, specs)
+
+
+def _worker_repository(options, specs):
+    """In a worker process: the models load in a thread, so the process answers KServe's
+    liveness pings meanwhile, and its server starts accepting requests only once they are in."""
+
+    def load():
+        for name, folder, task in specs:
+            if name not in _KNOWN:
+                try:
+                    served_model(name, folder, options, task=task)
+                except ValueError as err:
+                    print(f"serve: error: {name}: {err}; not served", flush=True)
+        if options.base_path is not None:
+            watch(options)
+
+    set_up_process(options, watching=False)
+    loading = threading.Thread(target=load, daemon=True)
+    loading.start()
+
+    router = model_server.app.router
+    lifespan = router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def after_loading(app):
+        while not all(name in _KNOWN for name, _, _ in specs) and loading.is_alive():
+            await asyncio.sleep(0.05)
+        async with lifespan(app) as state:
+            yield state
+
+    router.lifespan_context = after_loading
+    return Repository()
