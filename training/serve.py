@@ -6,6 +6,8 @@ version, as TensorFlow Serving does, on KServe's Python model server: TF Serving
 ``signature_name``; ``GET /v1/models/NAME`` for the version status) on ``--port``, the Open
 Inference Protocol (v2) on the same port and over gRPC on ``--grpc_port``, and ``/metrics``.
 A version exported while it runs is served from the next poll on; a ``.tmp-*`` folder never is.
+Residual-adapter tasks (``--adapter_tasks``) share their backbone in memory; ``--workers`` runs
+the REST API in several processes.
 """
 
 import os

@@ -2,14 +2,18 @@
 
 ``reszoo-serve`` (``training/serve.py``) is the command; this module is what it runs:
 
+- ``ServeOptions``: the command's flags, read once;
 - ``model_folders``: the models under a base path, in TF Serving's layout (``NAME/VERSION/``);
 - ``Version``: one complete version folder loaded for a runtime, the SavedModel (TensorFlow) or
-  its ``model.onnx`` (ONNX Runtime), answering the export's five outputs;
+  its ``model.onnx`` (ONNX Runtime); ``AdapterTask``: a run's residual-adapter task on a backbone
+  that ``Backbones`` loads once for all its tasks; both answer the export's five outputs;
 - ``Batcher``: concurrent requests to one model run as one batch;
 - ``ServedModel``: a ``kserve.Model`` that serves the newest complete version of one model
   folder, takes TF Serving's v1 requests (``instances`` / ``inputs``, ``{"b64": ...}``,
   ``signature_name``) and the Open Inference Protocol's (v2, REST and gRPC);
-- ``add_routes``: the TF Serving routes KServe lacks (model status, a version's predict).
+- ``add_routes``: the TF Serving routes KServe lacks (model status, a version's predict);
+- ``SERVED``, ``Repository``, ``set_up_process``, ``watch``: each serving process's table of
+  models, which KServe's repository reads and its worker processes rebuild, and its watcher.
 """
 
 import asyncio
@@ -42,7 +46,6 @@ from training.predict import missing
 SIGNATURES = {"serving_default": ("images", "float32"), "serving_uint8": ("images", "uint8"),
               "serving_bytes": ("image_bytes", "string")}
 OUTPUTS = ("logits", "probabilities", "top_k_ids", "top_k_scores", "top_k_names")
-RUNTIMES = ("saved_model", "onnx")
 BATCH_SIZES = Histogram("reszoo_batch_size", "Images per model call", ["model"],
                         buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 
@@ -82,12 +85,6 @@ def model_folders(base, name=None):
             if not d.startswith(".") and os.path.isdir(os.path.join(base, d))}
 
 
-def _decode(tf, data, image_shape):
-    from training.data import serving_image
-
-    return serving_image(tf.constant(data), image_shape).numpy()
-
-
 class Servable:
     """What a served model runs: ``run(pixels)`` gives the export's five outputs for float32
     pixels ``[n, H, W, C]``, ``decode(images)`` turns encoded images into such pixels."""
@@ -109,12 +106,12 @@ class Servable:
         them; InvalidInput names the first that does not decode."""
         import tensorflow as tf
 
-        from training.data import error_reason
+        from training.data import error_reason, serving_image
 
         out = []
         for i, data in enumerate(images):
             try:
-                out.append(_decode(tf, data, self.image_shape))
+                out.append(serving_image(tf.constant(data), self.image_shape).numpy())
             except (tf.errors.InvalidArgumentError, ValueError) as err:
                 raise InvalidInput(f"image {i} cannot be decoded ({error_reason(err)})") from None
         return np.stack(out)
@@ -177,6 +174,8 @@ class AdapterTask(Servable):
     (Rebuffi et al. 2017)."""
 
     def __init__(self, run_dir, backbones):
+        import tensorflow as tf
+
         from reszoo import transfer
         from training import files, run_folder
 
@@ -186,6 +185,7 @@ class AdapterTask(Servable):
             results = files.read_json(os.path.join(run_dir, run_folder.RESULTS))
             run_flags = files.read_json(os.path.join(run_dir, run_folder.FLAGS_FILE))
             init_from = run_flags["init_from"]
+            self.class_names = np.asarray([str(n) for n in results["class_names"]])
         except (files.CommandError, KeyError, TypeError) as err:
             raise ValueError(f"{run_dir} is not a finished run trained with --adapters ({err})") from None
         if not os.path.isfile(task) or not init_from:
@@ -195,12 +195,9 @@ class AdapterTask(Servable):
                 self.image_shape = tuple(json.loads(str(data["__task__"]))["input_shape"])
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
             raise ValueError(f"{task} is not a reszoo task file, or is damaged ({type(err).__name__})") from None
-        self.class_names = np.asarray([str(n) for n in results["class_names"]])
         self.top_k = min(5, len(self.class_names))
         self.model = transfer.load_task(backbones(run_flags, self.image_shape), task)
         self.metadata = {"task": task, "backbone": init_from}
-        import tensorflow as tf
-
         model = self.model
         listed = isinstance(model.input, (list, tuple))  # a cloned functional model takes [inputs]
         self._call = tf.function(lambda x: model([x] if listed else x, training=False), reduce_retracing=True)
