@@ -1,7 +1,7 @@
 """The console commands ``reszoo-train``, ``reszoo-export``, ``reszoo-predict`` and
-``reszoo-serve`` (setup.py's entry points), which run ``python -m training.train`` and its siblings from any folder. A
-module of its own, beside the ``reszoo`` library and the ``training`` commands: the library
-imports neither its callers nor this launcher.
+``reszoo-serve`` (setup.py's entry points), which run ``python -m training.train`` and its
+siblings from any folder. A module of its own, beside the ``reszoo`` library and the
+``training`` commands: the library imports neither its callers nor this launcher.
 
 reszoo installs its commands as the top-level package ``training``, a name another project
 may also use. Each command first checks that the ``training`` it imports is reszoo's, and

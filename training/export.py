@@ -31,7 +31,7 @@ from absl import app, flags, logging  # noqa: E402
 from training import errors  # noqa: E402  (training.files imports Keras: used lazily, so --help is instant)
 
 FORMATS = ("saved_model", "onnx", "tflite")
-TOLERANCE = dict(rtol=1e-4, atol=1e-4)  # logits, float32 model vs exported graph; atol in units of max |logit| (>= 1)
+TOLERANCE = dict(rtol=1e-4, atol=1e-4)  # logits, float32 model vs exported graph; atol in max |logit| (>= 1)
 
 
 class ExportError(errors.CommandError):
