@@ -118,3 +118,18 @@ def test_the_gpu_benchmark_plans_whole_comparisons_first_and_keeps_within_its_bu
     table = gpu.summary(rows, peak_tflops=989.0)
     assert "| resnet50 | bfloat16 | 3,000.0 | 2,000.0 | 2,500.0 | 1.50 | 1.20 | 40,000 / 50,000 / - MiB |" in table
     assert "73.61 (7.4%)" in table  # 3 x 2 x 4.09 GMACs x 3,000 img/s
+
+
+def test_the_serving_benchmark_reports_the_bare_call_beside_the_server():
+    """benchmarks/serving.py end to end on ResNet-20 with ONNX Runtime, a few requests."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.serving", "--models=resnet20", "--runtimes=onnx",
+                           "--requests=5", "--adapter_tasks=0"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+    assert [r["path"] for r in records] == ["bare model call, batch 1", "reszoo-serve, 1 client(s)",
+                                           "reszoo-serve, 8 client(s)"]
+    bare, one, eight = records
+    assert bare["p50_ms"] > 0 and bare["offline_images_per_s"] > 0
+    assert one["p50_ms"] > bare["p50_ms"] and eight["requests_per_s"] > 0
+    assert one["added_p50_ms"] == pytest.approx(one["p50_ms"] - bare["p50_ms"], abs=2e-3)
