@@ -379,7 +379,7 @@ class ServedModel(Model):
 
     def __init__(self, name, folder, options=ServeOptions(), say=print, servable=None):
         super().__init__(name)
-        self.folder, self.options, self.runtime, self.say = folder, options, options.runtime, say
+        self.folder, self.options, self.say = folder, options, say
         self.batcher = Batcher(name, options.max_batch_size, options.batch_timeout_s)
         self.current, self.task = servable, None
         self.ready = servable is not None
@@ -398,13 +398,13 @@ class ServedModel(Model):
                 if number in self.failed:
                     continue
                 try:
-                    version = Version(os.path.join(self.folder, str(number)), self.runtime)
+                    version = Version(os.path.join(self.folder, str(number)), self.options.runtime)
                 except ValueError as err:
                     self.failed[number] = str(err)
                     self.say(f"serve: error: {self.name} version {number} {err}; not served")
                     continue
                 self.current, self.ready = version, True
-                self.say(f"serving {self.name} version {number} ({self.runtime})")
+                self.say(f"serving {self.name} version {number} ({self.options.runtime})")
                 return True
             return False
 
