@@ -1,5 +1,5 @@
-"""Learning-rate schedules and optimizers of the papers' recipes (pure Keras; registered so
-that saved training checkpoints load with `import reszoo`)."""
+"""Learning-rate schedules, optimizers and losses of the papers' recipes (pure Keras;
+registered so that saved training checkpoints load with `import reszoo`)."""
 
 import keras
 from keras import ops
@@ -75,6 +75,39 @@ def _with_lr_multipliers(base):
 
 SGD = _with_lr_multipliers(keras.optimizers.SGD)
 AdamW = _with_lr_multipliers(keras.optimizers.AdamW)
+Lamb = _with_lr_multipliers(keras.optimizers.Lamb)
+
+
+@keras.saving.register_keras_serializable(package="reszoo")
+class BinaryCrossentropy(keras.losses.Loss):
+    """One-vs-all binary cross-entropy on logits, averaged over classes (Wightman et al. 2021,
+    Sec. 2.3), as timm's ``BinaryCrossEntropy``: label smoothing moves targets towards
+    ``1 / classes`` (not Keras' 0.5), then targets above ``target_threshold`` become 1."""
+
+    def __init__(self, label_smoothing=0.0, target_threshold=0.0, name="binary_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+        self.target_threshold = float(target_threshold)
+
+    def call(self, y_true, y_pred):
+        y_pred = ops.cast(y_pred, "float32")
+        y_true = ops.cast(y_true, "float32")
+        if self.label_smoothing:
+            y_true = y_true * (1.0 - self.label_smoothing) + self.label_smoothing / ops.shape(y_true)[-1]
+        if self.target_threshold:
+            y_true = ops.cast(y_true > self.target_threshold, "float32")
+        return ops.mean(ops.binary_crossentropy(y_true, y_pred, from_logits=True), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing,
+                "target_threshold": self.target_threshold}
+
+
+def make_loss(name="ce", label_smoothing=0.0, target_threshold=0.0):
+    """Softmax cross-entropy (``ce``) or one-vs-all binary cross-entropy (``bce``) on logits."""
+    if name == "bce":
+        return BinaryCrossentropy(label_smoothing, target_threshold)
+    return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
 
 
 def is_kernel(variable):
@@ -82,13 +115,17 @@ def is_kernel(variable):
 
 
 def make_optimizer(name, schedule, momentum=0.9, nesterov=False, weight_decay=0.0,
-                   model=None, lr_multipliers=None):
+                   model=None, lr_multipliers=None, ema_decay=0.0):
     """SGD with (Nesterov) momentum, whose weight decay is the models' L2 kernel regularizer
-    (as in the papers), or AdamW with decoupled decay on kernels only (not BN or biases)."""
+    (as in the papers), or AdamW or LAMB with decoupled decay on kernels only (not BN or
+    biases). ``ema_decay``: the optimizer keeps an exponential moving average of the weights
+    (Polyak averaging), Keras' ``use_ema``."""
+    ema = dict(use_ema=True, ema_momentum=ema_decay) if ema_decay else {}
     if name == "sgd":
         return SGD(learning_rate=schedule, momentum=momentum, nesterov=nesterov,
-                   lr_multipliers=lr_multipliers)
-    optimizer = AdamW(learning_rate=schedule, weight_decay=weight_decay, lr_multipliers=lr_multipliers)
+                   lr_multipliers=lr_multipliers, **ema)
+    kind = Lamb if name == "lamb" else AdamW
+    optimizer = kind(learning_rate=schedule, weight_decay=weight_decay, lr_multipliers=lr_multipliers, **ema)
     if model is not None:
         optimizer.exclude_from_weight_decay(
             var_list=[v for v in model.trainable_variables if not is_kernel(v)])

@@ -35,6 +35,7 @@ class Data:
     mean: np.ndarray  # per channel: travels with the model as its first layer
     std: np.ndarray
     default_augment: str
+    max_value: float = 255.0  # pixel values lie in [0, max_value]
 
     @property
     def num_classes(self):
@@ -86,7 +87,8 @@ def _digits():
     (x_train, y_train), (x_test, y_test), names = reszoo.datasets.load_digits()
     mean, std = channel_stats(x_train)
     return Data("digits", (x_train, y_train.astype("int32")), _as_dataset(x_test, y_test),
-                len(y_train), len(y_test), names, x_train.shape[1:], mean, std, "crop")
+                len(y_train), len(y_test), names, x_train.shape[1:], mean, std, "crop",
+                float(reszoo.datasets.DIGITS_MAX))
 
 
 def dataset_name(dataset, data_dir=None):
@@ -329,38 +331,58 @@ def without_autotune(ds):
     return ds.with_options(options)
 
 
-def train_pipeline(data, batch_size, augment, seed, first_epoch, epochs):
-    """Batches for epochs ``first_epoch .. epochs - 1`` with one-hot labels. For in-memory
-    data, epoch e's order and augmentation are stateless functions of (seed, e), so a run
-    resumed at epoch e sees exactly the batches an uninterrupted run would."""
+def train_pipeline(data, batch_size, augment, seed, first_epoch, epochs, augmentation=None):
+    """Batches for epochs ``first_epoch .. epochs - 1`` with one-hot labels, augmented by
+    ``augment`` and the recipe's ``augmentation`` (``training.augment.Augmentation``). For
+    in-memory data, epoch e's order and augmentation are stateless functions of (seed, e), so
+    a run resumed at epoch e sees exactly the batches an uninterrupted run would."""
+    from training import augment as augment_lib
+
     kind = data.default_augment if augment == "auto" else augment
     shape, classes = data.image_shape, data.num_classes
+    augmentation = augmentation or augment_lib.Augmentation()
+    augmenter = augment_lib.Augmenter(augmentation, shape, data.max_value)
+    repeats = augmentation.repeats
 
     def prepare(image, label, element_seed):
         image = tf.cast(image, "float32")
         if kind != "none":
             image = _augment(image, element_seed, kind, shape)
+        if augmenter.per_image:
+            image = augmenter.image(image, tf.random.experimental.stateless_fold_in(element_seed, 1))
         return image, tf.one_hot(label, classes)
 
+    def mix(batches, seed_base):
+        if not augmentation.mixes:
+            return batches
+        return batches.enumerate().map(
+            lambda b, xy: augmenter.batch(*xy, tf.random.experimental.stateless_fold_in(
+                tf.stack([seed_base, b]), 2)), num_parallel_calls=tf.data.AUTOTUNE)
+
     if isinstance(data.train, tf.data.Dataset):
-        ds = data.train.shuffle(50_000, seed=seed + first_epoch).repeat(epochs - first_epoch)
+        ds = data.train.shuffle(50_000, seed=seed + first_epoch)
+        if repeats > 1:
+            ds = ds.flat_map(lambda x, y: tf.data.Dataset.from_tensors((x, y)).repeat(repeats))
+        ds = ds.repeat(epochs - first_epoch)
         ds = ds.enumerate().map(lambda i, xy: prepare(*xy, tf.stack([tf.cast(seed, tf.int64), i])),
                                 num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        images, labels = (tf.constant(a) for a in data.train)
-        n = data.num_train
+        batches = mix(ds.batch(batch_size, drop_remainder=True), tf.cast(seed * 1_000_003 + first_epoch, tf.int64))
+        return without_autotune(batches.prefetch(tf.data.AUTOTUNE))
+    images, labels = (tf.constant(a) for a in data.train)
+    n = data.num_train
 
-        def epoch(e):
-            order = tf.data.Dataset.range(n).map(lambda i: (i, tf.random.experimental.index_shuffle(
-                i, tf.stack([tf.cast(seed, tf.int64), e]), n - 1)))
-            examples = order.map(
-                lambda i, j: prepare(tf.gather(images, j), tf.gather(labels, j),
-                                     tf.stack([e * 1_000_003 + seed, i])),
-                num_parallel_calls=tf.data.AUTOTUNE)
-            return examples.batch(batch_size, drop_remainder=True)  # batches never span epochs
+    def epoch(e):
+        # With repeated augmentation, each of n / repeats images comes ``repeats`` times in a
+        # row, so its copies share a batch; the epoch keeps its n examples.
+        order = tf.data.Dataset.range(n).map(lambda i: (i, tf.random.experimental.index_shuffle(
+            i // repeats, tf.stack([tf.cast(seed, tf.int64), e]), n - 1)))
+        examples = order.map(
+            lambda i, j: prepare(tf.gather(images, j), tf.gather(labels, j),
+                                 tf.stack([e * 1_000_003 + seed, i])),
+            num_parallel_calls=tf.data.AUTOTUNE)
+        return mix(examples.batch(batch_size, drop_remainder=True), e * 1_000_003 + seed)  # batches never span epochs
 
-        return without_autotune(tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch).prefetch(tf.data.AUTOTUNE))
-    return without_autotune(ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+    return without_autotune(tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch).prefetch(tf.data.AUTOTUNE))
 
 
 def eval_pipeline(data, batch_size, drop_remainder=False):

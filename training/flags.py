@@ -10,29 +10,14 @@ import sys
 
 from absl import flags
 
+from training.recipes import RECIPES, flags_of
+
 FLAGS = flags.FLAGS
 
 AUGMENTATIONS = ("auto", "none", "crop", "crop_flip", "inception")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 MAX_IMAGE_SIZE = 4096
 
-# One flag sets a paper's recipe; flags given explicitly win.
-RECIPES = {
-    # He et al. 2015, Sec. 4.2: batch 128, lr 0.1 /10 at 32k and 48k of 64k iterations
-    # (epochs 82/123 of 164 on 50k images), momentum 0.9, wd 1e-4, pad-4 crop + flip.
-    "he2015_cifar": dict(batch_size=128, epochs=164, optimizer="sgd", learning_rate=0.1,
-                         momentum=0.9, nesterov=False, weight_decay=1e-4, lr_schedule="step",
-                         lr_decay_epochs=["82", "123"], lr_decay_rate=0.1, augment="crop_flip",
-                         label_smoothing=0.0),
-    # Huang et al. 2017, Sec. 4.2: batch 64, 300 epochs, lr 0.1 /10 at 50% and 75%,
-    # Nesterov momentum 0.9, wd 1e-4.
-    "huang2017_cifar": dict(batch_size=64, epochs=300, optimizer="sgd", learning_rate=0.1,
-                            momentum=0.9, nesterov=True, weight_decay=1e-4, lr_schedule="step",
-                            lr_decay_epochs=["150", "225"], lr_decay_rate=0.1,
-                            augment="crop_flip", label_smoothing=0.0),
-}
-# He et al. 2015: ResNet-110 (and deeper) warm up at lr 0.01 for about 400 iterations.
-WARMUP_MODELS = ("resnet110", "resnet1202")
 
 
 def define():
@@ -50,7 +35,7 @@ def define():
     flags.DEFINE_integer("batch_size", 64, "global batch size", lower_bound=1)
     flags.DEFINE_integer("epochs", 30, "training epochs", lower_bound=1)
     flags.DEFINE_integer("train_steps", 0, "total steps instead of --epochs (rounded up to whole epochs)", lower_bound=0)
-    flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adamw"], "SGD with momentum, or AdamW")
+    flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adamw", "lamb"], "SGD with momentum, AdamW, or LAMB (You et al. 2020)")
     flags.DEFINE_float("learning_rate", 0.1, "peak learning rate (at --lr_batch_base if set)", lower_bound=0.0)
     flags.DEFINE_float("momentum", 0.9, "SGD momentum", lower_bound=0.0, upper_bound=1.0)
     flags.DEFINE_boolean("nesterov", False, "Nesterov momentum")
@@ -60,9 +45,37 @@ def define():
     flags.DEFINE_float("lr_decay_rate", 0.1, "step schedule factor", lower_bound=0.0, upper_bound=1.0)
     flags.DEFINE_float("warmup_epochs", 0.0, "warm-up length in epochs", lower_bound=0.0)
     flags.DEFINE_enum("warmup", "linear", ["linear", "constant"], "linear ramp, or constant lr/10 (He et al. 2015)")
-    flags.DEFINE_integer("lr_batch_base", 0, "linear scaling: lr *= batch_size / lr_batch_base (0: off)", lower_bound=0)
+    flags.DEFINE_integer("lr_batch_base", 0, "--learning_rate is for this batch size; scaled to --batch_size by "
+                         "--lr_scaling (0: off)", lower_bound=0)
+    flags.DEFINE_enum("lr_scaling", "linear", ["linear", "sqrt"], "lr *= batch_size / lr_batch_base (Goyal et al. "
+                      "2017), or its square root (timm's rule for LAMB)")
     flags.DEFINE_float("label_smoothing", 0.0, "label smoothing", lower_bound=0.0, upper_bound=0.99)
+    flags.DEFINE_enum("loss", "ce", ["ce", "bce"], "softmax cross-entropy, or binary cross-entropy per class "
+                      "(Wightman et al. 2021)")
+    flags.DEFINE_float("bce_target_threshold", 0.0, "--loss=bce: targets above this become 1 (0: off)",
+                       lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_float("ema_decay", 0.0, "keep an exponential moving average of the weights, evaluated and saved "
+                       "(per step; 0: off)", lower_bound=0.0, upper_bound=0.999999)
     flags.DEFINE_enum("augment", "auto", list(AUGMENTATIONS), "auto: crop for digits, crop_flip for CIFAR-size, inception for large images")
+    flags.DEFINE_enum("auto_augment", "none", ["none", "randaugment", "trivialaugment"], "after --augment: "
+                      "RandAugment (Cubuk et al. 2020) or TrivialAugment (Mueller & Hutter 2021), Keras' layer")
+    flags.DEFINE_integer("rand_augment_ops", 2, "RandAugment: operations per image", lower_bound=1, upper_bound=10)
+    flags.DEFINE_integer("rand_augment_magnitude", 9, "RandAugment: magnitude, 0-10 (timm's m)", lower_bound=0,
+                         upper_bound=10)
+    flags.DEFINE_float("random_erasing", 0.0, "probability of erasing a random box (Zhong et al. 2020)",
+                       lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_float("mixup_alpha", 0.0, "mixup (Zhang et al. 2018): Beta(alpha, alpha) weights (0: off)",
+                       lower_bound=0.0)
+    flags.DEFINE_float("cutmix_alpha", 0.0, "CutMix (Yun et al. 2019): Beta(alpha, alpha) areas (0: off)",
+                       lower_bound=0.0)
+    flags.DEFINE_float("mixup_switch_prob", 0.5, "with both: probability that a batch gets CutMix, not mixup",
+                       lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_float("mixup_prob", 1.0, "probability that a batch is mixed at all", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_integer("repeated_augmentation", 1, "each image N times per epoch, differently augmented "
+                         "(Hoffer et al. 2020); the epoch keeps its length", lower_bound=1, upper_bound=16)
+    flags.DEFINE_float("train_size", 0.0, "FixRes (Touvron et al. 2019): train on images of this side in pixels, "
+                       "or this fraction of the test size if <= 1; test at the full size (0: off)", lower_bound=0.0)
+    flags.DEFINE_boolean("show_batch", False, "save the first training batch, augmented, as model_dir/batch.png")
     flags.DEFINE_enum("dtype", "float32", ["float32", "mixed_float16", "mixed_bfloat16"], "compute dtype policy (logits stay float32)")
     flags.DEFINE_boolean("jit_compile", False, "XLA (off by default: it halves TF's CPU speed here)")
     flags.DEFINE_integer("steps_per_execution", 1, "train steps per tf.function call", lower_bound=1)
@@ -108,10 +121,7 @@ def apply_recipe():
     """Fill in the recipe's values for every flag the user did not give."""
     if not FLAGS.recipe:
         return
-    values = dict(RECIPES[FLAGS.recipe])
-    if FLAGS.model in WARMUP_MODELS:
-        values.update(warmup_epochs=1.0, warmup="constant")
-    for name, value in values.items():
+    for name, value in flags_of(FLAGS.recipe, FLAGS.model).items():
         if not FLAGS[name].present:
             FLAGS[name].value = value
 
@@ -119,7 +129,7 @@ def apply_recipe():
 def safer_learning_rate(learning_rate, recipe=None):
     """A learning rate to suggest after a NaN loss: a tenth of ``learning_rate``, but never
     above the recipe's (or the default's), which the papers trained with."""
-    known = RECIPES[recipe]["learning_rate"] if recipe in RECIPES else FLAGS["learning_rate"].default
+    known = RECIPES[recipe]["flags"]["learning_rate"] if recipe in RECIPES else FLAGS["learning_rate"].default
     return min(learning_rate / 10, known)
 
 
@@ -142,8 +152,11 @@ TRAIN_GROUPS = {
     "run folder": ["model_dir", "overwrite", "allow_flag_changes", "eval_every", "seed", "deterministic"],
     "recipe and optimisation": ["recipe", "batch_size", "epochs", "train_steps", "optimizer", "learning_rate",
                                 "momentum", "nesterov", "weight_decay", "lr_schedule", "lr_decay_epochs",
-                                "lr_decay_rate", "warmup_epochs", "warmup", "lr_batch_base", "label_smoothing",
-                                "augment"],
+                                "lr_decay_rate", "warmup_epochs", "warmup", "lr_batch_base", "lr_scaling",
+                                "label_smoothing", "loss", "bce_target_threshold", "ema_decay"],
+    "augmentation": ["augment", "auto_augment", "rand_augment_ops", "rand_augment_magnitude", "random_erasing",
+                     "mixup_alpha", "cutmix_alpha", "mixup_switch_prob", "mixup_prob", "repeated_augmentation",
+                     "train_size", "show_batch"],
     "fine-tuning": ["init_from", "weights_path", "freeze", "backbone_lr_multiplier", "adapters"],
     "speed and devices": ["dtype", "jit_compile", "steps_per_execution", "distribution_strategy", "tpu",
                           "worker_timeout"],
@@ -216,13 +229,16 @@ def _flag_line(flag):
 # Flags that say what to do with a run, or where, not what the run is: they may change on a
 # resume (a run folder may be moved, and its path spelled another way).
 NOT_RUN_DEFINING = ("overwrite", "allow_flag_changes", "model_dir", "export", "export_dir", "export_formats",
-                    "worker_timeout")
+                    "worker_timeout", "show_batch")
 # Flags a resumed run may change with --allow_flag_changes: how it is optimised, not which
 # model it trains on which data (those change the variables a checkpoint holds, or the split).
 CHANGEABLE = ("epochs", "train_steps", "learning_rate", "lr_schedule", "lr_decay_epochs", "lr_decay_rate",
               "warmup", "warmup_epochs", "lr_batch_base", "momentum", "nesterov", "weight_decay",
               "label_smoothing", "augment", "batch_size", "eval_every", "steps_per_execution", "jit_compile",
-              "distribution_strategy", "tpu", "deterministic", "backbone_lr_multiplier", "recipe")
+              "distribution_strategy", "tpu", "deterministic", "backbone_lr_multiplier", "recipe", "lr_scaling",
+              "loss", "bce_target_threshold", "auto_augment", "rand_augment_ops", "rand_augment_magnitude",
+              "random_erasing", "mixup_alpha", "cutmix_alpha", "mixup_switch_prob", "mixup_prob",
+              "repeated_augmentation", "train_size")
 _PATHS = ("data_dir", "init_from", "weights_path")
 
 

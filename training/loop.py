@@ -19,14 +19,15 @@ from training.strategy import is_chief
 
 
 class CustomLoop:
-    """``fit`` and ``evaluate`` for a model compiled with a Keras optimizer, under any
-    tf.distribute strategy. Loss is the model's categorical cross-entropy (logits, one-hot
-    labels, label smoothing) plus its regularization losses, as ``model.fit`` computes it."""
+    """``fit`` and ``evaluate`` for a model compiled with a Keras optimizer and loss, under any
+    tf.distribute strategy. Loss is the compiled loss per example plus the model's
+    regularization losses, as ``model.fit`` computes it. ``swap_ema`` (a
+    ``training.callbacks.SwapEMA``, with ``--ema_decay``) is called as ``fit`` would."""
 
-    def __init__(self, strategy, model, global_batch_size, label_smoothing=0.0):
+    def __init__(self, strategy, model, global_batch_size, swap_ema=None):
         self.strategy, self.model = strategy, model
         self.global_batch_size = global_batch_size
-        self.label_smoothing = label_smoothing
+        self.swap_ema = swap_ema
         self.chief = is_chief(strategy)
         with strategy.scope():
             model.optimizer.build(model.trainable_variables)
@@ -36,8 +37,7 @@ class CustomLoop:
         self._sync = tf.function(lambda: strategy.run(self._replica_sync))
 
     def _losses(self, labels, logits):
-        return keras.losses.categorical_crossentropy(
-            labels, tf.cast(logits, "float32"), from_logits=True, label_smoothing=self.label_smoothing)
+        return self.model.loss.call(labels, tf.cast(logits, "float32"))
 
     def _replica_train_step(self, images, labels):
         model = self.model
@@ -97,7 +97,11 @@ class CustomLoop:
         stays the last good epoch), or None."""
         iterator = iter(self._distribute(dataset))
         writer = tf.summary.create_file_writer(os.path.join(log_dir, "train")) if self.chief else None
+        swap = self.swap_ema or keras.callbacks.Callback()
+        swap.set_model(self.model)
+        swap.set_params({"epochs": epochs})
         for epoch in range(first_epoch, epochs):
+            swap.on_epoch_begin(epoch)
             loss_sum = correct = 0.0
             for _ in range(steps_per_epoch):
                 loss, hits = self._train_step(next(iterator))
@@ -109,13 +113,18 @@ class CustomLoop:
                 return epoch
             self._sync()
             if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
+                swap.on_test_begin()
                 logs.update({"val_" + k: v for k, v in self.evaluate(test).items()})
+                swap.on_test_end()
+            swap.on_epoch_end(epoch)
             recorder.end_epoch(self.model, epoch, logs)
             if self.chief:
                 with writer.as_default(step=epoch):
                     for k, v in logs.items():
                         tf.summary.scalar(k, v)
                 print(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
+        if first_epoch < epochs:
+            self.model.optimizer.finalize_variable_values(self.model.trainable_variables)
         return None
 
     def replica_checksums(self):

@@ -12,6 +12,7 @@ survive a kill at any instant.
       task.npz                 with --adapters: the task alone (reszoo.transfer.load_task)
       history.csv              one row per epoch, rewritten from the checkpoint's history
       results.json             the final evaluation
+      batch.png                with --show_batch: the first training batch, augmented
       logs/                    TensorBoard
 
 At the end of every good epoch the run writes, in this order: ``best.keras`` (when the score
@@ -46,6 +47,7 @@ TASK = "task.npz"
 HISTORY = "history.csv"
 RESULTS = "results.json"
 LOGS = "logs"
+BATCH = "batch.png"
 CHECKPOINT = "checkpoint.keras"
 STATE = "state.json"
 KEEP = 2  # checkpoint generations kept: the newest, and the one before in case it is damaged
@@ -172,7 +174,7 @@ class RunFolder:
         if plan == "overwrite":
             trash = files.tmp_name(self.file("overwritten"))
             os.makedirs(trash, exist_ok=True)
-            for name in (BACKUP, FLAGS_FILE, BEST, LAST, HISTORY, RESULTS, LOGS):
+            for name in (BACKUP, FLAGS_FILE, BEST, LAST, HISTORY, RESULTS, LOGS, BATCH):
                 if os.path.lexists(self.file(name)):
                     os.replace(self.file(name), os.path.join(trash, name))
             shutil.rmtree(trash, ignore_errors=True)

@@ -49,6 +49,10 @@ def check_options(opts):
     if opts.adapters != "none" and opts.freeze != "none":
         raise CommandError("--freeze goes without --adapters: with adapters the backbone is frozen and "
                            "only adapters, BatchNorm and the classifier train", 2)
+    if opts.bce_target_threshold and opts.loss != "bce":
+        raise CommandError("--bce_target_threshold needs --loss=bce", 2)
+    if opts.cutmix_alpha > 1:
+        raise CommandError(f"--cutmix_alpha={opts.cutmix_alpha:g}: Keras' CutMix takes alpha in (0, 1]", 2)
 
 
 def new_model(opts, data):
@@ -207,14 +211,39 @@ def freeze(model, up_to):
         raise CommandError(f"--{err}", 2) from None
 
 
+def learning_rate(opts):
+    """The peak learning rate at --batch_size, and a line saying how it was scaled (or None)."""
+    from training import recipes
+
+    lr = recipes.scaled_learning_rate(opts.learning_rate, opts.batch_size, opts.lr_batch_base, opts.lr_scaling)
+    if not opts.lr_batch_base or opts.batch_size == opts.lr_batch_base:
+        return lr, None
+    ratio = f"{opts.batch_size}/{opts.lr_batch_base}"
+    rule = ratio if opts.lr_scaling == "linear" else f"sqrt({ratio})"
+    of = f" (--recipe={opts.recipe} sets {opts.learning_rate:g} for batch {opts.lr_batch_base})" if opts.recipe else ""
+    return lr, f"learning rate {lr:.6g} = {opts.learning_rate:g} x {rule}, {opts.lr_scaling} scaling{of}"
+
+
+def fixres(model, image_shape, augmentation):
+    """With --train_size (FixRes, Touvron et al. 2019), ``model`` takes images of any side: it
+    trains on smaller ones and is tested and saved at ``image_shape``."""
+    import keras
+
+    side = augmentation.train_side(image_shape[0])
+    if side != image_shape[0]:
+        model.input_spec = keras.InputSpec(ndim=4, axes={-1: image_shape[-1]})
+        print(f"FixRes: training on {side}x{augmentation.train_side(image_shape[1])} images, testing on "
+              f"{image_shape[0]}x{image_shape[1]}", flush=True)
+
+
 def compile_model(model, opts, steps_per_epoch, epochs):
     import keras
 
     from reszoo import optim, transfer
 
-    lr = opts.learning_rate
-    if opts.lr_batch_base:
-        lr *= opts.batch_size / opts.lr_batch_base
+    lr, scaled = learning_rate(opts)
+    if scaled:
+        print(scaled, flush=True)
     schedule = optim.Schedule(
         lr, total_steps=steps_per_epoch * epochs, kind=opts.lr_schedule,
         boundaries=[int(e) * steps_per_epoch for e in opts.lr_decay_epochs],
@@ -223,13 +252,13 @@ def compile_model(model, opts, steps_per_epoch, epochs):
     optimizer = optim.make_optimizer(
         opts.optimizer, schedule, momentum=opts.momentum, nesterov=opts.nesterov,
         weight_decay=opts.weight_decay, model=model,
-        lr_multipliers=transfer.lr_multipliers(model, backbone=opts.backbone_lr_multiplier))
+        lr_multipliers=transfer.lr_multipliers(model, backbone=opts.backbone_lr_multiplier), ema_decay=opts.ema_decay)
     metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
     if model.output_shape[-1] > 10:
         metrics.append(keras.metrics.TopKCategoricalAccuracy(5, name="top5"))
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=opts.label_smoothing),
+        loss=optim.make_loss(opts.loss, opts.label_smoothing, opts.bce_target_threshold),
         metrics=metrics, jit_compile=opts.jit_compile, steps_per_execution=opts.steps_per_execution)
 
 
@@ -245,7 +274,7 @@ def run(opts):
     import keras
     import tensorflow as tf
 
-    from training import data as data_lib, run_folder, strategy as strategies
+    from training import augment, data as data_lib, run_folder, strategy as strategies
 
     check_options(opts)
     strategy = strategies.make(opts.distribution_strategy, opts.tpu, opts.worker_timeout)  # before other ops
@@ -277,9 +306,14 @@ def run(opts):
                            f"{strategy.num_replicas_in_sync} replicas", 2)
     epochs = math.ceil(opts.train_steps / steps_per_epoch) if opts.train_steps else opts.epochs
 
+    augmentation = augment.Augmentation.from_options(opts)
+    if augmentation.train_side(min(data.image_shape[:2])) > min(data.image_shape[:2]):
+        raise CommandError(f"--train_size={opts.train_size:g} is larger than the test images "
+                           f"({data.image_shape[0]}x{data.image_shape[1]}): FixRes trains on smaller ones", 2)
     with strategy.scope():
         model = fine_tune_model(init, data, opts) if opts.init_from else new_model(opts, data)
         freeze(model, opts.freeze)
+        fixres(model, data.image_shape, augmentation)
         compile_model(model, opts, steps_per_epoch, epochs)
 
     # The run can start: take the folder, record the flags, resume from its checkpoint.
@@ -309,6 +343,8 @@ def _train(strategy, model, data, opts, epochs, steps_per_epoch, folder, recorde
 
     first_epoch = recorder.state.epoch
     test = data_lib.eval_pipeline(data, opts.batch_size)
+    if opts.show_batch and chief:
+        show_batch(data, opts, first_epoch, folder.file(run_folder.BATCH))
     fit = fit_custom if opts.distribution_strategy == "multi_worker_mirrored" else fit_keras
     bad_epoch, metrics = fit(strategy, model, data, test, opts, epochs, steps_per_epoch, recorder,
                              folder.file(run_folder.LOGS))
@@ -340,6 +376,28 @@ def _train(strategy, model, data, opts, epochs, steps_per_epoch, folder, recorde
     return results
 
 
+def train_batches(data, opts, first_epoch, epochs):
+    from training import augment, data as data_lib
+
+    return data_lib.train_pipeline(data, opts.batch_size, opts.augment, opts.seed, first_epoch, epochs,
+                                   augment.Augmentation.from_options(opts))
+
+
+def show_batch(data, opts, first_epoch, path):
+    """--show_batch: the first batch this run trains on, augmented, as a PNG grid at ``path``."""
+    from training import augment, files
+
+    images, _ = next(iter(train_batches(data, opts, first_epoch, first_epoch + 1)))
+    png = augment.grid_png(images[:64], data.max_value)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(png)
+
+    files.atomic_write(path, write)
+    print(f"augmented batch -> {path}", flush=True)
+
+
 def _kept(recorder, folder):
     epoch = recorder.state.epoch
     if not epoch:
@@ -353,16 +411,17 @@ def fit_keras(strategy, model, data, test, opts, epochs, steps_per_epoch, record
     final evaluation."""
     import keras
 
-    from training import callbacks, data as data_lib
+    from training import callbacks
 
     first_epoch = recorder.state.epoch
     record = callbacks.RecordEpochs(recorder)
+    swap = [callbacks.SwapEMA(resumed=first_epoch > 0)] if opts.ema_decay else []
     if first_epoch < epochs:
-        train = data_lib.train_pipeline(data, opts.batch_size, opts.augment, opts.seed, first_epoch, epochs)
+        train = train_batches(data, opts, first_epoch, epochs)
         model.fit(train, epochs=epochs, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch,
                   validation_data=test, validation_freq=opts.eval_every, shuffle=False,
                   verbose=1 if sys.stdout.isatty() else 2,
-                  callbacks=[record, keras.callbacks.TensorBoard(log_dir, write_graph=False)])
+                  callbacks=[*swap, record, keras.callbacks.TensorBoard(log_dir, write_graph=False)])
     if record.bad_epoch is not None:
         return record.bad_epoch, None
     return None, model.evaluate(test, verbose=0, return_dict=True)
@@ -371,11 +430,12 @@ def fit_keras(strategy, model, data, test, opts, epochs, steps_per_epoch, record
 def fit_custom(strategy, model, data, test, opts, epochs, steps_per_epoch, recorder, log_dir):
     """The strategy.run loop of training/loop.py (multi-worker: Keras' fit cannot run there);
     returns as ``fit_keras``, after checking that every replica holds the same weights."""
-    from training import data as data_lib, loop
+    from training import callbacks, loop
 
     first_epoch = recorder.state.epoch
-    custom = loop.CustomLoop(strategy, model, opts.batch_size, opts.label_smoothing)
-    train = data_lib.train_pipeline(data, opts.batch_size, opts.augment, opts.seed, first_epoch, epochs)
+    swap = callbacks.SwapEMA(resumed=first_epoch > 0) if opts.ema_decay else None
+    custom = loop.CustomLoop(strategy, model, opts.batch_size, swap)
+    train = train_batches(data, opts, first_epoch, epochs)
     bad_epoch = custom.fit(train, epochs, steps_per_epoch, first_epoch, test, opts.eval_every, recorder, log_dir)
     if bad_epoch is not None:
         return bad_epoch, None
