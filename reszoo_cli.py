@@ -1,6 +1,6 @@
-"""The console commands ``reszoo-train``, ``reszoo-export``, ``reszoo-predict`` and
-``reszoo-serve`` (setup.py's entry points), which run ``python -m training.train`` and its
-siblings from any folder. A module of its own, beside the ``reszoo`` library and the
+"""The console commands ``reszoo-train``, ``reszoo-export``, ``reszoo-predict``,
+``reszoo-serve`` and ``reszoo-validate`` (setup.py's entry points), which run
+``python -m training.train`` and its siblings from any folder. A module of its own, beside the ``reszoo`` library and the
 ``training`` commands: the library imports neither its callers nor this launcher.
 
 reszoo installs its commands as the top-level package ``training``, a name another project
@@ -43,3 +43,7 @@ def predict():
 
 def serve():
     _command("serve")
+
+
+def validate():
+    _command("validate")

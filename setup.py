@@ -12,7 +12,8 @@ setup(
     py_modules=["reszoo_cli"],
     package_data={"reszoo": ["data/*.npz", "data/*.json"]},
     entry_points={"console_scripts": ["reszoo-train=reszoo_cli:train", "reszoo-export=reszoo_cli:export",
-                                      "reszoo-predict=reszoo_cli:predict", "reszoo-serve=reszoo_cli:serve"]},
+                                      "reszoo-predict=reszoo_cli:predict", "reszoo-serve=reszoo_cli:serve",
+                                      "reszoo-validate=reszoo_cli:validate"]},
     install_requires=["keras>=3.15.1,<4", "numpy"],
     extras_require={
         "tf": ["tensorflow>=2.21,<2.22", "tensorflow-datasets>=4.9", "tensorboard", "absl-py"],

@@ -48,6 +48,12 @@ class Augmentation:
         return (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.mixup_prob > 0
 
 
+def accept_any_size(model):
+    """Let a fully convolutional ``model`` (up to its global pooling) take images of any side,
+    as FixRes (Touvron et al. 2019) trains below and evaluates at or above its input size."""
+    model.input_spec = keras.InputSpec(ndim=4, axes={-1: model.input_shape[-1]})
+
+
 class Seeds(keras.random.SeedGenerator):
     """A seed generator without state: its n-th draw is ``seed`` folded with n, so the draws
     of one traced call are fixed functions of the stateless seed tensor ``seed`` ([2] ints)."""

@@ -39,8 +39,9 @@ def missing(version):
     return None
 
 
-def load(saved_model):
-    """The ``serving_bytes`` signature of an export, or ValueError saying why not."""
+def load(saved_model, signature="serving_bytes"):
+    """A signature of an export (``serving_bytes``, ``serving_default``...), or ValueError
+    saying why not."""
     import tensorflow as tf
 
     from training.errors import first_line
@@ -57,7 +58,7 @@ def load(saved_model):
     if "serving_bytes" not in loaded.signatures:
         raise ValueError(f"{version} is not a reszoo export (no serving_bytes signature; it has "
                          f"{', '.join(loaded.signatures) or 'none'})")
-    return loaded.signatures["serving_bytes"]
+    return loaded.signatures[signature]
 
 
 def predict(saved_model, images, top=5):

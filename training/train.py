@@ -227,11 +227,11 @@ def learning_rate(opts):
 def fixres(model, image_shape, augmentation):
     """With --train_size (FixRes, Touvron et al. 2019), ``model`` takes images of any side: it
     trains on smaller ones and is tested and saved at ``image_shape``."""
-    import keras
+    from training import augment
 
     side = augmentation.train_side(image_shape[0])
     if side != image_shape[0]:
-        model.input_spec = keras.InputSpec(ndim=4, axes={-1: image_shape[-1]})
+        augment.accept_any_size(model)
         print(f"FixRes: training on {side}x{augmentation.train_side(image_shape[1])} images, testing on "
               f"{image_shape[0]}x{image_shape[1]}", flush=True)
 

@@ -1,0 +1,322 @@
+"""Measure a model on a dataset: ``python -m training.validate --model_dir=runs/resnet20-digits``.
+
+Prints top-1, top-5, the loss and per-class accuracy of a training run (its last.keras), a
+``.keras`` file, an exported SavedModel or published weights (``--weights=timm/ARCH.TAG``) on
+a dataset (by default the run's own held-out split), appends a row to a results CSV (timm's
+validate.py columns) and draws the confusion matrix. The eval transform is the one the weights
+prescribe: resize to ``test_size / crop_pct``, then a central ``test_size`` crop.
+"""
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+
+from training import flags as run_flags  # noqa: E402
+from training.errors import CommandError  # noqa: E402
+
+FLAGS = flags.FLAGS
+COLUMNS = ("model", "source", "dataset", "split", "images", "top1", "top1_err", "top5", "top5_err", "loss",
+           "param_count", "img_size", "crop_pct", "interpolation")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
+
+flags.DEFINE_string("model_dir", None, "a training run folder, a .keras file, or an exported SavedModel "
+                    "(a version folder, or its model folder: the latest version)")
+flags.DEFINE_enum("checkpoint", "last", ["last", "best"], "a run folder's last.keras or best.keras")
+flags.DEFINE_string("weights", None, "instead of --model_dir: published weights by name (timm/ARCH.TAG: "
+                    "reszoo.list_weights()), from the local cache")
+flags.DEFINE_string("dataset", None, "digits, folder, or a tfds name (default: the run's own)")
+flags.DEFINE_string("data_dir", None, "tfds data_dir, or the image folder for --dataset=folder")
+flags.DEFINE_float("validation_split", None, "--dataset=folder: the fraction held out (default: the run's, or 0.2)")
+flags.DEFINE_integer("seed", None, "--dataset=folder: the split's seed (default: the run's, or 0)")
+flags.DEFINE_integer("test_size", 0, "side of the images the model sees (0: the model's input size); FixRes "
+                     "evaluates above the training size", lower_bound=0, upper_bound=run_flags.MAX_IMAGE_SIZE)
+flags.DEFINE_float("crop_pct", 0.0, "central crop: images are resized to test_size / crop_pct, then cropped "
+                   "(0: the weights' own, else 1)", lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_enum("interpolation", None, list(INTERPOLATIONS), "resize method (default: the weights' own, else "
+                  "bilinear)")
+flags.DEFINE_integer("batch_size", 64, "images per batch", lower_bound=1)
+flags.DEFINE_string("results_csv", None, "append a row here (default: validate.csv in the run folder, else in "
+                    "the current folder)")
+flags.DEFINE_string("confusion_png", None, "the confusion matrix (default: confusion.png beside the CSV; "
+                    "empty: none)")
+
+
+class Source:
+    """What is measured: ``predict(images) -> logits`` (float32 NumPy), its input side, the
+    name and parameter count for the CSV, the run's flags (for the default dataset), the
+    weights' eval transform (crop_pct, interpolation), and whether it takes other sizes."""
+
+    def __init__(self, name, predict, side, channels, params, run_flags=None, crop_pct=1.0,
+                 interpolation="bilinear", resizable=False, where=None):
+        self.name, self.predict, self.side, self.channels, self.params = name, predict, side, channels, params
+        self.run_flags = run_flags or {}
+        self.crop_pct, self.interpolation, self.resizable, self.where = crop_pct, interpolation, resizable, where
+
+
+def keras_source(model, name, run_flags=None, where=None, **eval_transform):
+    """A Keras model as a ``Source``: it takes any image side (a fully convolutional net up to its
+    pooling), so --test_size may differ from its input."""
+    import numpy as np
+
+    import reszoo
+    from training import augment
+
+    augment.accept_any_size(model)
+    return Source(name, lambda x: np.asarray(model.predict_on_batch(x), "float32"), model.input_shape[1],
+                  model.input_shape[-1], reszoo.count_params(model), run_flags, resizable=True, where=where, **eval_transform)
+
+
+def load_source(model_dir, checkpoint, weights):
+    """The ``Source`` of --model_dir or --weights, or a ``CommandError``."""
+    from training import files
+
+    if weights:
+        return _weights_source(weights)
+    if not model_dir:
+        raise CommandError("give --model_dir (a run folder, .keras file or SavedModel) or --weights=timm/ARCH.TAG", 2)
+    path = os.path.normpath(os.path.expanduser(model_dir))
+    if not os.path.exists(path):
+        raise CommandError(f"--model_dir={model_dir}: no such file or folder", 2)
+    if os.path.isfile(path):
+        return keras_source(files.load_model(path, "--model_dir"), os.path.basename(path))
+    if os.path.isfile(os.path.join(path, "flags.json")):
+        run = files.read_json(os.path.join(path, "flags.json"))
+        model_file = os.path.join(path, f"{checkpoint}.keras")
+        model = files.load_model(model_file, "--model_dir")
+        return keras_source(model, run.get("model") or os.path.basename(path), run, where=path)
+    return _saved_model_source(path)
+
+
+def _saved_model_source(path):
+    import numpy as np
+
+    from training import predict
+
+    try:
+        version = predict.resolve(path)
+    except ValueError:
+        raise CommandError(f"--model_dir={path} is neither a run folder (flags.json), a .keras file, nor a "
+                           "SavedModel", 2) from None
+    import tensorflow as tf
+
+    serve = predict.load(version, "serving_default")
+    try:
+        with open(os.path.join(version, "metadata.json")) as f:
+            metadata = json.load(f)
+    except (OSError, ValueError):
+        metadata = {}
+    shape = serve.structured_input_signature[1]["images"].shape
+    run = metadata.get("source", {}).get("flags") or {}
+    return Source(metadata.get("model") or os.path.basename(os.path.dirname(version)),
+                  lambda x: np.asarray(serve(images=tf.constant(x, tf.float32))["logits"]), int(shape[1]),
+                  int(shape[-1]), metadata.get("params", 0), run, where=version)
+
+
+def _weights_source(weights):
+    import reszoo
+    from reszoo import hub
+    from reszoo.weights import WeightsError
+
+    try:
+        tag = hub.resolve(None, weights)
+        model = reszoo.create_model(weights=weights)
+    except WeightsError as err:
+        raise CommandError(f"--weights: {err}", 2) from None
+    entry = hub.card(tag)
+    return keras_source(model, tag, crop_pct=entry.get("crop_pct", 1.0),
+                        interpolation=entry.get("interpolation", "bilinear"))
+
+
+def eval_images(images, side, crop_pct, interpolation):
+    """A batch of images as the model sees them: resized to ``side / crop_pct`` and centrally
+    cropped to ``side`` (timm's and keras-hub's eval transform; squares, as training loads)."""
+    import tensorflow as tf
+
+    scale = int(math.floor(side / crop_pct)) if crop_pct < 1 else side
+    images = tf.cast(images, tf.float32)
+    if images.shape[1] != scale or images.shape[2] != scale:
+        images = tf.image.resize(images, (scale, scale), method=interpolation)
+    offset = (scale - side) // 2
+    return images[:, offset:offset + side, offset:offset + side, :]
+
+
+def measure(source, dataset, num_classes, side, crop_pct, interpolation, batch_size):
+    """Logits of the whole ``dataset`` (unbatched (image, label)) and its labels."""
+    import numpy as np
+
+    logits, labels = [], []
+    for images, y in dataset.batch(batch_size):
+        logits.append(source.predict(eval_images(images, side, crop_pct, interpolation).numpy()))
+        labels.append(y.numpy())
+    logits, labels = np.concatenate(logits), np.concatenate(labels).astype("int64")
+    if logits.shape[-1] != num_classes:
+        raise CommandError(f"the model has {logits.shape[-1]} classes, the dataset {num_classes}", 2)
+    return logits, labels
+
+
+def metrics(logits, labels, num_classes):
+    """top-1, top-5 (percent), mean softmax cross-entropy, per-class accuracy and the confusion
+    matrix (rows: true class)."""
+    import numpy as np
+
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    loss = float(-log_probs[np.arange(len(labels)), labels].mean())
+    k = min(5, num_classes)
+    top5 = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
+    predicted = top5[:, 0]
+    confusion = np.zeros((num_classes, num_classes), "int64")
+    np.add.at(confusion, (labels, predicted), 1)
+    per_class = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
+    return {"top1": 100 * float(np.mean(predicted == labels)),
+            "top5": 100 * float(np.mean((top5 == labels[:, None]).any(-1))),
+            "loss": loss, "per_class": per_class, "confusion": confusion}
+
+
+def append_row(path, row):
+    """Add ``row`` to the CSV at ``path`` (header first when new), written whole and renamed
+    into place; a CSV of other columns is left alone and refused."""
+    from training import files
+
+    old = ""
+    if os.path.exists(path):
+        with open(path, newline="") as f:
+            old = f.read()
+        header = old.splitlines()[0].split(",") if old.strip() else list(COLUMNS)
+        if header != list(COLUMNS):
+            raise CommandError(f"--results_csv={path} has other columns ({','.join(header)[:80]}); use another "
+                               "file", 2)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, COLUMNS, lineterminator="\n")
+    if not old.strip():
+        writer.writeheader()
+    writer.writerow(row)
+    files.write_text(path, (old if old.endswith("\n") or not old else old + "\n") + out.getvalue())
+
+
+def confusion_png(path, confusion, class_names, title):
+    """The confusion matrix as a PNG (row-normalised; names shown up to 30 classes)."""
+    import numpy as np
+
+    from training import files
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CommandError("--confusion_png needs matplotlib (pip install 'reszoo[lab]'), or pass "
+                           "--confusion_png=''", 2) from None
+    n = len(class_names)
+    rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    size = min(4 + 0.35 * n, 16)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
+    if n <= 30:
+        ax.set_xticks(range(n), class_names, rotation=90 if max(map(len, class_names)) > 3 else 0)
+        ax.set_yticks(range(n), class_names)
+        for i in range(n):
+            for j in range(n):
+                if confusion[i, j]:
+                    ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+
+    def write(tmp):
+        fig.savefig(tmp, format="png", dpi=100)
+
+    try:
+        files.atomic_write(path, write)
+    finally:
+        plt.close(fig)
+
+
+def run(source, dataset=None, data_dir=None, validation_split=None, seed=None, test_size=0, crop_pct=0.0,
+        interpolation=None, batch_size=64, results_csv=None, confusion=None, say=print):
+    """Measure ``source`` (a ``Source``) as the flags say; returns the CSV row (with
+    ``per_class``). Dataset arguments left None come from the run's flags."""
+    from training import data as data_lib
+
+    run = source.run_flags
+    dataset = dataset or run.get("dataset") or "digits"
+    data_dir = data_dir if data_dir is not None else (run.get("data_dir") if dataset == run.get("dataset") else None)
+    validation_split = validation_split if validation_split is not None else run.get("validation_split", 0.2)
+    seed = seed if seed is not None else run.get("seed", 0)
+    side = test_size or source.side
+    if side != source.side and not source.resizable:
+        raise CommandError(f"--test_size={side}: the SavedModel takes {source.side}x{source.side} images only", 2)
+    crop_pct = crop_pct or source.crop_pct
+    interpolation = interpolation or source.interpolation
+    load_size = int(math.floor(side / crop_pct))
+    try:
+        data = data_lib.load(dataset, data_dir, load_size, validation_split, seed, channels=source.channels)
+    except data_lib.DataError as err:
+        raise CommandError(str(err), 2) from None
+    split = "held-out" if dataset == "folder" else "test"
+    logits, labels = measure(source, data.test, data.num_classes, side, crop_pct, interpolation, batch_size)
+    m = metrics(logits, labels, data.num_classes)
+    say(f"validate: {source.name} on {data.name} {split} ({len(labels)} images) at {side}x{side}, crop_pct "
+        f"{crop_pct:g}, {interpolation}")
+    say(f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['loss']:.4f}")
+    order = sorted(range(data.num_classes), key=lambda c: m["per_class"][c])
+    shown = order if data.num_classes <= 20 else order[:5]
+    say(("per-class accuracy: " if data.num_classes <= 20 else "lowest per-class accuracy: ")
+        + ", ".join(f"{data.class_names[c]} {100 * m['per_class'][c]:.1f}%" for c in shown))
+    row = {"model": source.name, "source": source.where or source.name, "dataset": data.name, "split": split,
+           "images": len(labels), "top1": f"{m['top1']:.3f}", "top1_err": f"{100 - m['top1']:.3f}",
+           "top5": f"{m['top5']:.3f}", "top5_err": f"{100 - m['top5']:.3f}", "loss": f"{m['loss']:.4f}",
+           "param_count": source.params, "img_size": side, "crop_pct": f"{crop_pct:g}",
+           "interpolation": interpolation}
+    if results_csv:
+        append_row(results_csv, row)
+        say(f"results -> {results_csv}")
+    if confusion:
+        confusion_png(confusion, m["confusion"], data.class_names,
+                      f"{source.name} on {data.name}: top-1 {m['top1']:.2f}%")
+        say(f"confusion matrix -> {confusion}")
+    return {**row, "per_class": m["per_class"].tolist()}
+
+
+def main(argv):
+    if len(argv) > 1:
+        sys.stderr.write(f"validate: error: unexpected arguments {argv[1:]}\n")
+        sys.exit(2)
+    logging.set_verbosity(logging.ERROR)
+    try:
+        if FLAGS.model_dir and FLAGS.weights:
+            raise CommandError("give --model_dir or --weights, not both", 2)
+        source = load_source(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.weights)
+        folder = source.where if source.where and os.path.isfile(os.path.join(source.where, "flags.json")) else "."
+        results_csv = FLAGS.results_csv if FLAGS.results_csv is not None else os.path.join(folder, "validate.csv")
+        png = FLAGS.confusion_png
+        if png is None:
+            png = os.path.join(os.path.dirname(results_csv) or ".", "confusion.png") if results_csv else ""
+        run(source, FLAGS.dataset, FLAGS.data_dir, FLAGS.validation_split, FLAGS.seed, FLAGS.test_size,
+            FLAGS.crop_pct, FLAGS.interpolation, FLAGS.batch_size, results_csv, png)
+    except CommandError as err:
+        sys.stderr.write(f"validate: error: {err}\n")
+        sys.exit(err.code)
+    except ValueError as err:  # training.predict's one-line reasons for a SavedModel
+        sys.stderr.write(f"validate: error: {err}\n")
+        sys.exit(1)
+
+
+def cli():
+    """``reszoo-validate`` and ``python -m training.validate``."""
+    app.run(main, flags_parser=run_flags.parser(sys.modules[__name__], __doc__))
+
+
+if __name__ == "__main__":
+    cli()
