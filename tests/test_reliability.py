@@ -115,6 +115,27 @@ def test_killed_at_each_write_every_rerun_resumes_and_ends_bit_exact(tmp_path, s
     assert_resumed_exactly(folder, straight)
 
 
+# Every part of the 2020s recipes on, EMA state and augmentation randomness included.
+RECIPE_RUN = [*RUN, "--ema_decay=0.9", "--mixup_alpha=0.2", "--cutmix_alpha=1.0", "--auto_augment=randaugment",
+              "--random_erasing=0.25", "--repeated_augmentation=2", "--loss=bce", "--optimizer=lamb",
+              "--learning_rate=0.01", "--weight_decay=0.01", "--train_size=0.75", "--label_smoothing=0.1"]
+
+
+def test_a_recipe_run_killed_and_resumed_ends_bit_exact(tmp_path, train):
+    straight = tmp_path / "straight"
+    proc = train(*RECIPE_RUN, f"--model_dir={straight}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    folder = tmp_path / "run"
+    for point, sig in [("rename:epoch-000002", signal.SIGKILL), ("write:history.csv", signal.SIGTERM)]:
+        proc = start(tmp_path / "log", *RECIPE_RUN, f"--model_dir={folder}", RESZOO_TEST_PAUSE=point)
+        paused(proc, folder, point.split(":")[1])
+        stop(proc, sig)
+    final = train(*RECIPE_RUN, f"--model_dir={folder}")
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert "resuming" in final.stdout
+    assert_resumed_exactly(folder, straight)
+
+
 def test_real_kills_in_the_middle_of_writes_then_bit_exact_resume(tmp_path, straight, train):
     """No hook: poll the folder and signal the process while a file is being written."""
     folder = tmp_path / "run"

@@ -341,7 +341,7 @@ def test_custom_loop_step_equals_a_model_fit_step():
     fitted = build()
     fitted.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     custom = build()
-    steps = loop.CustomLoop(tf.distribute.get_strategy(), custom, 16, label_smoothing=0.1)
+    steps = loop.CustomLoop(tf.distribute.get_strategy(), custom, 16)
     batch = tf.data.Dataset.from_tensors((x, y))
     for _ in range(2):
         for b in steps._distribute(batch):
@@ -370,7 +370,8 @@ def test_pipelines_run_without_tf_data_autotuning():
 
 
 def test_console_commands_run_from_any_folder_and_refuse_a_foreign_training_package(tmp_path):
-    """reszoo-train, reszoo-export, reszoo-predict and reszoo-serve (setup.py's entry points)."""
+    """reszoo-train, reszoo-export, reszoo-predict, reszoo-serve and reszoo-validate (setup.py's
+    entry points)."""
     bin_dir = pathlib.Path(sys.executable).parent
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     run = lambda command, *args, **extra: subprocess.run([str(bin_dir / command), *map(str, args)], cwd=tmp_path,
@@ -391,6 +392,10 @@ def test_console_commands_run_from_any_folder_and_refuse_a_foreign_training_pack
     assert len(predicted.stdout.splitlines()) == 3
     helped = run("reszoo-serve", "--help")
     assert helped.returncode == 0 and "--model_base_path" in helped.stdout
+    validated = run("reszoo-validate", "--model_dir=saved/resnet20_digits", "--results_csv=v.csv")
+    assert validated.returncode == 0, validated.stderr[-2000:]
+    top1 = json.loads((tmp_path / "run" / "results.json").read_text())["test_accuracy"]
+    assert f"top-1 {100 * top1:.2f}%" in validated.stdout
     fake = tmp_path / "elsewhere" / "training"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("")

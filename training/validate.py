@@ -26,26 +26,28 @@ COLUMNS = ("model", "source", "dataset", "split", "images", "top1", "top1_err", 
            "param_count", "img_size", "crop_pct", "interpolation")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
 
-flags.DEFINE_string("model_dir", None, "a training run folder, a .keras file, or an exported SavedModel "
-                    "(a version folder, or its model folder: the latest version)")
-flags.DEFINE_enum("checkpoint", "last", ["last", "best"], "a run folder's last.keras or best.keras")
-flags.DEFINE_string("weights", None, "instead of --model_dir: published weights by name (timm/ARCH.TAG: "
-                    "reszoo.list_weights()), from the local cache")
-flags.DEFINE_string("dataset", None, "digits, folder, or a tfds name (default: the run's own)")
-flags.DEFINE_string("data_dir", None, "tfds data_dir, or the image folder for --dataset=folder")
-flags.DEFINE_float("validation_split", None, "--dataset=folder: the fraction held out (default: the run's, or 0.2)")
-flags.DEFINE_integer("seed", None, "--dataset=folder: the split's seed (default: the run's, or 0)")
-flags.DEFINE_integer("test_size", 0, "side of the images the model sees (0: the model's input size); FixRes "
-                     "evaluates above the training size", lower_bound=0, upper_bound=run_flags.MAX_IMAGE_SIZE)
-flags.DEFINE_float("crop_pct", 0.0, "central crop: images are resized to test_size / crop_pct, then cropped "
-                   "(0: the weights' own, else 1)", lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_enum("interpolation", None, list(INTERPOLATIONS), "resize method (default: the weights' own, else "
-                  "bilinear)")
-flags.DEFINE_integer("batch_size", 64, "images per batch", lower_bound=1)
-flags.DEFINE_string("results_csv", None, "append a row here (default: validate.csv in the run folder, else in "
-                    "the current folder)")
-flags.DEFINE_string("confusion_png", None, "the confusion matrix (default: confusion.png beside the CSV; "
-                    "empty: none)")
+
+def define_flags():
+    flags.DEFINE_string("model_dir", None, "a training run folder, a .keras file, or an exported SavedModel "
+                        "(a version folder, or its model folder: the latest version)")
+    flags.DEFINE_enum("checkpoint", "last", ["last", "best"], "a run folder's last.keras or best.keras")
+    flags.DEFINE_string("weights", None, "instead of --model_dir: published weights by name (timm/ARCH.TAG: "
+                        "reszoo.list_weights()), from the local cache")
+    flags.DEFINE_string("dataset", None, "digits, folder, or a tfds name (default: the run's own)")
+    flags.DEFINE_string("data_dir", None, "tfds data_dir, or the image folder for --dataset=folder")
+    flags.DEFINE_float("validation_split", None, "--dataset=folder: the fraction held out (default: the run's, or 0.2)")
+    flags.DEFINE_integer("seed", None, "--dataset=folder: the split's seed (default: the run's, or 0)")
+    flags.DEFINE_integer("test_size", 0, "side of the images the model sees (0: the model's input size); FixRes "
+                         "evaluates above the training size", lower_bound=0, upper_bound=run_flags.MAX_IMAGE_SIZE)
+    flags.DEFINE_float("crop_pct", 0.0, "central crop: images are resized to test_size / crop_pct, then cropped "
+                       "(0: the weights' own, else 1)", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_enum("interpolation", None, list(INTERPOLATIONS), "resize method (default: the weights' own, else "
+                      "bilinear)")
+    flags.DEFINE_integer("batch_size", 64, "images per batch", lower_bound=1)
+    flags.DEFINE_string("results_csv", None, "append a row here (default: validate.csv in the run folder, else in "
+                        "the current folder)")
+    flags.DEFINE_string("confusion_png", None, "the confusion matrix (default: confusion.png beside the CSV; "
+                        "empty: none)")
 
 
 class Source:
@@ -315,6 +317,7 @@ def main(argv):
 
 def cli():
     """``reszoo-validate`` and ``python -m training.validate``."""
+    define_flags()
     app.run(main, flags_parser=run_flags.parser(sys.modules[__name__], __doc__))
 
 
