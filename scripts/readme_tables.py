@@ -104,10 +104,41 @@ def weights_table():
     return "\n".join(rows)
 
 
+def recipes_table():
+    """training/recipes.py: each recipe, the flags it sets, its source and published top-1."""
+    from training import recipes
+
+    rows = ["| recipe | flags it sets | source | published top-1 |", "|---|---|---|---:|"]
+    for name, recipe in recipes.RECIPES.items():
+        shown = []
+        for flag, value in recipe["flags"].items():
+            value = ",".join(value) if isinstance(value, list) else f"{value:.4g}" if isinstance(value, float) else value
+            shown.append(f"`--{flag}={value}`")
+        top1 = f"{recipe['top1']}%" if recipe["top1"] else ""
+        rows.append(f"| `{name}` | {' '.join(shown)} | {recipe['source']} | {top1} |")
+    return "\n".join(rows)
+
+
+def recipe_parts_table():
+    """experiments/recipe_parts.py's committed numbers (experiments/results/recipe_parts.json)."""
+    import json
+
+    with open(os.path.join(os.path.dirname(README), "experiments", "results", "recipe_parts.json")) as f:
+        r = json.load(f)
+    rows = [f"| {r['model']} on {r['dataset']}, {r['epochs']} epochs | flags | test accuracy, mean +- std "
+            f"({len(r['seeds'])} seeds) | each seed |", "|---|---|---:|---|"]
+    for name, v in r["variants"].items():
+        flags = " ".join(f"`{f}`" for f in v["flags"]) or "(default job)"
+        rows.append(f"| {name} | {flags} | {100 * v['mean']:.2f}% +- {100 * v['std']:.2f} | "
+                    + ", ".join(f"{100 * a:.2f}" for a in v["accuracy"]) + " |")
+    return "\n".join(rows)
+
+
 def tables(build=None):
     """Every generated table, by marker name, as a callable."""
     return {"models": lambda: model_table(build), "flags": flag_table, "continual": continual_table,
-            "segmentation": segmentation_table, "weights": weights_table}
+            "segmentation": segmentation_table, "weights": weights_table, "recipes": recipes_table,
+            "recipe_parts": recipe_parts_table}
 
 
 def render(text, tables):

@@ -165,3 +165,27 @@ def test_the_short_example_runs_and_the_docs_home_has_the_set_up_commands(capsys
     home = (ROOT / "docs" / "index.md").read_text()
     for command in re.findall(r"^(pip install -e .*)$", readme, re.M)[:2]:
         assert command in home.splitlines()
+
+
+def test_the_recipes_example_runs_as_written(tmp_path):
+    """README's recipe block: a recipe trains with its augmented batch shown, then
+    reszoo-validate prints the run's own test accuracy and writes its CSV and figure."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```\n(.*?)```", text[text.index("## Recipes and validation"):], re.S).group(1)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    printed = []
+    for command in [line for line in block.splitlines() if line.strip()]:
+        proc = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, (command, proc.stderr[-2000:])
+        printed.append(proc.stdout)
+    run = tmp_path / "runs" / "tricks-digits"
+    assert "learning rate 0.025 = 0.1 x 64/256, linear scaling" in printed[0]
+    top1 = json.loads((run / "results.json").read_text())["test_accuracy"]
+    assert f"top-1 {100 * top1:.2f}%" in printed[1]
+    for name in ("batch.png", "validate.csv", "confusion.png"):
+        assert (run / name).stat().st_size > 0, name
