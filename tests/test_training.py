@@ -170,7 +170,7 @@ def flags():
     "--warmup_epochs=-1", "--warmup=exp", "--lr_batch_base=-256", "--label_smoothing=1.0",
     "--augment=mixup", "--dtype=float64", "--distribution_strategy=horovod",
     "--distribution_strategy=tpu", "--seed=-1", "--eval_every=0", "--recipe=he2099",
-    "--optimizer=lamb", "--model_args=depth", "--validation_split=1.5", "--image_size=-8",
+    "--optimizer=adagrad", "--model_args=depth", "--validation_split=1.5", "--image_size=-8",
     "--steps_per_execution=0", "--backbone_lr_multiplier=-1", "--export_formats=pmml", "--no_such_flag=1",
     "--learning_rate=nan", "--learning_rate=inf", "--weight_decay=nan", "--image_size=100000",
     "--worker_timeout=0",
