@@ -110,10 +110,7 @@ def recipes_table():
 
     rows = ["| recipe | flags it sets | source | published top-1 |", "|---|---|---|---:|"]
     for name, recipe in recipes.RECIPES.items():
-        shown = []
-        for flag, value in recipe["flags"].items():
-            value = ",".join(value) if isinstance(value, list) else f"{value:.4g}" if isinstance(value, float) else value
-            shown.append(f"`--{flag}={value}`")
+        shown = [f"`{recipes.as_flag(flag, value)}`" for flag, value in recipe["flags"].items()]
         top1 = f"{recipe['top1']}%" if recipe["top1"] else ""
         rows.append(f"| `{name}` | {' '.join(shown)} | {recipe['source']} | {top1} |")
     return "\n".join(rows)

@@ -101,6 +101,7 @@ runpy.run_module({module!r}, run_name="__main__")
     ("training.train", ["model", "dataset", "recipe", "init_from", "adapters", "distribution_strategy", "export"]),
     ("training.export", ["model_dir", "checkpoint", "export_dir", "formats", "top_k"]),
     ("training.predict", ["saved_model", "top"]),
+    ("training.validate", ["model_dir", "weights", "dataset", "test_size", "crop_pct", "results_csv"]),
 ])
 def test_help_lists_the_command_s_own_flags_without_starting_tensorflow(module, flags):
     proc = subprocess.run([sys.executable, "-c", HELP_PROBE.format(module=module, path=str(ROOT / (module.replace(".", "/") + ".py")))], cwd=ROOT, capture_output=True,
@@ -109,6 +110,12 @@ def test_help_lists_the_command_s_own_flags_without_starting_tensorflow(module, 
     assert proc.stdout.startswith(f"usage: python -m {module} [--flag=value ...]")
     for flag in flags:
         assert f"  --{flag}=" in proc.stdout or f"  --[no]{flag}\n" in proc.stdout, flag
+    if module == "training.train":  # each recipe, with every flag it sets
+        from training import recipes
+
+        text = " ".join(proc.stdout.split())
+        for name in recipes.RECIPES:
+            assert f"{name}: --" in text and "--lr_batch_base=2048" in text, name
 
 
 def test_train_help_groups_every_flag():

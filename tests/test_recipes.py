@@ -228,3 +228,30 @@ def test_recipe_usage_errors_are_one_line(usage_errors, tmp_path):
                                          "must be one of"]):
         assert len(err.strip().splitlines()) == 1 and expected in err, err
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("recipe", ["torchvision_v2", "rsb_a1"])
+def test_a_recipe_trains_on_a_folder_of_colour_images_and_validates_above_its_training_size(
+        tmp_path, train, image_folder, recipe):
+    """RGB images through the colour operations of RandAugment / TrivialAugment; FixRes trains
+    at 0.79 (or 1.0) of 32 px, and reszoo-validate measures the run at 40 px as well."""
+    from conftest import run_command
+
+    folder = image_folder(tmp_path / "images", classes=("a", "b", "c"), per_class=12, mode="RGB")
+    run = tmp_path / "run"
+    proc = train(f"--recipe={recipe}", "--dataset=folder", f"--data_dir={folder}", "--image_size=32",
+                 "--batch_size=8", "--epochs=2", "--warmup_epochs=1", "--model_args=base_width=8", f"--model_dir={run}",
+                 "--show_batch")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    png = tf.io.decode_png((run / "batch.png").read_bytes())
+    assert png.shape[-1] == 3
+    if recipe == "torchvision_v2":
+        assert "FixRes: training on 25x25 images, testing on 32x32" in proc.stdout
+    top1 = json.loads((run / "results.json").read_text())["test_accuracy"]
+    same = run_command("training.validate", f"--model_dir={run}")
+    assert same.returncode == 0 and f"top-1 {100 * top1:.2f}%" in same.stdout, same.stderr[-2000:]
+    larger = run_command("training.validate", f"--model_dir={run}", "--test_size=40", "--crop_pct=0.875")
+    assert larger.returncode == 0, larger.stderr[-2000:]
+    assert "at 40x40, crop_pct 0.875" in larger.stdout
+    rows = (run / "validate.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[2].endswith(",40,0.875,bilinear")

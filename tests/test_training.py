@@ -319,20 +319,49 @@ def test_two_workers_on_localhost_train_together_and_the_chief_writes(tmp_path):
     assert _checksum(again[0]) == _checksum(chief)
 
 
-def test_custom_loop_step_equals_a_model_fit_step():
-    """The multi-worker loop computes what fit computes: same loss (smoothed cross-entropy +
-    L2), same update, same BN statistics, under the default strategy."""
+@pytest.mark.xdist_group("multiworker")
+def test_two_workers_train_a_recipe_s_parts_and_save_the_average(tmp_path):
+    """EMA, mixup / CutMix, TrivialAugment, BCE and FixRes through the multi-worker loop: the
+    replicas agree, and the saved model is the weights' average, as with fit."""
+    flags = ["--model_args=base_width=8", "--epochs=2", "--batch_size=64", "--ema_decay=0.9", "--mixup_alpha=0.2",
+             "--cutmix_alpha=1.0", "--auto_augment=trivialaugment", "--loss=bce", "--train_size=0.75"]
+    chief, worker = _two_workers(tmp_path, *flags)
+    assert _checksum(chief) == _checksum(worker) and "2 replicas in sync" in _checksum(chief)[0]
+    results = json.loads((tmp_path / "results.json").read_text())
+    from reszoo.datasets import load_digits
+    (_, _), (x_test, y_test), _ = load_digits()
+    model = keras.saving.load_model(tmp_path / "last.keras", compile=False)
+    predicted = model.predict(x_test.astype("float32"), verbose=0).argmax(1)
+    assert (predicted == y_test).mean() == pytest.approx(results["test_accuracy"], abs=1e-6)
+    checkpoint = keras.saving.load_model(tmp_path / "backup" / "epoch-000001" / "checkpoint.keras")
+    checkpoint.optimizer.build(checkpoint.trainable_variables)
+    checkpoint.load_weights(tmp_path / "backup" / "epoch-000001" / "checkpoint.keras")
+    averages = checkpoint.optimizer._model_variables_moving_average
+    assert max(float(np.abs(np.asarray(a) - np.asarray(v)).max())
+               for a, v in zip(averages, checkpoint.trainable_variables)) > 1e-3
+
+
+@pytest.mark.parametrize("recipe", ["sgd_ce", "lamb_bce_ema"])
+def test_custom_loop_step_equals_a_model_fit_step(recipe):
+    """The multi-worker loop computes what fit computes: same loss (smoothed cross-entropy or
+    BCE, + L2), same update (SGD, or LAMB with EMA), same BN statistics, under the default
+    strategy."""
     import tensorflow as tf
 
     import reszoo
+    from reszoo import optim
     from training import loop
 
     def build():
         keras.utils.set_random_seed(1)
         model = reszoo.create_model("resnet20", depth=8, input_shape=(8, 8, 1), num_classes=4, base_width=4,
                                     kernel_regularizer=keras.regularizers.L2(1e-3))
-        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
-                      loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1))
+        if recipe == "sgd_ce":
+            model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                          loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1))
+        else:
+            model.compile(optimizer=optim.make_optimizer("lamb", 0.01, weight_decay=0.01, model=model, ema_decay=0.5),
+                          loss=optim.make_loss("bce", 0.1, 0.2))
         return model
 
     rng = np.random.default_rng(0)
@@ -346,7 +375,9 @@ def test_custom_loop_step_equals_a_model_fit_step():
     for _ in range(2):
         for b in steps._distribute(batch):
             steps._train_step(b)
-    for a, b in zip(fitted.variables, custom.variables):
+    custom.optimizer.finalize_variable_values(custom.trainable_variables)  # as fit does at its end (EMA)
+    for a, b in zip(fitted.variables + fitted.optimizer.variables, custom.variables + custom.optimizer.variables,
+                    strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5, err_msg=a.path)
     expected = fitted.evaluate(x, y, verbose=0, return_dict=True)["loss"]
     assert steps.evaluate(batch)["loss"] == pytest.approx(expected - sum(float(l) for l in fitted.losses), rel=1e-4)

@@ -7,10 +7,11 @@ import math
 import os
 import re
 import sys
+import textwrap
 
 from absl import flags
 
-from training.recipes import RECIPES, flags_of
+from training.recipes import RECIPES, as_flag, flags_of
 
 FLAGS = flags.FLAGS
 
@@ -86,7 +87,7 @@ def define():
     flags.DEFINE_integer("seed", 0, "random seed (weights, data order, augmentation)", lower_bound=0)
     flags.DEFINE_boolean("deterministic", False, "deterministic ops: the same flags give the same weights")
     flags.DEFINE_integer("eval_every", 1, "evaluate every N epochs", lower_bound=1)
-    flags.DEFINE_string("recipe", None, f"paper recipe preset: {', '.join(RECIPES)}")
+    flags.DEFINE_string("recipe", None, "a paper's recipe; flags given explicitly win. " + recipe_help())
     flags.DEFINE_string("init_from", None, "fine-tune: a .keras model or a run folder, published weights by name "
                         "(timm/resnet50.a1h_in1k: reszoo.list_weights()), or keras_applications:NAME (e.g. "
                         "ResNet50) with --weights_path; its head is replaced")
@@ -115,6 +116,11 @@ def define():
     flags.register_multi_flags_validator(
         ["distribution_strategy", "tpu"], lambda d: d["distribution_strategy"] != "tpu" or d["tpu"] is not None,
         "--distribution_strategy=tpu needs --tpu=ADDRESS (or 'local')")
+
+
+def recipe_help():
+    """What each recipe sets, for --help and --helpfull."""
+    return " ".join(f"{name}: " + " ".join(as_flag(k, v) for k, v in flags_of(name).items()) + ";" for name in RECIPES)
 
 
 def apply_recipe():
@@ -223,7 +229,8 @@ def _flag_line(flag):
     if isinstance(default, list):
         default = ",".join(map(str, default))
     shown = f"{text} (default: {default!r})" if default not in (None, "", []) else text
-    return f"  {usage}\n      {shown}"
+    return f"  {usage}\n" + textwrap.fill(shown, 100, initial_indent=" " * 6, subsequent_indent=" " * 6,
+                                          break_on_hyphens=False, break_long_words=False)
 
 
 # Flags that say what to do with a run, or where, not what the run is: they may change on a

@@ -83,6 +83,15 @@ def flags_of(name, model=None):
     return values
 
 
+def as_flag(name, value):
+    """``--name=value`` as a command line spells it."""
+    if isinstance(value, list):
+        value = ",".join(value)
+    elif isinstance(value, float):
+        value = f"{value:g}"
+    return f"--{name}={value}"
+
+
 def scaled_learning_rate(learning_rate, batch_size, base, rule):
     """``learning_rate`` published for batch ``base``, at ``batch_size``: times the ratio
     (linear: Goyal et al. 2017) or its square root (sqrt: timm's rule for LAMB/Adam)."""
