@@ -17,7 +17,7 @@ from mkdocs.structure.files import File
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = ("gradient_highway", "variance", "near_identity", "degradation", "ensemble", "landscape",
-               "fixed_point", "linear_toys", "continual")
+               "fixed_point", "linear_toys", "continual", "diagnostics")
 _cache = {}
 
 

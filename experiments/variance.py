@@ -13,6 +13,7 @@ def measure(blocks, batch, seed=0):
     import numpy as np
 
     import reszoo
+    from reszoo import diagnostics
     from reszoo.lab import propagation
 
     x = np.random.default_rng(seed).normal(size=(batch, 16, 16, 3)).astype("float32")
@@ -22,8 +23,10 @@ def measure(blocks, batch, seed=0):
         model = reszoo.resnet(layers=(blocks,), block="basic", preact=True, norm=None, residual_scale=scale,
                               input_shape=(16, 16, 3))
         moments = propagation.block_second_moments(model, x)
+        ratios = diagnostics.branch_ratios(model, diagnostics.structure(model), x)  # what the callback watches
         results[str(scale)] = {"second_moment": moments.tolist(),
-                               "growth_per_block": float(moments[-1] ** (1 / blocks))}
+                               "growth_per_block": float(moments[-1] ** (1 / blocks)),
+                               "branch_ratio": ratios.tolist(), "branch_ratio_median": float(np.median(ratios))}
         print(f"residual_scale={scale}: after {blocks} blocks x{moments[-1]:.3g} "
               f"(x{moments[-1] ** (1 / blocks):.3f} per block)", flush=True)
     return results

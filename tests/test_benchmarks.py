@@ -133,3 +133,13 @@ def test_the_serving_benchmark_reports_the_bare_call_beside_the_server():
     assert bare["p50_ms"] > 0 and bare["offline_images_per_s"] > 0
     assert one["p50_ms"] > bare["p50_ms"] and eight["requests_per_s"] > 0
     assert one["added_p50_ms"] == pytest.approx(one["p50_ms"] - bare["p50_ms"], abs=2e-3)
+
+
+def test_the_diagnostics_benchmark_times_fit_with_and_without_the_callback():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.diagnostics", "--epochs=2", "--rounds=1", "--every=10",
+                           "--lesion_every=1"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (record,) = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+    assert record["steps"] == 44 and record["fit_s"] > 0 and record["fit_with_diagnostics_s"] > 0
+    assert record["overhead"] == pytest.approx(record["fit_with_diagnostics_s"] / record["fit_s"] - 1, abs=2e-3)

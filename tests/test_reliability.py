@@ -136,6 +136,34 @@ def test_a_recipe_run_killed_and_resumed_ends_bit_exact(tmp_path, train):
     assert_resumed_exactly(folder, straight)
 
 
+def test_diagnostics_change_nothing_and_a_kill_while_they_are_written_leaves_them_readable(
+        tmp_path, straight, train):
+    """--diagnostics measures without touching the run (the weights end bit-equal to the
+    straight run's); killed while diagnostics.jsonl is being replaced, the old file is whole,
+    and the resumed run continues it: every measurement once, in step order."""
+    from reszoo import diagnostics
+
+    folder = tmp_path / "run"
+    path = folder / diagnostics.DIAGNOSTICS_FILE
+    proc = start(tmp_path / "log", *RUN, f"--model_dir={folder}", "--diagnostics=5",
+                 RESZOO_TEST_PAUSE="rename:epoch-000003")
+    paused(proc, folder, "epoch-000003")
+    stop(proc, signal.SIGKILL)
+    written = path.read_text()
+    assert [r["step"] for r in diagnostics.read(str(path))] == list(range(5, 66, 5))
+    proc = start(tmp_path / "log", *RUN, f"--model_dir={folder}", "--diagnostics=5",
+                 RESZOO_TEST_PAUSE="rename:diagnostics.jsonl")
+    paused(proc, folder, "diagnostics.jsonl")
+    stop(proc, signal.SIGKILL)
+    assert path.read_text() == written  # the new version was complete under its temporary name only
+    final = train(*RUN, f"--model_dir={folder}", "--diagnostics=5")
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert f"resuming {folder} from epoch 2" in final.stdout
+    assert_resumed_exactly(folder, straight)
+    assert [r["step"] for r in diagnostics.read(str(path))] == list(range(5, 86, 5))
+    assert "diagnostics summary" in final.stdout
+
+
 def test_real_kills_in_the_middle_of_writes_then_bit_exact_resume(tmp_path, straight, train):
     """No hook: poll the folder and signal the process while a file is being written."""
     folder = tmp_path / "run"

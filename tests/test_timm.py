@@ -232,3 +232,33 @@ def test_train_fine_tunes_from_timm_weights_on_grey_images(timm_side, tmp_path, 
     wrong = train("--dataset=folder", f"--data_dir={folder}", "--image_size=32", "--init_from=timm/resnet18.nope",
                   f"--model_dir={tmp_path / 'run2'}", HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(timm_side / "hub"))
     assert wrong.returncode == 2 and "unknown timm weights 'timm/resnet18.nope'" in wrong.stderr
+
+
+VALIDATE_WEIGHTS = r'''
+import json
+import numpy as np
+import reszoo
+from training import validate
+source = validate.load_source(None, "last", "timm/resnet18.a1_in1k")
+x = np.random.default_rng(0).uniform(0, 255, (2, 300, 300, 3)).astype("float32")
+images = validate.eval_images(x, source.side, source.crop_pct, source.interpolation).numpy()
+model = reszoo.create_model(weights="timm/resnet18.a1_in1k")
+same = float(np.abs(source.predict(images) - model.predict(images, verbose=0)).max())
+print("RESULT" + json.dumps(dict(side=source.side, crop_pct=source.crop_pct, interpolation=source.interpolation,
+                                 params=source.params, shape=list(images.shape), same=same)))
+'''
+
+
+def test_validate_takes_published_weights_with_their_own_eval_transform(timm_side):
+    """reszoo-validate --weights=timm/...: the model from the offline cache, with the crop_pct
+    and interpolation of the weights' card (timm's pretrained_cfg)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(timm_side / "hub"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", VALIDATE_WEIGHTS], capture_output=True, text=True, timeout=600,
+                          env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))[len("RESULT"):])
+    card = hub.card("resnet18.a1_in1k")
+    assert (said["crop_pct"], said["interpolation"]) == (card["crop_pct"], card["interpolation"]) == (0.95, "bicubic")
+    assert said["side"] == 224 and said["shape"] == [2, 224, 224, 3]
+    assert said["params"] == 11_689_512  # torchvision's and timm's ResNet-18
+    assert said["same"] < 1e-4

@@ -18,6 +18,7 @@ FLAGS = flags.FLAGS
 AUGMENTATIONS = ("auto", "none", "crop", "crop_flip", "inception")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 MAX_IMAGE_SIZE = 4096
+DIAGNOSTICS_EVERY = 100  # steps between measurements for a bare --diagnostics
 
 
 
@@ -76,6 +77,9 @@ def define():
                          "(Hoffer et al. 2020); the epoch keeps its length", lower_bound=1, upper_bound=16)
     flags.DEFINE_float("train_size", 0.0, "FixRes (Touvron et al. 2019): train on images of this side in pixels, "
                        "or this fraction of the test size if <= 1; test at the full size (0: off)", lower_bound=0.0)
+    flags.DEFINE_integer("diagnostics", 0, "measure the residual diagnostics (reszoo.diagnostics) every N steps "
+                         f"into model_dir/diagnostics.jsonl and TensorBoard; --diagnostics alone: every "
+                         f"{DIAGNOSTICS_EVERY} (0: off)", lower_bound=0)
     flags.DEFINE_boolean("show_batch", False, "save the first training batch, augmented, as model_dir/batch.png")
     flags.DEFINE_enum("dtype", "float32", ["float32", "mixed_float16", "mixed_bfloat16"], "compute dtype policy (logits stay float32)")
     flags.DEFINE_boolean("jit_compile", False, "XLA (off by default: it halves TF's CPU speed here)")
@@ -163,6 +167,7 @@ TRAIN_GROUPS = {
     "augmentation": ["augment", "auto_augment", "rand_augment_ops", "rand_augment_magnitude", "random_erasing",
                      "mixup_alpha", "cutmix_alpha", "mixup_switch_prob", "mixup_prob", "repeated_augmentation",
                      "train_size", "show_batch"],
+    "diagnostics": ["diagnostics"],
     "fine-tuning": ["init_from", "weights_path", "freeze", "backbone_lr_multiplier", "adapters"],
     "speed and devices": ["dtype", "jit_compile", "steps_per_execution", "distribution_strategy", "tpu",
                           "worker_timeout"],
@@ -179,6 +184,7 @@ def parser(module, doc, groups=None, args=""):
     every module. ``args`` names the positional arguments in the usage line."""
 
     def parse(argv):
+        argv = [f"--diagnostics={DIAGNOSTICS_EVERY}" if arg == "--diagnostics" else arg for arg in argv]
         prog = os.path.splitext(os.path.basename(argv[0]))[0] if argv else "train"
         if any(arg in HELP_FLAGS for arg in argv[1:]):
             usage = prog if prog.startswith("reszoo-") else f"python -m training.{prog}"
@@ -236,7 +242,7 @@ def _flag_line(flag):
 # Flags that say what to do with a run, or where, not what the run is: they may change on a
 # resume (a run folder may be moved, and its path spelled another way).
 NOT_RUN_DEFINING = ("overwrite", "allow_flag_changes", "model_dir", "export", "export_dir", "export_formats",
-                    "worker_timeout", "show_batch")
+                    "worker_timeout", "show_batch", "diagnostics")
 # Flags a resumed run may change with --allow_flag_changes: how it is optimised, not which
 # model it trains on which data (those change the variables a checkpoint holds, or the split).
 CHANGEABLE = ("epochs", "train_steps", "learning_rate", "lr_schedule", "lr_decay_epochs", "lr_decay_rate",

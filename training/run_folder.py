@@ -13,6 +13,7 @@ survive a kill at any instant.
       history.csv              one row per epoch, rewritten from the checkpoint's history
       results.json             the final evaluation
       batch.png                with --show_batch: the first training batch, augmented
+      diagnostics.jsonl        with --diagnostics: reszoo.diagnostics' measurements
       logs/                    TensorBoard
 
 At the end of every good epoch the run writes, in this order: ``best.keras`` (when the score
@@ -35,6 +36,7 @@ import shutil
 import sys
 import warnings
 
+from reszoo.diagnostics import DIAGNOSTICS_FILE
 from reszoo.weights import RUN_MODELS
 from training import files
 from training.files import CommandError
@@ -174,7 +176,7 @@ class RunFolder:
         if plan == "overwrite":
             trash = files.tmp_name(self.file("overwritten"))
             os.makedirs(trash, exist_ok=True)
-            for name in (BACKUP, FLAGS_FILE, BEST, LAST, HISTORY, RESULTS, LOGS, BATCH):
+            for name in (BACKUP, FLAGS_FILE, BEST, LAST, HISTORY, RESULTS, LOGS, BATCH, DIAGNOSTICS_FILE):
                 if os.path.lexists(self.file(name)):
                     os.replace(self.file(name), os.path.join(trash, name))
             shutil.rmtree(trash, ignore_errors=True)

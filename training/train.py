@@ -51,6 +51,8 @@ def check_options(opts):
                            "only adapters, BatchNorm and the classifier train", 2)
     if opts.bce_target_threshold and opts.loss != "bce":
         raise CommandError("--bce_target_threshold needs --loss=bce", 2)
+    if opts.diagnostics and opts.distribution_strategy == "multi_worker_mirrored":
+        raise CommandError("--diagnostics runs with model.fit, not with --distribution_strategy=multi_worker_mirrored", 2)
     if opts.cutmix_alpha > 1:
         raise CommandError(f"--cutmix_alpha={opts.cutmix_alpha:g}: Keras' CutMix takes alpha in (0, 1]", 2)
 
@@ -421,10 +423,25 @@ def fit_keras(strategy, model, data, test, opts, epochs, steps_per_epoch, record
         model.fit(train, epochs=epochs, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch,
                   validation_data=test, validation_freq=opts.eval_every, shuffle=False,
                   verbose=1 if sys.stdout.isatty() else 2,
-                  callbacks=[*swap, record, keras.callbacks.TensorBoard(log_dir, write_graph=False)])
+                  callbacks=[*swap, record, keras.callbacks.TensorBoard(log_dir, write_graph=False),
+                             *diagnostics_callback(opts, test, log_dir)])
     if record.bad_epoch is not None:
         return record.bad_epoch, None
     return None, model.evaluate(test, verbose=0, return_dict=True)
+
+
+def diagnostics_callback(opts, test, log_dir):
+    """[reszoo.diagnostics.Diagnostics] with --diagnostics: measured on the first 64 held-out
+    images, into the run folder's diagnostics.jsonl and logs/diagnostics; [] without."""
+    if not opts.diagnostics:
+        return []
+    import numpy as np
+
+    from reszoo import diagnostics
+
+    x, y = (np.concatenate(part)[:64] for part in zip(*((a.numpy(), b.numpy()) for a, b in test.take(2))))
+    return [diagnostics.Diagnostics((x, y), log_dir=os.path.dirname(log_dir), every_n_steps=opts.diagnostics,
+                                    tensorboard_dir=os.path.join(log_dir, "diagnostics"))]
 
 
 def fit_custom(strategy, model, data, test, opts, epochs, steps_per_epoch, recorder, log_dir):

@@ -12,7 +12,7 @@ import re
 import keras
 import numpy as np
 
-from reszoo import naming
+from reszoo import diagnostics, naming
 from reszoo.resnet import resnet
 
 
@@ -53,34 +53,28 @@ def blocks(model):
     return names
 
 
-def without_block(model, block):
-    """``model`` with ``block`` deleted. Residual block: its branch is zeroed (the last BN's
-    gamma and beta), leaving the shortcut, so ``relu(x + 0) = x``. Plain block: the layers are
-    skipped, the next block reading this block's input (blocks that keep the shape only).
-    Returns (model, restore); call ``restore()`` to put zeroed weights back."""
-    layers = model.layers
-    names = [layer.name for layer in layers]
-    if naming.part(block, "add") in names:
-        last_bn = model.get_layer(naming.branch_layers(names, block, "bn")[-1])
-        saved = last_bn.get_weights()
-        zeroed = [np.zeros_like(w) if i < 2 else w for i, w in enumerate(saved)]  # gamma, beta
-        last_bn.set_weights(zeroed)
-        return model, lambda: last_bn.set_weights(saved)
+def without_plain_block(model, block):
+    """``model`` with the plain block ``block`` deleted: its layers are skipped, the next block
+    reading this block's input (blocks that keep the shape only)."""
     x = model.inputs[0]
-    for layer in layers[1:]:
+    for layer in model.layers[1:]:
         if naming.block(layer.name) != naming.block(naming.part(block, "")):
             x = layer(x)
-    return keras.Model(model.inputs, x), lambda: None
+    return keras.Model(model.inputs, x)
 
 
 def deletion_errors(model, x, y):
-    """Test error with each block deleted in turn: {block: error}, plus "none"."""
+    """Test error with each block deleted in turn: {block: error}, plus "none". A residual
+    block's merge returns its skip alone (``reszoo.diagnostics.lesion_errors``, so
+    ``relu(x + 0) = relu(x)``); a plain block is skipped."""
+    found = diagnostics.structure(model)
+    if found.blocks:
+        errors = diagnostics.lesion_errors(model, found, x, y)
+        return {name if name == "none" else naming.block_name(*naming.block(name)): e for name, e in errors.items()}
     errors = {"none": error(model, x, y)}
     for block in blocks(model):
         try:
-            pruned, restore = without_block(model, block)
+            errors[block] = error(without_plain_block(model, block), x, y)
         except ValueError:  # a plain block that changes the shape cannot be skipped
             continue
-        errors[block] = error(pruned, x, y)
-        restore()
     return errors

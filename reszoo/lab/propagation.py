@@ -10,7 +10,7 @@ branch scale at 0 (SkipInit/ReZero) makes each block the identity.
 import keras
 import numpy as np
 
-from reszoo import naming
+from reszoo import diagnostics, naming
 
 
 def conv_kernels(model):
@@ -21,31 +21,10 @@ def conv_kernels(model):
 
 def gradient_norms(model, x, y):
     """Frobenius norm of dL/dW for every conv kernel, first layer to last, for softmax
-    cross-entropy on ``(x, y)`` in training mode (BN with batch statistics)."""
-    kernels = conv_kernels(model)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        grads = tape.gradient(loss, [k.value for k in kernels])
-        return np.array([float(tf.norm(g)) for g in grads])
-    if backend == "jax":
-        import jax
-
-        trainable = [v.value for v in model.trainable_variables]
-        fixed = [v.value for v in model.non_trainable_variables]
-        index = {id(v): i for i, v in enumerate(model.trainable_variables)}
-
-        def loss(params):
-            logits, _ = model.stateless_call(params, fixed, x, training=True)
-            return loss_fn(y, logits)
-
-        grads = jax.grad(loss)(trainable)
-        return np.array([float(np.linalg.norm(np.asarray(grads[index[id(k)]]))) for k in kernels])
-    raise NotImplementedError(f"gradient_norms supports the tensorflow and jax backends, not {backend}")
+    cross-entropy on ``(x, y)`` in training mode (BN with batch statistics), through
+    ``reszoo.diagnostics.gradients`` (the callback's own measurement)."""
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return np.array([float(np.linalg.norm(g)) for g in diagnostics.gradients(model, loss, x, y, conv_kernels(model))])
 
 
 def block_outputs(model, x):
