@@ -142,4 +142,4 @@ def test_the_diagnostics_benchmark_times_fit_with_and_without_the_callback():
     assert proc.returncode == 0, proc.stderr[-2000:]
     (record,) = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
     assert record["steps"] == 44 and record["fit_s"] > 0 and record["fit_with_diagnostics_s"] > 0
-    assert record["overhead"] == pytest.approx(record["fit_with_diagnostics_s"] / record["fit_s"] - 1, abs=2e-3)
+    assert record["overhead"] == pytest.approx(record["fit_with_diagnostics_s"] / record["fit_s"] - 1, abs=0.01)

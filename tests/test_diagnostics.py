@@ -141,10 +141,9 @@ def test_a_keras_hub_backbone_and_a_fit_with_the_callback(tmp_path):
 def test_a_bare_diagnostics_flag_measures_every_100_steps_and_multi_worker_refuses_it(usage_errors, tmp_path):
     from absl import flags
 
+    import training.train  # noqa: F401  (defines the flags, once per process)
     from training import flags as run_flags
 
-    if "diagnostics" not in flags.FLAGS:
-        run_flags.define()
     parse = run_flags.parser(run_flags, "", {})
     try:
         parse(["train", "--diagnostics"])
