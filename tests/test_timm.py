@@ -257,6 +257,8 @@ def test_validate_takes_published_weights_with_their_own_eval_transform(timm_sid
                           env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     said = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))[len("RESULT"):])
+    from reszoo import hub
+
     card = hub.card("resnet18.a1_in1k")
     assert (said["crop_pct"], said["interpolation"]) == (card["crop_pct"], card["interpolation"]) == (0.95, "bicubic")
     assert said["side"] == 224 and said["shape"] == [2, 224, 224, 3]
