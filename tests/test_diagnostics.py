@@ -2,7 +2,6 @@
 residual structure of reszoo's, keras.applications' and keras-hub's nets, and its alarm tells a
 plain-56 from a ResNet-56 in the first epoch of a real run."""
 
-import json
 import subprocess
 import sys
 
