@@ -253,3 +253,19 @@ def test_a_recipe_trains_on_a_folder_of_colour_images_and_validates_above_its_tr
     assert "at 40x40, crop_pct 0.875" in larger.stdout
     rows = (run / "validate.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[2].endswith(",40,0.875,bilinear")
+
+
+def test_the_parts_and_diagnostics_run_under_mirrored_strategy(tmp_path, train):
+    """MirroredStrategy (one CPU device here): EMA swapped through the strategy's update, mixup
+    / CutMix, RandAugment, BCE, FixRes and --diagnostics; the saved model is the evaluated one."""
+    proc = train("--distribution_strategy=mirrored", "--epochs=2", "--ema_decay=0.9", "--mixup_alpha=0.2",
+                 "--cutmix_alpha=1.0", "--auto_augment=randaugment", "--loss=bce", "--train_size=0.75",
+                 "--model_args=base_width=8", "--diagnostics=10", f"--model_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "FixRes: training on 6x6 images" in proc.stdout and "diagnostics summary" in proc.stdout
+    from reszoo.datasets import load_digits
+
+    _, (x, y), _ = load_digits()
+    last = keras.saving.load_model(tmp_path / "last.keras", compile=False)
+    accuracy = float((last.predict(x.astype("float32"), verbose=0).argmax(1) == y).mean())
+    assert accuracy == pytest.approx(json.loads((tmp_path / "results.json").read_text())["test_accuracy"], abs=1e-6)
