@@ -31,10 +31,10 @@ from reszoo import io as rio, naming
 # Healthy bands, from the lab's own measurements (docs/diagnostics.md), each applied to the
 # median of the last WINDOW measurements (one probe batch is noisy). The first/last stage
 # gradient ratio: 2.2 for ResNet-56 and 116 for plain-56 at initialisation; on the digits
-# 0.22-1.06 (medians of 3) for ResNet-56 throughout training, 0.057 for plain-56 in its first
+# 0.22-0.82 (medians of 3) for ResNet-56 throughout training, 0.057 for plain-56 in its first
 # epoch (experiment 1's per-layer ratios at initialisation: 1.5-14 for ResNets, 1,500 for
-# plain-56). The median block's Var(branch) / Var(skip): 0.45-1.8 for ResNet-56, with or
-# without normalisation (experiment 2).
+# plain-56). The median block's Var(branch) / Var(skip): 0.40-1.8 for ResNet-56 through
+# training (1.7 at initialisation, 0.49 pre-activation), 0.64 without normalisation (experiment 2).
 GRADIENT_BAND = (0.1, 10.0)
 BRANCH_BAND = (0.0, 10.0)
 WINDOW = 3
