@@ -280,10 +280,15 @@ def _patched(blocks, merge):
     return patched()
 
 
+def _labels(y):
+    """Class indices of integer or one-hot (or mixed) labels."""
+    y = np.asarray(y)
+    return y.argmax(-1) if y.ndim > 1 else y
+
+
 def error(model, x, y):
-    labels = np.asarray(y)
-    labels = labels.argmax(-1) if labels.ndim > 1 else labels
-    return float(np.mean(np.asarray(model(x, training=False)).argmax(-1) != labels))
+    """Top-1 error of ``model`` on ``(x, y)``, in inference mode."""
+    return float(np.mean(np.asarray(model(x, training=False)).argmax(-1) != _labels(y)))
 
 
 class LesionProbe:
@@ -314,8 +319,7 @@ class LesionProbe:
 
     def errors(self, x, y):
         """``{"none": error, block name: error}``, as ``lesion_errors``."""
-        labels = np.asarray(y)
-        labels = labels.argmax(-1) if labels.ndim > 1 else labels
+        labels = _labels(y)
         if not self.compiled:
             return lesion_errors(self.model, self.found, x, y)
         result = {}

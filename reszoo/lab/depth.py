@@ -40,6 +40,7 @@ def train_nets(x, y, names, epochs, base_width=8, num_classes=None, seed=0, verb
 
 
 def error(model, x, y):
+    """Test error over a whole test set, predicted in batches."""
     return float(np.mean(np.argmax(model.predict(x, verbose=0), -1) != y))
 
 
