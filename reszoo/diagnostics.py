@@ -286,9 +286,10 @@ def _labels(y):
     return y.argmax(-1) if y.ndim > 1 else y
 
 
-def error(model, x, y):
-    """Top-1 error of ``model`` on ``(x, y)``, in inference mode."""
-    return float(np.mean(np.asarray(model(x, training=False)).argmax(-1) != _labels(y)))
+def error(model, x, y, batch_size=256):
+    """Top-1 error of ``model`` on ``(x, y)``, in inference mode, called eagerly in batches."""
+    logits = [np.asarray(model(x[i:i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
+    return float(np.mean(np.concatenate(logits).argmax(-1) != _labels(y)))
 
 
 class LesionProbe:
