@@ -241,6 +241,87 @@ def test_bad_requests_get_a_4xx_with_one_line_and_the_server_keeps_serving(serve
     assert "Traceback" not in server.output()
 
 
+HOSTILE_V1 = [  # bodies that once reached numpy or the model (500s, null logits): each a 400 now
+    ({"signature_name": ["serving_default"], "instances": [1]}, "signature_name ['serving_default'] is not served"),
+    ({"signature_name": {"a": 1}, "instances": [1]}, "is not served"),
+    ({"instances": np.full((1, 8, 8, 1), 1e308).tolist()}, "finite float32"),  # inf in float32
+    ({"inputs": np.zeros((0, 8, 8, 1)).tolist()}, "shape [0]"),
+    ({"instances": np.full((1, 8, 8, 1), True).tolist()}, "not a rectangular array of numbers"),
+    ({"inputs": {"images": np.zeros((1, 8, 8, 1)).tolist(), "other": 1}}, 'holds the one input of serving_default'),
+]
+
+
+def _v2(name, datatype, shape, data):
+    return {"inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": data}]}
+
+
+HOSTILE_V2 = [  # (body, what the one line says)
+    (_v2("images", "FP32", [1, 8, 8, 1], ["a"] * 64), "does not fit its shape [1, 8, 8, 1] and datatype FP32"),
+    (_v2("images", "FP32", [2, 8, 8, 1], [0.0] * 64), "cannot reshape"),
+    (_v2("images", "UINT8", [1, 8, 8, 1], [300] * 64), "out of bounds for uint8"),
+    (_v2("images", "FP32", [0, 8, 8, 1], []), "no images"),
+    (_v2("images", "FP32", [1, 8, 8, 1], [1e39] * 64), "finite float32"),
+    (_v2("images", "FP32", [-1, 8, 8, 1], [0.0] * 64), "none negative"),
+    (_v2("images", "FP32", [10 ** 12, 8, 8, 1], [0.0] * 64), "cannot reshape"),
+    (_v2("image_bytes", "BYTES", [2], ["x"]), "does not fit its shape [2]"),
+]
+
+
+def _hostile(server, model, grpc_port):
+    """The hostile bodies over TF Serving's REST (both routes), v2 REST (JSON and binary) and
+    v2 gRPC: each a 4xx (gRPC: INVALID_ARGUMENT) with one line; a good request answers after."""
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb, grpc_predict_v2_pb2_grpc as stubs
+
+    version = requests.get(f"{server.url}/v1/models/{model}").json()["model_version_status"][0]["version"]
+    for path in (f"/v1/models/{model}:predict", f"/v1/models/{model}/versions/{version}:predict"):
+        for body, says in HOSTILE_V1:
+            status, answer = server.predict(body, path=path)
+            assert status == 400 and says in answer["error"] and "\n" not in answer["error"], (path, body, answer)
+    status, answer = server.predict(b"[" * 50_000, path=f"/v1/models/{model}/versions/{version}:predict")
+    assert status == 400 and "nested too deeply" in answer["error"]
+    for body, says in HOSTILE_V2:
+        answer = requests.post(f"{server.url}/v2/models/{model}/infer", json=body, timeout=30)
+        assert answer.status_code == 400 and says in answer.json()["error"], (body, answer.text)
+    header = json.dumps({"inputs": [{"name": "images", "shape": [1, 8, 8, 1], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 256}}]}).encode()
+    answer = requests.post(f"{server.url}/v2/models/{model}/infer", data=header + bytes(100), timeout=30,
+                           headers={"Inference-Header-Content-Length": str(len(header)),
+                                    "Content-Type": "application/octet-stream"})
+    assert answer.status_code == 400 and "does not fit the request's header" in answer.json()["error"]
+    if grpc_port:
+        stub = stubs.GRPCInferenceServiceStub(grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
+
+        def request(name, datatype, shape, raw=None, **contents):
+            tensor = pb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=shape)
+            for field, values in contents.items():
+                getattr(tensor.contents, field).extend(values)
+            return pb.ModelInferRequest(model_name=model, inputs=[tensor],
+                                        raw_input_contents=[raw] if raw is not None else [])
+
+        for call, says in [(request("images", "FP32", [1, 8, 8, 1], fp32_contents=[0.0] * 10), "cannot reshape"),
+                           (request("images", "FP32", [1, 8, 8, 1], raw=bytes(10)), "multiple of element size"),
+                           (request("images", "FP32", [0, 8, 8, 1]), "no images"),
+                           (request("images", "UINT8", [1, 8, 8, 1], uint_contents=[300] * 64), "out of bounds"),
+                           (request("images", "FP32", [1, 8, 8, 1], fp32_contents=[float("nan")] * 64), "finite"),
+                           (request("image_bytes", "BYTES", [3], bytes_contents=[b"junk"]), "shape [3]"),
+                           (request("images", "FP32", [2 ** 40, 8, 8, 1], fp32_contents=[0.0] * 64), "reshape")]:
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ModelInfer(call, timeout=30)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and says in caught.value.details()
+        good = stub.ModelInfer(request("images", "FP32", [1, 8, 8, 1], fp32_contents=_images(1).ravel().tolist()))
+        assert [o.name for o in good.outputs] == list(("logits", "probabilities", "top_k_ids", "top_k_scores",
+                                                       "top_k_names"))
+    status, answer = server.predict({"instances": _images(1).tolist()}, path=f"/v1/models/{model}:predict")
+    assert status == 200
+    assert "Traceback" not in server.output()
+
+
+def test_hostile_requests_over_every_protocol_get_a_4xx_with_one_line(served):
+    _, _, server = served
+    _hostile(server, MODEL, server.grpc_port)
+
+
 def _client(server, pixels, until, answers, errors):
     session = requests.Session()
     i = 0
@@ -307,6 +388,7 @@ def test_the_onnx_runtime_answers_as_the_saved_model_and_sigterm_drains_its_work
     tmp, base, server = served
     onnx = Server(tmp, base / MODEL, "--runtime=onnx", "--max_batch_size=1", "--workers=2")
     try:
+        _hostile(onnx, MODEL, onnx.grpc_port)
         pixels = _images(64, seed=100)
         status, answer = onnx.predict({"instances": pixels.tolist()})
         version = requests.get(f"{onnx.url}/v1/models/{MODEL}").json()["model_version_status"][0]["version"]
@@ -443,6 +525,7 @@ def test_adapter_tasks_share_one_backbone_and_answer_as_their_models(served):
             assert status == 200 and _close([p["logits"] for p in answer["predictions"]], expected)
             assert _close(tasks[name].run(pixels)["logits"], expected)
             assert answer["predictions"][0]["top_k_names"][0] == f"c{expected[0].argmax()}"
+        _hostile(server, "task_a", 0)
     finally:
         server.stop()
     assert "serving task_b (adapter task on" in server.output()

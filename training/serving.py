@@ -35,7 +35,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from kserve import Model, model_server
 from kserve import logging as kserve_logging
-from kserve.errors import InvalidInput, ModelNotFound
+from kserve.errors import InvalidInput, ModelNotFound, generic_exception_handler
 from kserve.model_repository import ModelRepository
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prometheus_client import Histogram
@@ -307,20 +307,38 @@ def _b64(value, where):
 
 
 def _pixels(value, dtype, image_shape, where):
-    """A request's pixels as float32 ``[n, H, W, C]``; InvalidInput says what is wrong."""
+    """A request's pixels as float32 ``[n, H, W, C]``, at least one image, every pixel a
+    finite float32; InvalidInput says what is wrong."""
     try:
-        array = np.asarray(value, dtype="float64")
-    except (ValueError, TypeError):
+        array = np.asarray(value)
+        if array.dtype.kind not in "iuf":  # strings, booleans, ragged lists (objects)
+            raise TypeError(array.dtype)
+        array = array.astype("float64")
+    except (ValueError, TypeError, OverflowError):
         raise InvalidInput(f"{where}: not a rectangular array of numbers") from None
     expected = "[batch, " + ", ".join(map(str, image_shape)) + "]"
     if array.ndim != 4 or tuple(array.shape[1:]) != tuple(image_shape):
         raise InvalidInput(f"{where}: shape {list(array.shape)}, expected {expected} (rows of "
                            f"{image_shape[0]} x {image_shape[1]} pixels of {image_shape[2]} channel(s))")
-    if not np.isfinite(array).all():
-        raise InvalidInput(f"{where}: pixels must be finite numbers")
+    if not len(array):
+        raise InvalidInput(f"{where}: no images in the request")
+    if not (np.isfinite(array) & (np.abs(array) <= np.finfo("float32").max)).all():
+        raise InvalidInput(f"{where}: pixels must be finite float32 numbers")
     if dtype == "uint8" and ((array < 0) | (array > 255) | (array != np.round(array))).any():
         raise InvalidInput(f"{where}: serving_uint8 takes whole numbers 0..255")
     return array.astype("float32")
+
+
+def _tensor(tensor):
+    """A v2 input's data as numpy; InvalidInput where its data, shape and datatype disagree
+    (a count or binary size that is not the shape's, a value out of the datatype's range)."""
+    if not all(isinstance(d, int) and d >= 0 for d in tensor.shape):
+        raise InvalidInput(f"input {tensor.name!r}: shape {list(tensor.shape)} must be whole numbers, none negative")
+    try:
+        return tensor.as_numpy()
+    except (ValueError, TypeError, OverflowError) as err:
+        raise InvalidInput(f"input {tensor.name!r}: its data does not fit its shape {list(tensor.shape)} and "
+                           f"datatype {tensor.datatype} ({str(err).splitlines()[0][:120]})") from None
 
 
 def parse_v1(body, image_shape):
@@ -331,10 +349,12 @@ def parse_v1(body, image_shape):
             body = json.loads(body)
         except (ValueError, UnicodeDecodeError) as err:
             raise InvalidInput(f"the request body is not JSON ({err})") from None
+        except RecursionError:
+            raise InvalidInput("the request body is JSON nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidInput('the request must be a JSON object with "instances" or "inputs"')
     signature = body.get("signature_name", "serving_default")
-    if signature not in SIGNATURES:
+    if not isinstance(signature, str) or signature not in SIGNATURES:
         raise InvalidInput(f"signature_name {signature!r} is not served; the export has {', '.join(SIGNATURES)}")
     if ("instances" in body) == ("inputs" in body):
         raise InvalidInput('the request needs exactly one of "instances" (row format) or "inputs" (columnar)')
@@ -348,7 +368,9 @@ def parse_v1(body, image_shape):
         if any(isinstance(item, dict) and set(item) != {"b64"} for item in items):
             raise InvalidInput(f'each instance is the "{name}" input of {signature}, or an object holding it')
     else:
-        data = data[name] if isinstance(data, dict) and name in data else data
+        if isinstance(data, dict) and set(data) != {name}:
+            raise InvalidInput(f'"inputs" holds the one input of {signature}, "{name}"; it has {sorted(data)[:4]}')
+        data = data[name] if isinstance(data, dict) else data
         if dtype == "string":
             items = data if isinstance(data, list) else [data]
         else:
@@ -441,11 +463,13 @@ class ServedModel(Model):
             raise InvalidInput("the request needs one input: images (FP32 or UINT8) or image_bytes (BYTES)")
         tensor = request.inputs[0]
         if tensor.name == "image_bytes" and tensor.datatype == "BYTES":
-            images = [bytes(v) if not isinstance(v, str) else v.encode("latin-1") for v in tensor.as_numpy().ravel()]
+            images = [bytes(v) if not isinstance(v, str) else v.encode("latin-1") for v in _tensor(tensor).ravel()]
+            if not images:
+                raise InvalidInput("image_bytes: no images in the request")
             pixels = await asyncio.get_running_loop().run_in_executor(None, current.decode, images)
         elif tensor.name == "images" and tensor.datatype in ("FP32", "UINT8"):
             dtype = "uint8" if tensor.datatype == "UINT8" else "float32"
-            pixels = _pixels(tensor.as_numpy(), dtype, current.image_shape, "images")
+            pixels = _pixels(_tensor(tensor), dtype, current.image_shape, "images")
         else:
             raise InvalidInput(f"input {tensor.name!r} ({tensor.datatype}) is not served; send images (FP32 or "
                                "UINT8) or image_bytes (BYTES)")
@@ -512,6 +536,16 @@ def add_routes(app, max_request_bytes):
         return JSONResponse({"error": str(err)}, status_code=404)
 
     app.add_exception_handler(NotServed, not_served)
+
+    async def undecodable(request, err):
+        """KServe decodes a v2 binary body (its binary extension) before any model sees it: a
+        body whose tensors do not fit its JSON header is the client's error."""
+        if request.url.path.endswith("/infer") and "inference-header-content-length" in request.headers:
+            return JSONResponse({"error": f"the binary data does not fit the request's header "
+                                          f"({str(err).splitlines()[0][:120]})"}, status_code=400)
+        return await generic_exception_handler(request, err)
+
+    app.add_exception_handler(ValueError, undecodable)
     app.add_api_route("/v1/models/{name}", lambda name: served(name).status(), methods=["GET"])
     app.add_api_route("/v1/models/{name}/versions/{version}",
                       lambda name, version: served(name).status(version), methods=["GET"])
