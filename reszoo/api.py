@@ -26,6 +26,8 @@ def create_model(model_name=None, /, *, weights=None, **overrides):
     left out when the weights say how they were built (a run folder or a ``.keras`` file of
     reszoo's); a task model saved with residual adapters (``reszoo.transfer.add_adapters``) is
     built again with them. ``reszoo.list_weights()`` lists the published weights."""
+    if weights is not None:
+        weights_lib.check_source(weights)
     tag = weights_lib.timm_tag(model_name, weights)
     if tag is not None:
         return _published(model_name or hub.table()[tag]["architecture"], hub.PREFIX + tag,
@@ -70,6 +72,9 @@ def list_weights(pattern="*"):
     architecture reszoo builds ("timm/resnet50.a1h_in1k") and keras.applications' ImageNet
     weights ("imagenet" for resnet50, preact_resnet50, densenet121 ..., listed as
     "keras/resnet50"), matching a shell-style ``pattern`` on the model and tag, sorted."""
+    if not isinstance(pattern, str):
+        raise TypeError(f"list_weights(pattern): pattern is a shell-style string such as 'resnet50*', "
+                        f"not {pattern!r}")
     keras_models = sorted(f"keras/{name}" for name in weights_lib.KERAS_APPLICATIONS_MODELS
                           if fnmatch.fnmatchcase(name, pattern))
     return hub.list_weights(pattern) + keras_models

@@ -47,8 +47,8 @@ def list_weights(pattern="*"):
 def resolve(model_name, weights):
     """The table's tag for ``weights`` on the registered model ``model_name``: "timm/ARCH.TAG",
     "timm/ARCH" (timm's default tag, its first), or a bare "TAG" when ``model_name`` is the
-    architecture. A ``WeightsError`` suggests close tags, or names the architecture a tag is
-    for."""
+    architecture. A ``WeightsError`` suggests close tags (of ``model_name`` for a bare tag), or
+    names the architecture a tag is for."""
     tags = table()
     name = weights.removeprefix(PREFIX)
     if "." not in name and model_name and f"{model_name}.{name}" in tags:
@@ -56,16 +56,31 @@ def resolve(model_name, weights):
     elif "." not in name and name in {entry["architecture"] for entry in tags.values()}:
         name = next(tag for tag in tags if tag.split(".")[0] == name)
     if name not in tags:
-        close = difflib.get_close_matches(name, list(tags), n=4, cutoff=0.6)
-        ours = [t for t in tags if t.split(".")[0] == model_name][:8]
-        raise WeightsError(f"unknown timm weights {weights!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
-                           + (f" ({model_name} has {', '.join(PREFIX + t for t in ours)})" if ours else
-                              " (reszoo.list_weights() lists them)"))
+        raise WeightsError(f"unknown timm weights {weights!r}{_suggestions(model_name, name)}")
     architecture = tags[name]["architecture"]
     if model_name is not None and architecture != model_name:
         raise WeightsError(f"{PREFIX}{name} are weights of {architecture}, not {model_name}: "
                            f"reszoo.create_model({architecture!r}, weights={PREFIX + name!r})")
     return name
+
+
+def _suggestions(model_name, name):
+    """"; did you mean ..." with the tags closest to ``name`` (a bare tag is read as
+    ``model_name``'s, or compared with every architecture's), and ``model_name``'s tags."""
+    tags = table()
+    if "." in name:
+        close = difflib.get_close_matches(name, list(tags), n=4, cutoff=0.6)
+    elif model_name:
+        close = difflib.get_close_matches(f"{model_name}.{name}", list(tags), n=4, cutoff=0.6)
+    else:
+        by_tag = {}
+        for tag in tags:
+            by_tag.setdefault(tag.split(".", 1)[1], []).append(tag)
+        close = [t for found in difflib.get_close_matches(name, list(by_tag), n=2, cutoff=0.6) for t in by_tag[found]][:4]
+    ours = [t for t in tags if t.split(".")[0] == model_name][:8]
+    return ((f"; did you mean {', '.join(close)}?" if close else "")
+            + (f" ({model_name} has {', '.join(PREFIX + t for t in ours)})" if ours else
+               " (reszoo.list_weights() lists them)"))
 
 
 def build_arguments(tag, given):
@@ -90,6 +105,21 @@ def card(tag):
     return entry
 
 
+def cache_folder(repo):
+    """Where the Hugging Face cache keeps ``repo`` ("timm/resnet50.a1h_in1k"): its
+    ``models--OWNER--NAME`` folder under ``HF_HUB_CACHE``."""
+    from huggingface_hub import constants
+
+    return os.path.join(constants.HF_HUB_CACHE, f"models--{repo.replace('/', '--')}")
+
+
+def where_to_put(repo):
+    """The advice for a file that cannot be downloaded: where the cache must hold it."""
+    return (f"put model.safetensors in {cache_folder(repo)}/snapshots/<revision>/ (with refs/main naming the "
+            f"revision), or download it once with network: huggingface_hub.hf_hub_download({repo!r}, "
+            "'model.safetensors')")
+
+
 def download(tag):
     """The local path of ``tag``'s ``model.safetensors``: from the Hugging Face cache, or
     downloaded into it. One line says what to do where it cannot be had."""
@@ -101,12 +131,9 @@ def download(tag):
     try:
         return huggingface_hub.hf_hub_download(repo, "model.safetensors")
     except LocalEntryNotFoundError:
-        where = os.path.join(constants.HF_HUB_CACHE, f"models--{repo.replace('/', '--')}")
         why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
-        raise WeightsError(f"{PREFIX}{tag}: {why} and the Hugging Face cache has no copy: put model.safetensors "
-                           f"in {where}/snapshots/<revision>/ (with refs/main naming the revision), or download "
-                           f"it once with network: huggingface_hub.hf_hub_download({repo!r}, "
-                           "'model.safetensors')") from None
+        raise WeightsError(f"{PREFIX}{tag}: {why} and the Hugging Face cache has no copy: "
+                           f"{where_to_put(repo)}") from None
     except Exception as err:  # HTTP errors, a repo that moved...
         raise WeightsError(f"{PREFIX}{tag}: cannot download {repo}: {type(err).__name__}: "
                            f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}") from None
@@ -114,26 +141,42 @@ def download(tag):
 
 def read(path, tag):
     """The state dict in ``path`` as numpy arrays. A damaged file (a truncated download, say)
-    is removed from the cache, so that the next call downloads it again, and refused."""
+    is refused and its cache entry removed, so that the next call downloads it again; a file
+    the entry links to outside the cache (a user's own) is left as it is."""
+    from huggingface_hub import constants
     from safetensors.numpy import load_file
 
     try:
         return load_file(path)
     except Exception as err:  # SafetensorError, or an OSError
-        _forget(path)
+        repo = table()[tag]["hf_hub_id"]
+        outside = _forget(path, cache_folder(repo))
+        done = (f"it links to {outside}, outside the cache, which was left as it is; the link was removed"
+                if outside else "it was removed from the cache")
+        then = where_to_put(repo) if constants.HF_HUB_OFFLINE else "call again to download it"
         raise WeightsError(f"{PREFIX}{tag}: {path} is damaged ({type(err).__name__}: "
-                           f"{str(err).strip().splitlines()[0]}); it was removed from the cache: call again to "
-                           "download it") from None
+                           f"{str(err).strip().splitlines()[0]}); {done}: {then}") from None
 
 
-def _forget(path):
-    """Remove a cached file: the snapshot's link and the blob it points to."""
-    blob = os.path.realpath(path)
-    for doomed in {path, blob}:
+def _inside(path, folder):
+    return os.path.commonpath([os.path.realpath(path), os.path.realpath(folder)]) == os.path.realpath(folder)
+
+
+def _forget(path, cache):
+    """Remove a damaged cache entry: the snapshot's link and the blob it points to, never
+    anything outside ``cache`` (a repo's cache folder). Returns the real path of a file the
+    link points to outside it, or None."""
+    target = os.path.realpath(path)
+    outside = None if _inside(target, cache) else target
+    doomed = [path] if _inside(os.path.dirname(path), cache) else []
+    if outside is None and target != os.path.abspath(path):
+        doomed.append(target)
+    for entry in doomed:
         try:
-            os.remove(doomed)
+            os.remove(entry)
         except OSError:
             pass
+    return outside
 
 
 # timm's module path -> reszoo's layer name. A rule's function takes the regex match and the

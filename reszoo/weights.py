@@ -50,6 +50,9 @@ KERAS_APPLICATIONS = {
 }
 KERAS_APPLICATIONS_MODELS = {name for name, _ in KERAS_APPLICATIONS.values()}
 IMAGENET = "imagenet"  # keras.applications' own weights, fetched as it fetches them
+# The endings of weight files, read here or (timm's) refused with where they go.
+WEIGHTS_EXTENSIONS = (".keras", ".h5", ".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".npz")
+TIMM_FILES = (".safetensors", ".bin", ".pth", ".pt")
 _KERAS_WEIGHTS = os.path.join(os.path.dirname(__file__), "data", "keras_weights.json")
 # The models a training run folder holds, in the order they are taken.
 RUN_MODELS = ("last.keras", "best.keras")
@@ -200,11 +203,13 @@ def keras_applications_file(architecture, include_top=True):
     files = keras_weights_table()["weights"][architecture]
     entry = files["top" if include_top else "notop"]
     origin = files["base_url"] + entry["file"]
+    where = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models", entry["file"])
+    cached = os.path.exists(where)  # and then refused by get_file: it failed its md5 check
     try:
         return keras.utils.get_file(entry["file"], origin, cache_subdir="models", file_hash=entry["md5"])
     except Exception as err:  # no network, a file that fails its hash...
-        where = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models", entry["file"])
-        raise WeightsError(f"keras.applications {architecture} weights: cannot fetch {origin} "
+        damaged = "the cached copy failed its md5 check and was removed, and " if cached else ""
+        raise WeightsError(f"keras.applications {architecture} weights: {damaged}cannot fetch {origin} "
                            f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}); "
                            f"put the file at {where} (md5 {entry['md5']})") from None
 
@@ -279,6 +284,7 @@ def load_weights(model, source):
     """Load ``source`` (see the module docstring) into ``model``, in place. Returns a
     ``LoadReport``; raises ``WeightsError`` naming the first layer that is missing or
     different, before anything is assigned."""
+    check_source(source)
     if hub.is_tag(source):
         spec = build_spec(model)
         tag = hub.resolve(spec.name if spec else None, source)
@@ -290,14 +296,44 @@ def load_weights(model, source):
 def timm_tag(model_name, weights):
     """The timm tag ``weights`` names for ``model_name`` ("timm/ARCH.TAG", "ARCH.TAG", or a bare
     tag of ``model_name``'s such as "a1h_in1k"), or None where ``weights`` is another kind of
-    source (a path that exists is always a path)."""
+    source (a path that exists is always a path). A name that is neither a path nor a tag (a
+    typo) is a ``WeightsError`` with the closest tags."""
     if hub.is_tag(weights):
         return hub.resolve(model_name, weights)
-    if not isinstance(weights, str) or os.path.exists(os.path.expanduser(weights)):
+    if not isinstance(weights, str) or weights == IMAGENET or os.path.exists(os.path.expanduser(weights)):
         return None
     if weights in hub.table() or (model_name and f"{model_name}.{weights}" in hub.table()):
         return hub.resolve(model_name, weights)
-    return None
+    if _looks_like_a_path(weights):
+        return None
+    try:
+        return hub.resolve(model_name, weights)
+    except WeightsError as err:
+        raise WeightsError(f"weights={weights!r} is no file or folder here, nor published weights: "
+                           f"{err}") from None
+
+
+def _looks_like_a_path(name):
+    """A name spelled as a file or folder (a separator, ``~``, a file extension), not a tag."""
+    return (os.sep in name or "/" in name or name.startswith(("~", "."))
+            or os.path.splitext(name)[1].lower() in WEIGHTS_EXTENSIONS)
+
+
+def check_source(weights):
+    """A ``WeightsError`` saying what ``weights`` must be, unless it is a non-empty string, a
+    path or a Keras model; and where a timm state dict file goes."""
+    if isinstance(weights, keras.Model):
+        return
+    if isinstance(weights, os.PathLike) or (isinstance(weights, str) and weights.strip()):
+        if str(weights).endswith(TIMM_FILES):
+            raise WeightsError(f"{weights} is a PyTorch state dict: reszoo reads timm's by name from the Hugging "
+                               f"Face cache; put it at {hub.cache_folder('timm/ARCH.TAG')}/snapshots/<revision>/"
+                               "model.safetensors (refs/main naming the revision) and pass "
+                               "weights='timm/ARCH.TAG'")
+        return
+    raise WeightsError(f"weights={weights!r}: give published weights by name (reszoo.list_weights()), the path "
+                       "of a .keras, .weights.h5 or keras.applications .h5 file or of a training run folder, a "
+                       "Keras model, or None for fresh weights")
 
 
 def _assign(model, src, described, rename, compare):

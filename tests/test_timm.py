@@ -180,6 +180,17 @@ model = reszoo.create_model("resnet18", padding="symmetric")
 before = [w.copy() for w in model.get_weights()]
 said["misfit"] = error(lambda: weights.load_weights(model, "timm/resnet18.a1_in1k"))
 said["untouched"] = all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+said["linked"] = error(lambda: reszoo.create_model("resnet18", weights="timm/resnet18.tv_in1k"))
+said["bare_typo"] = error(lambda: reszoo.create_model("resnet50", weights="a1_in1kk"))
+said["bare_typo_alone"] = error(lambda: reszoo.create_model(weights="a1h_in1kk"))
+said["empty"] = error(lambda: reszoo.create_model("resnet18", weights=""))
+said["number"] = error(lambda: reszoo.create_model("resnet18", weights=123))
+said["state_dict"] = error(lambda: reszoo.create_model(weights=sys.argv[2]))
+said["state_dict_named"] = error(lambda: reszoo.create_model("resnet18", weights=sys.argv[2]))
+try:
+    reszoo.list_weights(5)
+except TypeError as err:
+    said["list_weights"] = str(err)
 print("RESULT" + json.dumps(said))
 '''
 
@@ -197,15 +208,38 @@ def test_bad_weights_get_one_clear_line_and_nothing_half_loaded(timm_side, tmp_p
         (snapshot / "model.safetensors").write_bytes(data[: len(data) // 3] if tag.endswith("gluon_in1k") else data)
     shutil.rmtree(hub / "models--timm--resnet50.a2_in1k")
     truncated = next((hub / "models--timm--resnet18.gluon_in1k" / "snapshots").iterdir()) / "model.safetensors"
+    # A cache entry linked to the user's own file outside the cache, which is damaged: the
+    # loader must drop the link and leave the user's file as it is.
+    mine = tmp_path / "mine" / "model.safetensors"
+    mine.parent.mkdir()
+    mine.write_bytes(b"my own half-copied file")
+    linked = next((hub / "models--timm--resnet18.tv_in1k" / "snapshots").iterdir()) / "model.safetensors"
+    linked.symlink_to(mine)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, "-c", BAD_INPUT, str(truncated)], capture_output=True, text=True,
-                          timeout=600, env=env, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-c", BAD_INPUT, str(truncated), str(mine)], capture_output=True,
+                          text=True, timeout=600, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     said = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))[len("RESULT"):])
     assert "did you mean resnet50.a1h_in1k" in said["unknown"]
     assert said["other_arch"].startswith("timm/resnet50d.ra2_in1k are weights of resnet50d, not resnet50")
     assert "HF_HUB_OFFLINE is set" in said["not_cached"] and str(hub / "models--timm--resnet50.a2_in1k") in said["not_cached"]
     assert "is damaged" in said["truncated"] and said["truncated_gone"]
+    # Offline, "call again" cannot work: the line says where the file goes.
+    assert "call again" not in said["truncated"]
+    assert f"put model.safetensors in {hub / 'models--timm--resnet18.gluon_in1k'}/snapshots/<revision>/" in \
+        said["truncated"]
+    assert mine.read_bytes() == b"my own half-copied file" and not linked.is_symlink()
+    assert f"it links to {mine}, outside the cache, which was left as it is" in said["linked"]
+    assert said["bare_typo"].startswith("weights='a1_in1kk' is no file or folder here, nor published weights")
+    assert "did you mean resnet50.a1_in1k" in said["bare_typo"]
+    assert "; did you mean " in said["bare_typo_alone"] and "resnet50.a1h_in1k, " in said["bare_typo_alone"]
+    for key in ("empty", "number"):
+        assert said[key].startswith(f"weights={'' if key == 'empty' else 123!r}: give published weights by name"), said
+    for key in ("state_dict", "state_dict_named"):
+        assert said[key].startswith(f"{mine} is a PyTorch state dict") and \
+            f"put it at {hub / 'models--timm--ARCH.TAG'}/snapshots/<revision>/model.safetensors" in said[key]
+    assert said["list_weights"] == ("list_weights(pattern): pattern is a shell-style string such as 'resnet50*', "
+                                    "not 5")
     assert said["misfit"].startswith("layer 'conv1.weight' (conv1_conv): conv1_conv/kernel has shape (7, 7, 3, 64)") \
         or "has no counterpart" in said["misfit"], said["misfit"]
     assert said["untouched"]

@@ -197,8 +197,13 @@ try:
     missing = None
 except weights.WeightsError as err:
     missing = str(err)
+try:  # a damaged copy in the cache (a link to the user's own file): refused, and the user's file kept
+    reszoo.create_model("densenet121", weights="imagenet", include_top=False)
+    damaged = None
+except weights.WeightsError as err:
+    damaged = str(err)
 print("RESULT" + json.dumps({"rel": float(np.linalg.norm(got - ref) / np.linalg.norm(ref)), "missing": missing,
-                             "card": reszoo.model_card(model)["weights"]}))
+                             "card": reszoo.model_card(model)["weights"], "damaged": damaged}))
 '''
 
 
@@ -218,6 +223,9 @@ def test_imagenet_weights_come_from_keras_own_cache_by_file_name_and_hash(tmp_pa
     file = models / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
     _save_like_the_downloads(resnet, file)
     md5 = hashlib.md5(file.read_bytes()).hexdigest()
+    mine = tmp_path / "my_densenet_notop.h5"
+    mine.write_bytes(b"half a download")
+    (models / "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5").symlink_to(mine)
     proc = subprocess.run([sys.executable, "-c", KERAS_SIDE, md5, str(file)], capture_output=True, text=True,
                           timeout=600, env={**os.environ, "KERAS_HOME": str(tmp_path / "keras_home"),
                                             "TF_CPP_MIN_LOG_LEVEL": "3"})
@@ -228,3 +236,7 @@ def test_imagenet_weights_come_from_keras_own_cache_by_file_name_and_hash(tmp_pa
     assert "cannot fetch https://storage.googleapis.com/tensorflow/keras-applications/resnet/" \
            "resnet50_weights_tf_dim_ordering_tf_kernels.h5" in said["missing"]
     assert str(models / "resnet50_weights_tf_dim_ordering_tf_kernels.h5") in said["missing"]
+    assert said["damaged"].startswith("keras.applications DenseNet121 weights: the cached copy failed its md5 check "
+                                      "and was removed, and cannot fetch")
+    assert f"put the file at {models / 'densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5'}" in said["damaged"]
+    assert mine.read_bytes() == b"half a download"
