@@ -37,14 +37,17 @@ def pid_of_tmp(name):
         return None
 
 
-def remove_stale_tmp(folder, only_dead=True):
+def remove_stale_tmp(folder, only_dead=True, of=None):
     """Delete temporary files and folders in ``folder`` left by processes that died (every
-    one, with ``only_dead=False``, for a caller that holds the folder's lock)."""
+    one, with ``only_dead=False``, for a caller that holds the folder's lock); with ``of``,
+    only those of the file named ``of``."""
     try:
         names = os.listdir(folder)
     except OSError:
         return
     for name in names:
+        if of is not None and name.partition("-")[2].partition("-")[2].removesuffix(".old") != of:
+            continue
         pid = pid_of_tmp(name) if is_tmp(name) else None
         if pid is None or (only_dead and (pid == os.getpid() or _alive(pid))):
             continue
@@ -111,8 +114,10 @@ _paused = set()
 def atomic_write(path, write):
     """Write ``path`` whole or not at all: ``write(tmp)`` fills a temporary file (or folder)
     beside it, which is flushed and renamed into place. On any error or interruption the
-    temporary copy is removed and the old ``path`` is untouched; ``OSError`` propagates."""
+    temporary copy is removed and the old ``path`` is untouched; ``OSError`` propagates.
+    Temporary copies of ``path`` left by a process that was killed are removed first."""
     tmp = tmp_name(path)
+    remove_stale_tmp(os.path.dirname(path) or ".", of=os.path.basename(path))
     pause_point(path, "write")
     try:
         write(tmp)

@@ -50,9 +50,14 @@ def run_command(module, *args, cwd=ROOT, timeout=600, **env):
 
 
 USAGE_DRIVER = r"""
-import contextlib, io, json, os, sys
-from training import flags as run_flags, train
-parse = run_flags.parser(run_flags, train.__doc__, run_flags.TRAIN_GROUPS)
+import contextlib, importlib, io, json, os, sys
+from training import flags as run_flags
+command = importlib.import_module(sys.argv[2])
+if command.__name__ == "training.train":
+    parse = run_flags.parser(run_flags, command.__doc__, run_flags.TRAIN_GROUPS)
+else:
+    command.define_flags()
+    parse = run_flags.parser(command, command.__doc__)
 said = []
 for args, env in json.loads(sys.argv[1]):
     saved = dict(os.environ)
@@ -61,7 +66,7 @@ for args, env in json.loads(sys.argv[1]):
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
             run_flags.FLAGS.unparse_flags()
-            train.main(parse(["train", *args]))
+            command.main(parse([command.__name__.rpartition(".")[2], *args]))
         except SystemExit as exit:
             code = exit.code
     os.environ.clear()
@@ -73,12 +78,14 @@ print("RESULT" + json.dumps(said))
 
 @pytest.fixture(scope="session")
 def usage_errors():
-    """``usage_errors([(args, env), ...])``: each ``training.train ARGS`` run through the command's
-    own parser and main(), one after another in one fresh process (TensorFlow imported once, not
-    once a case); for commands that stop before training. A list of (exit code, stderr)."""
+    """``usage_errors([(args, env), ...], command="training.train")``: each ``COMMAND ARGS`` run
+    through the command's own parser and main(), one after another in one fresh process
+    (TensorFlow imported once, not once a case); for commands that stop before their work. A
+    list of (exit code, stderr)."""
 
-    def run(cases):
-        proc = subprocess.run([sys.executable, "-c", USAGE_DRIVER, json.dumps([[list(map(str, a)), e] for a, e in cases])],
+    def run(cases, command="training.train"):
+        proc = subprocess.run([sys.executable, "-c", USAGE_DRIVER, json.dumps([[list(map(str, a)), e] for a, e in cases]),
+                               command],
                               cwd=ROOT, capture_output=True, text=True, timeout=600,
                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -278,8 +278,13 @@ x = np.random.default_rng(0).uniform(0, 255, (2, 300, 300, 3)).astype("float32")
 images = validate.eval_images(x, source.side, source.crop_pct, source.interpolation).numpy()
 model = reszoo.create_model(weights="timm/resnet18.a1_in1k")
 same = float(np.abs(source.predict(images) - model.predict(images, verbose=0)).max())
+try:  # the default dataset: 8x8 grey digits
+    validate.run(source, results_csv=None, say=lambda line: None)
+    digits = None
+except validate.CommandError as err:
+    digits = [err.code, str(err)]
 print("RESULT" + json.dumps(dict(side=source.side, crop_pct=source.crop_pct, interpolation=source.interpolation,
-                                 params=source.params, shape=list(images.shape), same=same)))
+                                 params=source.params, shape=list(images.shape), same=same, digits=digits)))
 '''
 
 
@@ -298,3 +303,6 @@ def test_validate_takes_published_weights_with_their_own_eval_transform(timm_sid
     assert said["side"] == 224 and said["shape"] == [2, 224, 224, 3]
     assert said["params"] == 11_689_512  # torchvision's and timm's ResNet-18
     assert said["same"] < 1e-4
+    assert said["digits"] == [2, "resnet18.a1_in1k takes images of 3 channel(s), digits has 1; published ImageNet "
+                                 "weights need colour images: give --dataset (a tfds name) or --dataset=folder with "
+                                 "--data_dir=FOLDER"]

@@ -88,3 +88,96 @@ def test_the_command_writes_its_csv_row_and_confusion_png_and_bad_input_is_one_l
         said = [line for line in proc.stderr.splitlines() if line.startswith("validate:")]
         assert len(said) == 1 and expected in said[0] and "Traceback" not in proc.stderr, proc.stderr
     assert (tmp_path / "other.csv").read_text() == "a,b\n1,2\n"
+
+
+def test_outputs_sizes_and_datasets_that_cannot_work_are_one_line_before_anything_is_measured(
+        run, tmp_path, usage_errors):
+    """A results CSV that is a folder (or in no folder), a size that cannot fit in memory or
+    past the resize limit, a folder dataset with no folder: exit 2, one line, nothing written."""
+    (tmp_path / "results").mkdir()
+    model = f"--model_dir={run}"
+    cases = [([model, f"--results_csv={tmp_path / 'results'}"], "--results_csv={} is a folder; give a file path"),
+             ([model, f"--results_csv={tmp_path / 'no' / 'v.csv'}"], f"its folder {tmp_path / 'no'} does not exist"),
+             ([model, "--test_size=4096", f"--results_csv={tmp_path / 'a.csv'}"],
+              "--test_size=4096: a batch of 64 images at 4096x4096 needs about 52.0 GiB"),  # 4-wide ResNet-20
+             ([model, "--crop_pct=0.001", f"--results_csv={tmp_path / 'b.csv'}"],
+              "--test_size=8 with --crop_pct=0.001 resizes images to 8000x8000 before the crop, over the 4096 limit"),
+             ([model, "--dataset=folder", f"--results_csv={tmp_path / 'c.csv'}"],
+              "--dataset=folder needs --data_dir=FOLDER, a folder of class sub-folders of images")]
+    said = usage_errors([(args, {}) for args, _ in cases], command="training.validate")
+    for (code, stderr), (_, expected) in zip(said, cases):
+        lines = [line for line in stderr.splitlines() if line.startswith("validate:")]
+        assert code == 2 and len(lines) == 1 and "Traceback" not in stderr, stderr
+        assert lines[0].startswith("validate: error: ") and expected.format(tmp_path / "results") in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]  # no CSV, no confusion matrix
+    assert not any((tmp_path / "results").iterdir())
+
+
+def _row(model):
+    return {column: model if column == "model" else "1" for column in validate.COLUMNS}
+
+
+def test_two_validates_appending_to_one_csv_each_keep_their_row(tmp_path, monkeypatch):
+    """The first append is held between writing its new copy and renaming it into place (the
+    window where a second one would read the old file and one row be lost): the second waits
+    for the folder's lock, and both rows are kept."""
+    import glob
+    import os
+    import threading
+    import time
+
+    path = tmp_path / "v.csv"
+    validate.append_row(str(path), _row("zero"))
+    monkeypatch.setenv("RESZOO_TEST_PAUSE", "rename:v.csv")
+    first = threading.Thread(target=validate.append_row, args=(str(path), _row("one")))
+    first.start()
+    deadline = time.time() + 30
+    while not glob.glob(str(tmp_path / ".tmp-*-v.csv.paused")) and time.time() < deadline:
+        time.sleep(0.01)
+    marker, = glob.glob(str(tmp_path / ".tmp-*-v.csv.paused"))
+    second = threading.Thread(target=validate.append_row, args=(str(path), _row("two")))
+    second.start()
+    second.join(0.5)
+    assert second.is_alive()  # waiting for the first to finish
+    os.remove(marker)
+    first.join(30)
+    second.join(30)
+    with open(path) as f:
+        assert [r["model"] for r in csv.DictReader(f)] == ["zero", "one", "two"]
+    assert not glob.glob(str(tmp_path / ".tmp-*"))
+
+
+APPEND = r'''
+import sys
+from training import validate
+validate.append_row(sys.argv[1], {c: "killed" if c == "model" else "1" for c in validate.COLUMNS})
+'''
+
+
+def test_a_validate_killed_while_writing_its_csv_leaves_nothing_the_next_one_keeps(tmp_path):
+    """SIGKILLed with its new copy complete under a temporary name: the CSV is the old one,
+    and the next append removes the dead process's temporary file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    path = tmp_path / "v.csv"
+    validate.append_row(str(path), _row("before"))
+    old = path.read_bytes()
+    proc = subprocess.Popen([sys.executable, "-c", APPEND, str(path)], cwd=ROOT,
+                            env={**os.environ, "RESZOO_TEST_PAUSE": "rename:v.csv"})
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".tmp-*-v.csv.paused")) and time.time() < deadline:
+        assert proc.poll() is None
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert path.read_bytes() == old and (tmp_path / f".tmp-{proc.pid}-v.csv").exists()
+    validate.append_row(str(path), _row("after"))
+    with open(path) as f:
+        assert [r["model"] for r in csv.DictReader(f)] == ["before", "after"]
+    assert not (tmp_path / f".tmp-{proc.pid}-v.csv").exists()

@@ -178,7 +178,9 @@ def _folder(data_dir, image_size, validation_split, seed, channels=None, say=Non
     cannot be decoded are skipped and counted (the first few named); a class left empty,
     or images outside class sub-folders with no class sub-folder, are errors."""
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
-    if not data_dir or not os.path.isdir(data_dir):
+    if not data_dir:
+        raise DataError("--dataset=folder needs --data_dir=FOLDER, a folder of class sub-folders of images")
+    if not os.path.isdir(data_dir):
         raise DataError(f"--dataset=folder needs --data_dir pointing at a folder of class "
                         f"sub-folders; {data_dir!r} is not a folder")
     if not 0 < validation_split < 1:

@@ -1,7 +1,10 @@
 """How the commands write and read files: whole or not at all (``reszoo.io``), and one
 clear line when they cannot."""
 
+import contextlib
+import fcntl
 import json
+import os
 
 from reszoo import io
 from reszoo.io import fsync_dir, fsync_tree, keras_file_problem, remove_stale_tmp, tmp_name  # noqa: F401
@@ -15,6 +18,18 @@ def atomic_write(path, write):
         return io.atomic_write(path, write)
     except OSError as err:
         raise CommandError(os_error_message(err, path)) from None
+
+
+@contextlib.contextmanager
+def folder_lock(folder):
+    """Hold ``folder``'s lock (``flock`` on the folder itself, so no file is left behind)
+    while several processes read, change and replace one of its files: the next one waits."""
+    fd = os.open(folder or ".", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_text(path, text):

@@ -56,10 +56,18 @@ class Source:
     weights' eval transform (crop_pct, interpolation), and whether it takes other sizes."""
 
     def __init__(self, name, predict, side, channels, params, run_flags=None, crop_pct=1.0,
-                 interpolation="bilinear", resizable=False, where=None):
+                 interpolation="bilinear", resizable=False, where=None, levels=(), published=False):
         self.name, self.predict, self.side, self.channels, self.params = name, predict, side, channels, params
         self.run_flags = run_flags or {}
         self.crop_pct, self.interpolation, self.resizable, self.where = crop_pct, interpolation, resizable, where
+        self.levels = levels  # reszoo.model.features(model): (channels, stride) of each stage's output
+        self.published = published  # ImageNet weights by name, which take colour images
+
+    def floats_per_image(self, side):
+        """The largest tensor the model holds per image at ``side``: its input, or the widest
+        stage output (a conv net's memory is a few of these at a time)."""
+        return max([side * side * self.channels] + [math.ceil(side / stride) ** 2 * channels
+                                                    for channels, stride in self.levels])
 
 
 def keras_source(model, name, run_flags=None, where=None, **eval_transform):
@@ -71,8 +79,10 @@ def keras_source(model, name, run_flags=None, where=None, **eval_transform):
     from training import augment
 
     augment.accept_any_size(model)
+    levels = tuple((level["channels"], level["stride"]) for level in reszoo.features(model))
     return Source(name, lambda x: np.asarray(model.predict_on_batch(x), "float32"), model.input_shape[1],
-                  model.input_shape[-1], reszoo.count_params(model), run_flags, resizable=True, where=where, **eval_transform)
+                  model.input_shape[-1], reszoo.count_params(model), run_flags, resizable=True, where=where,
+                  levels=levels, **eval_transform)
 
 
 def load_source(model_dir, checkpoint, weights):
@@ -133,7 +143,70 @@ def _weights_source(weights):
         raise CommandError(f"--weights: {err}", 2) from None
     entry = hub.card(tag)
     return keras_source(model, tag, crop_pct=entry.get("crop_pct", 1.0),
-                        interpolation=entry.get("interpolation", "bilinear"))
+                        interpolation=entry.get("interpolation", "bilinear"), published=True)
+
+
+def check_outputs(results_csv, confusion):
+    """A one-line ``CommandError`` for an output path that cannot be written, before anything
+    is measured: a folder, a missing or read-only folder, a CSV of other columns."""
+    for flag, path in (("results_csv", results_csv), ("confusion_png", confusion)):
+        if not path:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise CommandError(f"--{flag}={path} is a folder; give a file path", 2)
+        if not os.path.isdir(folder):
+            raise CommandError(f"--{flag}={path}: its folder {folder} does not exist", 2)
+        if not os.access(folder, os.W_OK):
+            raise CommandError(f"--{flag}={path}: its folder {folder} is not writable", 2)
+    if results_csv:
+        csv_header(results_csv)
+
+
+def csv_header(path):
+    """The columns of the CSV at ``path`` (``COLUMNS`` for a new or empty one); a
+    ``CommandError`` where they are others."""
+    try:
+        with open(path, newline="") as f:
+            first = f.readline()
+    except FileNotFoundError:
+        return COLUMNS
+    except (OSError, UnicodeDecodeError) as err:
+        raise CommandError(f"--results_csv={path} cannot be read ({err})", 2) from None
+    header = first.strip().split(",") if first.strip() else list(COLUMNS)
+    if header != list(COLUMNS):
+        raise CommandError(f"--results_csv={path} has other columns ({','.join(header)[:80]}); use another file", 2)
+    return COLUMNS
+
+
+def available_memory():
+    """Bytes this machine can still allocate (Linux' MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_sizes(source, side, crop_pct, batch_size):
+    """The side images are loaded at (``side / crop_pct``), after refusing in one line what
+    cannot fit: a resize past ``MAX_IMAGE_SIZE``, or one batch (its resized images and the
+    model's largest tensors) larger than half the memory available."""
+    load_size = int(math.floor(side / crop_pct)) if crop_pct < 1 else side
+    if load_size > run_flags.MAX_IMAGE_SIZE:
+        raise CommandError(f"--test_size={side} with --crop_pct={crop_pct:g} resizes images to {load_size}x{load_size} "
+                           f"before the crop, over the {run_flags.MAX_IMAGE_SIZE} limit: raise --crop_pct or lower "
+                           "--test_size", 2)
+    need = 4 * batch_size * (load_size * load_size * source.channels + 3 * source.floats_per_image(side))
+    free = available_memory()
+    if free is not None and need > free / 2:
+        raise CommandError(f"--test_size={side}: a batch of {batch_size} images at {load_size}x{load_size} needs about "
+                           f"{need / 2 ** 30:.1f} GiB, and {free / 2 ** 30:.1f} GiB of memory is available: lower "
+                           "--batch_size or --test_size", 2)
+    return load_size
 
 
 def eval_images(images, side, crop_pct, interpolation):
@@ -184,23 +257,21 @@ def metrics(logits, labels, num_classes):
 
 def append_row(path, row):
     """Add ``row`` to the CSV at ``path`` (header first when new), written whole and renamed
-    into place; a CSV of other columns is left alone and refused."""
+    into place, under the folder's lock so that runs appending at once each keep their row; a
+    CSV of other columns is left alone and refused."""
     from training import files
 
-    old = ""
-    if os.path.exists(path):
-        with open(path, newline="") as f:
-            old = f.read()
-        header = old.splitlines()[0].split(",") if old.strip() else list(COLUMNS)
-        if header != list(COLUMNS):
-            raise CommandError(f"--results_csv={path} has other columns ({','.join(header)[:80]}); use another "
-                               "file", 2)
     out = io.StringIO()
-    writer = csv.DictWriter(out, COLUMNS, lineterminator="\n")
-    if not old.strip():
-        writer.writeheader()
-    writer.writerow(row)
-    files.write_text(path, (old if old.endswith("\n") or not old else old + "\n") + out.getvalue())
+    csv.DictWriter(out, COLUMNS, lineterminator="\n").writerow(row)
+    with files.folder_lock(os.path.dirname(path)):
+        csv_header(path)
+        old = ""
+        if os.path.exists(path):
+            with open(path, newline="") as f:
+                old = f.read()
+        if not old.strip():
+            old = ",".join(COLUMNS) + "\n"
+        files.write_text(path, (old if old.endswith("\n") else old + "\n") + out.getvalue())
 
 
 def confusion_png(path, confusion, class_names, title):
@@ -251,6 +322,7 @@ def run(source, dataset=None, data_dir=None, validation_split=None, seed=None, t
     ``per_class``). Dataset arguments left None come from the run's flags."""
     from training import data as data_lib
 
+    check_outputs(results_csv, confusion)
     run = source.run_flags
     dataset = dataset or run.get("dataset") or "digits"
     data_dir = data_dir if data_dir is not None else (run.get("data_dir") if dataset == run.get("dataset") else None)
@@ -261,11 +333,16 @@ def run(source, dataset=None, data_dir=None, validation_split=None, seed=None, t
         raise CommandError(f"--test_size={side}: the SavedModel takes {source.side}x{source.side} images only", 2)
     crop_pct = crop_pct or source.crop_pct
     interpolation = interpolation or source.interpolation
-    load_size = int(math.floor(side / crop_pct))
+    load_size = check_sizes(source, side, crop_pct, batch_size)
     try:
         data = data_lib.load(dataset, data_dir, load_size, validation_split, seed, channels=source.channels)
     except data_lib.DataError as err:
         raise CommandError(str(err), 2) from None
+    if data.image_shape[-1] != source.channels:
+        hint = ("; published ImageNet weights need colour images: give --dataset (a tfds name) or --dataset=folder "
+                "with --data_dir=FOLDER" if source.published else "")
+        raise CommandError(f"{source.name} takes images of {source.channels} channel(s), {data.name} has "
+                           f"{data.image_shape[-1]}{hint}", 2)
     split = "held-out" if dataset == "folder" else "test"
     logits, labels = measure(source, data.test, data.num_classes, side, crop_pct, interpolation, batch_size)
     m = metrics(logits, labels, data.num_classes)
