@@ -228,6 +228,36 @@ def test_recipe_usage_errors_are_one_line(usage_errors, tmp_path):
     assert not (tmp_path / "a").exists()
 
 
+def test_what_a_recipe_sets_and_the_run_s_length_cannot_carry_is_said(usage_errors, tmp_path):
+    """A recipe's batch size over a small dataset names the recipe; another optimizer than the
+    recipe's, with the recipe's learning rate, is refused; FixRes below the net's minimum is the
+    same error as --image_size's; diagnostics rarer than the run's steps are refused; a warm-up
+    as long as the run is a warning (here before the FixRes error that stops it)."""
+    cases = [(["--recipe=rsb_a1"], "--batch_size=2048 is larger than the 1438 training images (--recipe=rsb_a1 "
+                                   "sets it for its paper's data: give a smaller --batch_size, and the learning rate "
+                                   "is scaled to it)"),
+             (["--recipe=rsb_a1", "--optimizer=sgd"],
+              "--optimizer=sgd replaces --recipe=rsb_a1's lamb, whose --learning_rate=0.005 and --weight_decay=0.01 "
+              "are chosen for lamb: give --learning_rate and --weight_decay for sgd too"),
+             (["--recipe=rsb_a1", "--optimizer=sgd", "--learning_rate=0.1"],
+              "--optimizer=sgd replaces --recipe=rsb_a1's lamb, whose --weight_decay=0.01 is chosen for lamb: give "
+              "--weight_decay for sgd too"),
+             (["--train_size=0.1"], "--train_size=0.1: images of 1x1 are too small for this net: it takes at least "
+                                    "4x4 (its total stride)"),
+             (["--diagnostics", "--epochs=1"], "--diagnostics=100 measures every 100 steps, and this run has 22 (1 "
+                                               "epoch(s) of 22): give --diagnostics=N with N at most 22"),
+             (["--recipe=rsb_a3", "--batch_size=64", "--epochs=2", "--train_size=0.1"], "--train_size=0.1: images")]
+    said = usage_errors([([*args, f"--model_dir={tmp_path / str(i)}"], {}) for i, (args, _) in enumerate(cases)])
+    for (code, stderr), (args, expected) in zip(said, cases):
+        errors = [line for line in stderr.splitlines() if line.startswith("train: error:")]
+        assert code == 2 and len(errors) == 1 and errors[0].startswith(f"train: error: {expected}"), (args, stderr)
+        assert "Traceback" not in stderr
+    warnings = [line for line in said[-1][1].splitlines() if line.startswith("train: warning:")]
+    assert warnings == ["train: warning: the warm-up (5 epochs, set by --recipe=rsb_a3) is as long as the run (2 "
+                        "epoch(s)): the learning rate never reaches its peak; give --warmup_epochs below 2"]
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("recipe", ["torchvision_v2", "rsb_a1"])
 def test_a_recipe_trains_on_a_folder_of_colour_images_and_validates_above_its_training_size(
         tmp_path, train, image_folder, recipe):

@@ -130,8 +130,16 @@ def test_a_recipe_run_killed_and_resumed_ends_bit_exact(tmp_path, train):
         proc = start(tmp_path / "log", *RECIPE_RUN, f"--model_dir={folder}", RESZOO_TEST_PAUSE=point)
         paused(proc, folder, point.split(":")[1])
         stop(proc, sig)
+    # And at random instants once training has resumed: mid-step, mid-epoch, mid-write.
+    seed = int(time.time())
+    for delay, sig in zip(np.random.default_rng(seed).uniform(0.0, 2.5, 2), (signal.SIGKILL, signal.SIGINT)):
+        proc = start(tmp_path / "log", *RECIPE_RUN, f"--model_dir={folder}")
+        wait_for(proc, lambda: "resuming" in (tmp_path / "log").read_text())
+        time.sleep(delay)
+        if proc.poll() is None:
+            stop(proc, sig)
     final = train(*RECIPE_RUN, f"--model_dir={folder}")
-    assert final.returncode == 0, final.stderr[-2000:]
+    assert final.returncode == 0, (seed, final.stderr[-2000:])
     assert "resuming" in final.stdout
     assert_resumed_exactly(folder, straight)
 

@@ -11,7 +11,8 @@ import textwrap
 
 from absl import flags
 
-from training.recipes import RECIPES, as_flag, flags_of
+from training.errors import CommandError
+from training.recipes import RECIPES, TIED, as_flag, flags_of
 
 FLAGS = flags.FLAGS
 
@@ -128,12 +129,27 @@ def recipe_help():
 
 
 def apply_recipe():
-    """Fill in the recipe's values for every flag the user did not give."""
+    """Fill in the recipe's values for every flag the user did not give. A given flag that
+    replaces one the recipe's other values were chosen for (``recipes.TIED``) needs those
+    given too: a ``CommandError``."""
     if not FLAGS.recipe:
         return
-    for name, value in flags_of(FLAGS.recipe, FLAGS.model).items():
+    recipe = flags_of(FLAGS.recipe, FLAGS.model)
+    for given, tied in TIED.items():
+        missing = [name for name in tied if name in recipe and not FLAGS[name].present]
+        if FLAGS[given].present and given in recipe and FLAGS[given].value != recipe[given] and missing:
+            values = " and ".join(as_flag(name, recipe[name]) for name in missing)
+            raise CommandError(f"--{given}={FLAGS[given].value} replaces --recipe={FLAGS.recipe}'s {recipe[given]}, "
+                               f"whose {values} {'are' if len(missing) > 1 else 'is'} chosen for {recipe[given]}: give "
+                               f"{' and '.join('--' + name for name in missing)} for {FLAGS[given].value} too", 2)
+    for name, value in recipe.items():
         if not FLAGS[name].present:
             FLAGS[name].value = value
+
+
+def set_by_recipe(opts, name):
+    """Whether ``opts``' value of flag ``name`` is the one its recipe sets (for messages)."""
+    return bool(opts.recipe) and flags_of(opts.recipe, opts.model).get(name) == getattr(opts, name)
 
 
 def safer_learning_rate(learning_rate, recipe=None):

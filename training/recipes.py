@@ -70,6 +70,9 @@ RECIPES = {
                    auto_augment="randaugment", rand_augment_ops=2, rand_augment_magnitude=6, mixup_alpha=0.1,
                    cutmix_alpha=1.0, mixup_switch_prob=0.5, repeated_augmentation=1, train_size=160 / 224)),
 }
+# A recipe's flag that the command line may replace -> the recipe's flags whose values were
+# chosen for it, which must then be given too (LAMB's learning rate is no SGD's).
+TIED = {"optimizer": ("learning_rate", "weight_decay")}
 # He et al. 2015: ResNet-110 (and deeper) warm up at lr 0.01 for about 400 iterations.
 WARMUP_MODELS = ("resnet110", "resnet1202")
 

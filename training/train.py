@@ -57,6 +57,21 @@ def check_options(opts):
         raise CommandError(f"--cutmix_alpha={opts.cutmix_alpha:g}: Keras' CutMix takes alpha in (0, 1]", 2)
 
 
+def check_run_length(opts, steps_per_epoch, epochs):
+    """What the run's length makes pointless: diagnostics measured less often than the run has
+    steps (a usage error), a warm-up as long as the run (a warning: the rate never peaks)."""
+    steps = steps_per_epoch * epochs
+    if opts.diagnostics > steps:
+        raise CommandError(f"--diagnostics={opts.diagnostics} measures every {opts.diagnostics} steps, and this run has "
+                           f"{steps} ({epochs} epoch(s) of {steps_per_epoch}): give --diagnostics=N with N at most "
+                           f"{steps}", 2)
+    if opts.warmup_epochs and opts.warmup_epochs >= epochs:
+        recipe = f", set by --recipe={opts.recipe}" if run_flags.set_by_recipe(opts, "warmup_epochs") else ""
+        print(f"train: warning: the warm-up ({opts.warmup_epochs:g} epochs{recipe}) is as long as the run ({epochs} "
+              f"epoch(s)): the learning rate never reaches its peak; give --warmup_epochs below {epochs}",
+              file=sys.stderr, flush=True)
+
+
 def new_model(opts, data):
     """Raw pixels in: per-channel standardisation with the training set's statistics is the
     model's first layer, so saved and exported models take images as they are."""
@@ -229,10 +244,15 @@ def learning_rate(opts):
 def fixres(model, image_shape, augmentation):
     """With --train_size (FixRes, Touvron et al. 2019), ``model`` takes images of any side: it
     trains on smaller ones and is tested and saved at ``image_shape``."""
+    import reszoo
     from training import augment
 
     side = augmentation.train_side(image_shape[0])
     if side != image_shape[0]:
+        smallest = max((level["stride"] for level in reszoo.features(model)), default=1)
+        if min(side, augmentation.train_side(image_shape[1])) < smallest:
+            raise CommandError(f"--train_size={augmentation.train_size:g}: images of {side}x{side} are too small for "
+                               f"this net: it takes at least {smallest}x{smallest} (its total stride)", 2)
         augment.accept_any_size(model)
         print(f"FixRes: training on {side}x{augmentation.train_side(image_shape[1])} images, testing on "
               f"{image_shape[0]}x{image_shape[1]}", flush=True)
@@ -302,11 +322,15 @@ def run(opts):
         raise CommandError(str(err), 2) from None
     steps_per_epoch = data.num_train // opts.batch_size
     if steps_per_epoch == 0:
-        raise CommandError(f"--batch_size={opts.batch_size} is larger than the {data.num_train} training images", 2)
+        recipe = (f" (--recipe={opts.recipe} sets it for its paper's data: give a smaller --batch_size, and the "
+                  "learning rate is scaled to it)" if run_flags.set_by_recipe(opts, "batch_size") else "")
+        raise CommandError(f"--batch_size={opts.batch_size} is larger than the {data.num_train} training "
+                           f"images{recipe}", 2)
     if opts.batch_size % strategy.num_replicas_in_sync:
         raise CommandError(f"--batch_size={opts.batch_size} must be a multiple of the "
                            f"{strategy.num_replicas_in_sync} replicas", 2)
     epochs = math.ceil(opts.train_steps / steps_per_epoch) if opts.train_steps else opts.epochs
+    check_run_length(opts, steps_per_epoch, epochs)
 
     augmentation = augment.Augmentation.from_options(opts)
     if augmentation.train_side(min(data.image_shape[:2])) > min(data.image_shape[:2]):
