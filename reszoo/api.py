@@ -19,6 +19,10 @@ def create_model(model_name=None, /, *, weights=None, **overrides):
       the model takes timm's padding, classes and preprocessing (raw pixels in), so it gives
       timm's answer; ``"imagenet"``: keras.applications' own weights, fetched as it fetches
       them, into the "keras" variant (``include_top=False`` takes the notop file);
+    - a timm state dict of your own: ``model.safetensors``, ``pytorch_model.bin`` or a ``.pth``
+      training checkpoint (unwrapped), a folder in timm's hub layout, or ``"hf-hub:USER/REPO"``;
+      the architecture comes from ``config.json`` beside it (or the model name), the classes
+      from the file;
     - a training run folder, a ``.keras`` or ``.weights.h5`` file, keras.applications' ``.h5``
       file (the "keras" variant is then the default), or a Keras model.
 
@@ -28,6 +32,14 @@ def create_model(model_name=None, /, *, weights=None, **overrides):
     built again with them. ``reszoo.list_weights()`` lists the published weights."""
     if weights is not None:
         weights_lib.check_source(weights)
+    if hub.is_checkpoint(weights):
+        found = hub.checkpoint(weights, model_name)
+        state = hub.read_checkpoint(found)
+        model = weights_lib.build(found.architecture, {**hub.checkpoint_arguments(found, state, overrides),
+                                                       **overrides})
+        weights_lib.assign_state(model, state, found.name)
+        model.build_spec = dataclasses.replace(model.build_spec, weights=found.name)
+        return model
     tag = weights_lib.timm_tag(model_name, weights)
     if tag is not None:
         return _published(model_name or hub.table()[tag]["architecture"], hub.PREFIX + tag,
@@ -123,6 +135,8 @@ def model_card(model):
 def _weights_card(model_name, weights):
     if hub.is_tag(weights):
         return hub.card(hub.resolve(model_name, weights))
+    if hub.is_checkpoint(weights):
+        return {"tag": weights, "source": f"timm state dict {weights}"}
     architecture = next(a for a, (name, _) in weights_lib.KERAS_APPLICATIONS.items() if name == model_name)
     table = weights_lib.keras_weights_table()
     return {"tag": weights, "source": f"keras.applications {architecture}", "license": "MIT (keras.applications)",

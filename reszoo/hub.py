@@ -9,11 +9,13 @@ by ``scripts/timm_weights.py``), the download through ``huggingface_hub`` (its c
     reszoo.list_weights("resnet50*")
 """
 
+import dataclasses
 import difflib
 import fnmatch
 import functools
 import json
 import os
+import pickle
 import re
 
 import numpy as np
@@ -22,6 +24,11 @@ from reszoo import naming
 from reszoo.errors import WeightsError
 
 PREFIX = "timm/"
+HF_HUB = "hf-hub:"  # timm's spelling of any Hugging Face repo in its layout
+HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # a timm hub folder's state dict, in timm's order
+STATE_DICT_FILES = (".safetensors", ".bin", ".pth", ".pt")
+_CLASSIFIERS = ("fc", "head.fc", "classifier")
+_IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}  # timm's default
 _TABLE = os.path.join(os.path.dirname(__file__), "data", "timm_weights.json")
 # timm's mean / std -> reszoo.layers.ImagePreprocess's mode that computes exactly that.
 _MODES = {((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)): "torch", ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)): "tf"}
@@ -87,7 +94,10 @@ def build_arguments(tag, given):
     """The builder arguments the weights need, unless ``given``: timm's padding, its classes
     (when it has a classifier) and its preprocessing inside the model, so raw pixels in give
     timm's answer."""
-    entry = table()[tag]
+    return _arguments(table()[tag], given)
+
+
+def _arguments(entry, given):
     arguments = {"padding": "symmetric"}
     if entry.get("num_classes"):
         arguments["num_classes"] = entry["num_classes"]
@@ -113,29 +123,37 @@ def cache_folder(repo):
     return os.path.join(constants.HF_HUB_CACHE, f"models--{repo.replace('/', '--')}")
 
 
-def where_to_put(repo):
+def where_to_put(repo, filename="model.safetensors"):
     """The advice for a file that cannot be downloaded: where the cache must hold it."""
-    return (f"put model.safetensors in {cache_folder(repo)}/snapshots/<revision>/ (with refs/main naming the "
+    return (f"put {filename} in {cache_folder(repo)}/snapshots/<revision>/ (with refs/main naming the "
             f"revision), or download it once with network: huggingface_hub.hf_hub_download({repo!r}, "
-            "'model.safetensors')")
+            f"{filename!r})")
 
 
 def download(tag):
     """The local path of ``tag``'s ``model.safetensors``: from the Hugging Face cache, or
     downloaded into it. One line says what to do where it cannot be had."""
+    return _fetch(table()[tag]["hf_hub_id"], "model.safetensors", PREFIX + tag)
+
+
+def _fetch(repo, filename, described):
+    """``filename`` of Hugging Face ``repo`` from the cache, or downloaded into it; a
+    ``WeightsError`` saying where it goes when it cannot be had, or a ``KeyError`` when the
+    repo has no such file."""
     import huggingface_hub
     from huggingface_hub import constants
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    repo = table()[tag]["hf_hub_id"]
     try:
-        return huggingface_hub.hf_hub_download(repo, "model.safetensors")
+        return huggingface_hub.hf_hub_download(repo, filename)
     except LocalEntryNotFoundError:
         why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
-        raise WeightsError(f"{PREFIX}{tag}: {why} and the Hugging Face cache has no copy: "
-                           f"{where_to_put(repo)}") from None
+        raise WeightsError(f"{described}: {why} and the Hugging Face cache has no copy: "
+                           f"{where_to_put(repo, filename)}") from None
+    except EntryNotFoundError:
+        raise KeyError(filename) from None
     except Exception as err:  # HTTP errors, a repo that moved...
-        raise WeightsError(f"{PREFIX}{tag}: cannot download {repo}: {type(err).__name__}: "
+        raise WeightsError(f"{described}: cannot download {repo}: {type(err).__name__}: "
                            f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}") from None
 
 
@@ -177,6 +195,163 @@ def _forget(path, cache):
         except OSError:
             pass
     return outside
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A timm state dict that is not in the table: a user's own file (``model.safetensors``,
+    ``pytorch_model.bin``, ``.pth``), a folder in timm's hub layout, or ``hf-hub:USER/REPO``;
+    with the architecture and ``pretrained_cfg`` of its ``config.json`` (timm's hub layout)."""
+
+    name: str  # as the user gave it
+    path: str  # the state dict file
+    architecture: str
+    pretrained_cfg: dict
+
+
+def is_checkpoint(weights):
+    """Whether ``weights`` names a timm state dict (``Checkpoint``) rather than a tag or a
+    Keras file."""
+    if not isinstance(weights, (str, os.PathLike)):
+        return False
+    weights = os.fspath(weights)
+    if weights.startswith(HF_HUB):
+        return True
+    path = os.path.expanduser(weights)
+    return path.endswith(STATE_DICT_FILES) or (
+        os.path.isdir(path) and any(os.path.isfile(os.path.join(path, name)) for name in HUB_FILES))
+
+
+def checkpoint(weights, model_name=None):
+    """``weights`` (see ``is_checkpoint``) resolved once: its state dict file (from the
+    Hugging Face cache for ``hf-hub:``, under its offline rules) and architecture, from
+    ``config.json`` beside it or ``model_name``. A ``WeightsError`` says what is missing."""
+    weights = os.fspath(weights)
+    if weights.startswith(HF_HUB):
+        repo = weights[len(HF_HUB):]
+        path = None
+        for name in HUB_FILES:
+            try:
+                path = _fetch(repo, name, weights)
+                break
+            except KeyError:
+                continue
+        if path is None:
+            raise WeightsError(f"{weights}: the repo has none of {', '.join(HUB_FILES)} (timm's layout)")
+        try:
+            config_path = _fetch(repo, "config.json", weights)
+        except KeyError:
+            config_path = None
+    else:
+        path = os.path.expanduser(weights)
+        if os.path.isdir(path):
+            path = next(os.path.join(path, n) for n in HUB_FILES if os.path.isfile(os.path.join(path, n)))
+        if not os.path.isfile(path):
+            raise WeightsError(f"no such weights file: {path}")
+        config_path = os.path.join(os.path.dirname(path), "config.json")
+        config_path = config_path if os.path.isfile(config_path) else None
+    config = _read_config(config_path)
+    architecture = config.get("architecture")
+    architectures = sorted({entry["architecture"] for entry in table().values()})
+    if architecture is not None and architecture not in architectures:
+        close = difflib.get_close_matches(str(architecture), architectures, n=4, cutoff=0.5)
+        raise WeightsError(f"{config_path}: architecture {architecture!r} has no reszoo counterpart"
+                           + (f"; the closest: {', '.join(close)}" if close else
+                              f"; reszoo reads timm's {', '.join(architectures[:6])}, ..."))
+    if architecture and model_name and architecture != model_name:
+        raise WeightsError(f"{weights} holds {architecture} weights ({config_path}), not {model_name}'s: "
+                           f"reszoo.create_model({architecture!r}, weights={weights!r})")
+    architecture = architecture or model_name
+    if architecture is None:
+        raise WeightsError(f"{weights}: no config.json beside it says its architecture (timm's hub layout: "
+                           '{"architecture": "resnet50", ...}); or give the model name: '
+                           f"reszoo.create_model('resnet50', weights={weights!r})")
+    return Checkpoint(weights, path, architecture, dict(config.get("pretrained_cfg") or {}))
+
+
+def _read_config(path):
+    if path is None:
+        return {}
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise WeightsError(f"{path} is not timm's config.json ({type(err).__name__}: {err})") from None
+    if not isinstance(config, dict):
+        raise WeightsError(f"{path} is not timm's config.json (not a JSON object)")
+    return config
+
+
+def read_checkpoint(found):
+    """The state dict of a ``Checkpoint`` as numpy arrays, unwrapped from a training
+    checkpoint (``{"state_dict": ...}`` or ``{"model": ...}``, DataParallel's ``module.``
+    prefix). PyTorch files are read with ``torch.load(weights_only=True)``: a pickle of other
+    objects is refused."""
+    path = found.path
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        try:
+            state = load_file(path)
+        except Exception as err:  # SafetensorError, or an OSError
+            raise WeightsError(f"{found.name}: {path} is not a safetensors file, or is damaged ({type(err).__name__}: "
+                               f"{str(err).strip().splitlines()[0]})") from None
+    else:
+        state = _torch_state(found.name, path)
+    state = unwrap(state)
+    bad = next((key for key, value in state.items() if not isinstance(value, np.ndarray)), None)
+    if bad is not None or not state:
+        raise WeightsError(f"{found.name}: {path} is not a state dict" + (f" ({bad!r} is no tensor)" if bad else
+                                                                            " (it is empty)"))
+    return state
+
+
+def _torch_state(name, path):
+    try:
+        import torch
+    except ImportError:
+        raise WeightsError(f"{name}: reading a PyTorch file needs torch (pip install 'reszoo[torch]'); or save its "
+                           "state dict with safetensors as model.safetensors") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError for objects weights_only refuses, RuntimeError for a damaged file
+        why = ("it holds pickled objects besides tensors" if isinstance(err, pickle.UnpicklingError) else
+               f"{type(err).__name__}: {str(err).strip().splitlines()[0][:160]}")
+        raise WeightsError(f"{name}: torch.load(weights_only=True) refuses {path} ({why}); save its state dict "
+                           "alone (torch.save(model.state_dict(), ...)) or as model.safetensors") from None
+
+    def numpy(value):
+        if isinstance(value, dict):
+            return {k: numpy(v) for k, v in value.items()}
+        return value.detach().cpu().float().numpy() if isinstance(value, torch.Tensor) else value
+
+    return numpy(state) if isinstance(state, dict) else {"": state}
+
+
+def unwrap(state):
+    """A training checkpoint's state dict: under ``"state_dict"`` or ``"model"`` where it is
+    wrapped, without DataParallel's ``module.`` prefix."""
+    for key in ("state_dict", "model"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if state and all(key.startswith("module.") for key in state):
+        state = {key[len("module."):]: value for key, value in state.items()}
+    return state
+
+
+def checkpoint_arguments(found, state, given):
+    """The builder arguments a ``Checkpoint`` needs, unless ``given``: as ``build_arguments``,
+    with the classes its classifier has (none: pooled features, timm's ``num_classes=0``) and
+    the mean and std of its ``pretrained_cfg`` (timm's ImageNet default)."""
+    classifier = next((state[f"{name}.weight"] for name in _CLASSIFIERS if f"{name}.weight" in state), None)
+    entry = {"mean": found.pretrained_cfg.get("mean", _IMAGENET["mean"]),
+             "std": found.pretrained_cfg.get("std", _IMAGENET["std"]),
+             "num_classes": None if classifier is None else int(classifier.shape[0])}
+    arguments = _arguments(entry, given)
+    if classifier is None:
+        arguments.update({k: v for k, v in (("include_top", False), ("pooling", "avg")) if k not in given})
+    return arguments
 
 
 # timm's module path -> reszoo's layer name. A rule's function takes the regex match and the
@@ -223,8 +398,9 @@ def _layer_name(module, kind):
     return None
 
 
-def convert(state, tag):
-    """timm's state dict as ``({reszoo layer: [arrays in Keras' order]}, {layer: timm tensor})``:
+def convert(state, described):
+    """timm's state dict as ``({reszoo layer: [arrays in Keras' order]}, {layer: timm tensor})``
+    (``described`` names its source in the messages):
     conv kernels [out, in, kh, kw] -> [kh, kw, in, out], linear (or 1x1 conv head) weights
     transposed, BatchNorm as gamma, beta, moving mean, moving variance. A tensor that no rule
     places is a ``WeightsError`` naming it."""
@@ -244,13 +420,13 @@ def convert(state, tag):
         elif weight is not None:
             kind, arrays = "dense", [weight.reshape(weight.shape[0], -1).T]
         else:
-            raise WeightsError(f"{PREFIX}{tag}: tensor {next(iter(tensors))!r} of module {module!r} is not a conv, "
+            raise WeightsError(f"{described}: tensor {next(iter(tensors))!r} of module {module!r} is not a conv, "
                                "BatchNorm or linear weight")
         if kind != "bn" and "bias" in tensors:
             arrays.append(tensors["bias"])
         name = _layer_name(module, kind)
         if name is None:
-            raise WeightsError(f"{PREFIX}{tag}: tensor {module}.{next(iter(tensors))} has no counterpart in reszoo's "
+            raise WeightsError(f"{described}: tensor {module}.{next(iter(tensors))} has no counterpart in reszoo's "
                                "layers")
         values[name] = [np.ascontiguousarray(a, "float32") for a in arrays]
         origin[name] = f"{module}.weight"

@@ -5,7 +5,9 @@ A source is a Keras model, a ``.keras`` file, a training run folder (its ``last.
 keras.applications' ``.h5`` files (ResNet50/101/152, ResNet50V2/101V2/152V2,
 DenseNet121/169/201, with or without top) for the ``variant="keras"`` models, or published
 weights by name: timm's (``"timm/ARCH.TAG"``, ``reszoo.hub``) and keras.applications'
-(``"imagenet"``, fetched as keras.applications fetches them):
+(``"imagenet"``, fetched as keras.applications fetches them), or a timm state dict of your own
+(``model.safetensors``, ``pytorch_model.bin``, a ``.pth`` training checkpoint, a folder in
+timm's hub layout or ``"hf-hub:USER/REPO"``: ``reszoo.hub.Checkpoint``):
 
     model = reszoo.create_model("resnet50", weights="timm/resnet50.a1h_in1k")
     model = reszoo.create_model("resnet50", weights="resnet50_weights_tf_dim_ordering_tf_kernels.h5")
@@ -50,9 +52,8 @@ KERAS_APPLICATIONS = {
 }
 KERAS_APPLICATIONS_MODELS = {name for name, _ in KERAS_APPLICATIONS.values()}
 IMAGENET = "imagenet"  # keras.applications' own weights, fetched as it fetches them
-# The endings of weight files, read here or (timm's) refused with where they go.
-WEIGHTS_EXTENSIONS = (".keras", ".h5", ".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".npz")
-TIMM_FILES = (".safetensors", ".bin", ".pth", ".pt")
+# The endings of weight files: a name that ends so is a path, never a tag.
+WEIGHTS_EXTENSIONS = (".keras", ".h5", ".ckpt", ".npz", *hub.STATE_DICT_FILES)
 _KERAS_WEIGHTS = os.path.join(os.path.dirname(__file__), "data", "keras_weights.json")
 # The models a training run folder holds, in the order they are taken.
 RUN_MODELS = ("last.keras", "best.keras")
@@ -288,9 +289,19 @@ def load_weights(model, source):
     if hub.is_tag(source):
         spec = build_spec(model)
         tag = hub.resolve(spec.name if spec else None, source)
-        values, origin = hub.convert(hub.read(hub.download(tag), tag), tag)
-        return assign_values(model, values, hub.PREFIX + tag, origin=origin)
+        return assign_state(model, hub.read(hub.download(tag), tag), hub.PREFIX + tag)
+    if hub.is_checkpoint(source):
+        spec = build_spec(model)
+        found = hub.checkpoint(source, spec.name if spec else None)
+        return assign_state(model, hub.read_checkpoint(found), found.name)
     return _assign(model, *_source(model, source))
+
+
+def assign_state(model, state, described):
+    """timm's state dict (numpy arrays by timm's tensor names) into ``model``, all or nothing
+    (``assign_values``); messages name timm's tensors."""
+    values, origin = hub.convert(state, described)
+    return assign_values(model, values, described, origin=origin)
 
 
 def timm_tag(model_name, weights):
@@ -321,15 +332,8 @@ def _looks_like_a_path(name):
 
 def check_source(weights):
     """A ``WeightsError`` saying what ``weights`` must be, unless it is a non-empty string, a
-    path or a Keras model; and where a timm state dict file goes."""
-    if isinstance(weights, keras.Model):
-        return
-    if isinstance(weights, os.PathLike) or (isinstance(weights, str) and weights.strip()):
-        if str(weights).endswith(TIMM_FILES):
-            raise WeightsError(f"{weights} is a PyTorch state dict: reszoo reads timm's by name from the Hugging "
-                               f"Face cache; put it at {hub.cache_folder('timm/ARCH.TAG')}/snapshots/<revision>/"
-                               "model.safetensors (refs/main naming the revision) and pass "
-                               "weights='timm/ARCH.TAG'")
+    path or a Keras model."""
+    if isinstance(weights, (keras.Model, os.PathLike)) or (isinstance(weights, str) and weights.strip()):
         return
     raise WeightsError(f"weights={weights!r}: give published weights by name (reszoo.list_weights()), the path "
                        "of a .keras, .weights.h5 or keras.applications .h5 file or of a training run folder, a "

@@ -94,7 +94,8 @@ def define():
     flags.DEFINE_integer("eval_every", 1, "evaluate every N epochs", lower_bound=1)
     flags.DEFINE_string("recipe", None, "a paper's recipe; flags given explicitly win. " + recipe_help())
     flags.DEFINE_string("init_from", None, "fine-tune: a .keras model or a run folder, published weights by name "
-                        "(timm/resnet50.a1h_in1k: reszoo.list_weights()), or keras_applications:NAME (e.g. "
+                        "(timm/resnet50.a1h_in1k: reszoo.list_weights()), a timm state dict (model.safetensors, "
+                        ".bin, .pth, a timm hub folder, or hf-hub:USER/REPO), or keras_applications:NAME (e.g. "
                         "ResNet50) with --weights_path; its head is replaced")
     flags.DEFINE_string("weights_path", None, "--init_from=keras_applications:NAME: the keras.applications weights file (.h5)")
     flags.DEFINE_string("freeze", "none", "fine-tune: none, backbone, or a stage (e.g. conv3) frozen with all before it")

@@ -97,11 +97,11 @@ def load_init_model(init_from):
     from reszoo.weights import WeightsError, run_model_file
     from training import files
 
-    if init_from.startswith(TIMM_PREFIX):
-        from reszoo import hub
+    from reszoo import hub
 
-        try:
-            hub.resolve(None, init_from)  # a usage error now, before the data is read
+    if init_from.startswith(TIMM_PREFIX) or hub.is_checkpoint(init_from):
+        try:  # a usage error now, before the data is read
+            hub.checkpoint(init_from) if hub.is_checkpoint(init_from) else hub.resolve(None, init_from)
         except WeightsError as err:
             raise CommandError(f"--init_from: {err}", 2) from None
         return None
@@ -115,7 +115,8 @@ def load_init_model(init_from):
 
 
 def timm_model(init_from, image_shape):
-    """reszoo's model of timm's weights ``init_from`` ("timm/ARCH.TAG"), with their
+    """reszoo's model of timm's weights ``init_from`` ("timm/ARCH.TAG", or a timm state dict:
+    ``reszoo.hub.Checkpoint``), with their
     preprocessing inside (raw pixels in), at the dataset's image size and channels, no head."""
     import reszoo
     from reszoo import weights
@@ -182,7 +183,7 @@ def fine_tune_model(old, data, opts):
     from reszoo import naming, transfer
 
     source = opts.init_from
-    if old is None and opts.init_from.startswith(TIMM_PREFIX):
+    if old is None and not opts.init_from.startswith(KERAS_APPLICATIONS_PREFIX):  # timm's weights
         old = timm_model(opts.init_from, data.image_shape)
     elif old is None:
         old = keras_applications_model(opts.init_from, opts.weights_path, data.image_shape)
