@@ -20,8 +20,9 @@ import re
 
 import numpy as np
 
-from reszoo import naming
+from reszoo import io, naming, registry
 from reszoo.errors import WeightsError
+from reszoo.model import build_spec
 
 PREFIX = "timm/"
 HF_HUB = "hf-hub:"  # timm's spelling of any Hugging Face repo in its layout
@@ -431,3 +432,194 @@ def convert(state, described):
         values[name] = [np.ascontiguousarray(a, "float32") for a in arrays]
         origin[name] = f"{module}.weight"
     return values, origin
+
+
+# reszoo's layers back to timm's tensors: the modules of each family of timm, as (module, kind),
+# which _RULES map onto reszoo's names; inverted per model in ``timm_modules``.
+def _resnet_modules(stages, blocks, downsample):
+    yield from (("conv1", "conv"), ("bn1", "bn"), ("fc", "dense"))
+    yield from ((f"conv1.{i}", kind) for i, kind in (("0", "conv"), ("1", "bn"), ("3", "conv"), ("4", "bn"),
+                                                       ("6", "conv")))
+    for s in range(1, stages + 1):
+        for b in range(blocks):
+            prefix = f"layer{s}.{b}"
+            for j in (1, 2, 3):
+                yield from ((f"{prefix}.conv{j}", "conv"), (f"{prefix}.bn{j}", "bn"))
+            yield from ((f"{prefix}.downsample.{downsample}", "conv"), (f"{prefix}.downsample.{downsample + 1}", "bn"),
+                        (f"{prefix}.se.fc1", "conv"), (f"{prefix}.se.fc2", "conv"))
+
+
+def _resnetv2_modules(stages, blocks):
+    yield from (("stem.conv", "conv"), ("norm", "bn"), ("head.fc", "dense"))
+    for s in range(stages):
+        for b in range(blocks):
+            prefix = f"stages.{s}.blocks.{b}"
+            yield from ((f"{prefix}.norm{j}", "bn") for j in (1, 2, 3))
+            yield from ((f"{prefix}.conv{j}", "conv") for j in (1, 2, 3))
+            yield f"{prefix}.downsample.conv", "conv"
+
+
+def _densenet_modules(stages, blocks):
+    yield from (("features.conv0", "conv"), ("features.norm0", "bn"), ("features.norm5", "bn"), ("classifier", "dense"))
+    for s in range(1, stages + 1):
+        yield from ((f"features.transition{s}.norm", "bn"), (f"features.transition{s}.conv", "conv"))
+        for layer_index in range(1, blocks + 1):
+            prefix = f"features.denseblock{s}.denselayer{layer_index}"
+            yield from ((f"{prefix}.norm1", "bn"), (f"{prefix}.conv1", "conv"), (f"{prefix}.norm2", "bn"),
+                        (f"{prefix}.conv2", "conv"))
+
+
+def timm_architecture(model):
+    """The timm architecture of a reszoo model, with its builder arguments; a ``WeightsError``
+    where it has none (the CIFAR nets, plain nets, adapters) or pads as Keras does."""
+    spec = build_spec(model)
+    architectures = sorted({entry["architecture"] for entry in table().values()})
+    if spec is None or spec.name not in architectures or spec.adapters is not None:
+        name = spec.name if spec is not None else model.name
+        raise WeightsError(f"{name} has no timm counterpart: timm builds {', '.join(architectures[:8])}, ... "
+                           "(reszoo's CIFAR ResNets, plain nets and adapter tasks are its own)")
+    arguments = {**registry.get_spec(spec.name).config, **spec.arguments()}
+    if arguments.get("padding", "same") != "symmetric":
+        raise WeightsError(f"{spec.name} was built with Keras' 'same' padding, and timm pads symmetrically "
+                           "(PyTorch's k // 2): build it with padding='symmetric' (--model_args=padding=symmetric) "
+                           "to give timm's answers")
+    return spec.name, arguments
+
+
+def timm_modules(model, architecture, arguments):
+    """``{reszoo layer: (timm module, kind)}`` for every weighted layer of ``model`` (its
+    preprocessing aside): ``_RULES`` inverted over the modules of its timm family."""
+    blocks = 1 + max((found[1] for found in map(naming.block, (l.name for l in model.layers)) if found), default=0)
+    if architecture.startswith("resnetv2"):
+        candidates = _resnetv2_modules(4, blocks)
+    elif architecture.startswith("densenet"):
+        candidates = _densenet_modules(4, blocks)
+    else:
+        candidates = _resnet_modules(4, blocks, 1 if arguments.get("avg_down") else 0)
+    names = {}
+    for module, kind in candidates:
+        name = _layer_name(module, kind)
+        if name is not None:
+            names.setdefault(name, (module, kind))
+    weighted = [layer for layer in model.layers if layer.weights and layer.name != naming.PREPROCESS]
+    missing = [layer.name for layer in weighted if layer.name not in names]
+    if missing:
+        raise WeightsError(f"{architecture}: layer {missing[0]!r} has no counterpart in timm's {architecture}")
+    return {layer.name: names[layer.name] for layer in weighted}
+
+
+def timm_state(model):
+    """``model``'s weights as timm's state dict (numpy, timm's names and layouts: conv
+    [out, in, kh, kw], linear [out, in], BatchNorm with ``num_batches_tracked``), its
+    architecture and its ``pretrained_cfg`` mean and std (in timm's 0-1 pixel units)."""
+    architecture, arguments = timm_architecture(model)
+    state = {}
+    layers = {layer.name: layer for layer in model.layers}
+    for name, (module, kind) in timm_modules(model, architecture, arguments).items():
+        values = layers[name].get_weights()
+        if kind == "bn":
+            state.update({f"{module}.{k}": v for k, v in zip(("weight", "bias", "running_mean", "running_var"), values)})
+            state[f"{module}.num_batches_tracked"] = np.zeros((), "int64")
+            continue
+        kernel, bias = values[0], values[1:]
+        if kind == "conv":
+            weight = np.transpose(kernel, (3, 2, 0, 1))
+        elif architecture.startswith("resnetv2"):  # timm's ResNetV2 classifies with a 1x1 conv
+            weight = kernel.T[:, :, None, None]
+        else:
+            weight = kernel.T
+        state[f"{module}.weight"] = weight
+        if bias:
+            state[f"{module}.bias"] = bias[0]
+    state = {key: np.ascontiguousarray(value) for key, value in state.items()}
+    values, _ = convert(state, architecture)  # the loader's own mapping (tested against timm) gives them back
+    if any(not all(np.array_equal(a, b) for a, b in zip(values[name], layers[name].get_weights())) for name in values):
+        raise WeightsError(f"{architecture}: the state dict does not convert back to {model.name}'s weights")
+    return architecture, state, _timm_stats(model)
+
+
+def _timm_stats(model):
+    """The mean and std timm normalises with (after dividing pixels by 255) to feed ``model``
+    what it takes: its preprocessing layer's, or none (raw pixels)."""
+    channels = model.input_shape[-1]
+    layer = next((layer for layer in model.layers if layer.name == naming.PREPROCESS), None)
+    if layer is None:
+        return [0.0] * channels, [1 / 255] * channels
+    config = layer.get_config()
+    if "mode" in config:
+        stats = {mode: stats for stats, mode in _MODES.items()}.get(config["mode"])
+        if stats is None:
+            raise WeightsError(f"{model.name} takes {config['mode']!r} preprocessing (BGR, no std), which timm's "
+                               "mean and std cannot express")
+        return list(stats[0]), list(stats[1])
+    given = config.get("mean") is not None  # Normalization(mean=, variance=) keeps them in its config
+    mean, variance = (np.asarray(v, "float64").reshape(-1) for v in
+                      ((config["mean"], config["variance"]) if given else layer.get_weights()[:2]))
+    return (mean / 255).tolist(), (np.sqrt(variance) / 255).tolist()
+
+
+def save_timm(model, folder, card=None):
+    """``model`` in timm's hub layout in ``folder``, written whole (renamed into place):
+    ``model.safetensors`` (timm's names), ``config.json`` (``architecture``, ``num_classes``,
+    ``pretrained_cfg`` with the model's mean, std, input size) and a ``README.md`` model card
+    with timm's front matter. ``card`` adds to the card: ``license``, ``datasets``,
+    ``metrics`` ({"top1": ...}), ``crop_pct``, ``interpolation``. timm loads it with
+    ``timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(file=...))``, or as
+    ``hf-hub:`` once uploaded (``huggingface_hub.upload_folder``). Returns ``folder``."""
+    from safetensors.numpy import save_file
+
+    card = dict(card or {})
+    architecture, state, (mean, std) = timm_state(model)
+    classes = int(state[next(f"{m}.weight" for m in _CLASSIFIERS if f"{m}.weight" in state)].shape[0]) if any(
+        f"{m}.weight" in state for m in _CLASSIFIERS) else 0
+    height, width, channels = (d or 224 for d in model.input_shape[1:])
+    pretrained_cfg = {"input_size": [channels, height, width], "mean": mean, "std": std, "num_classes": classes,
+                      "crop_pct": card.get("crop_pct", 1.0), "crop_mode": "center",
+                      "interpolation": card.get("interpolation", "bilinear"), "first_conv": _first_conv(architecture),
+                      "classifier": _classifier(architecture)}
+    config = {"architecture": architecture, "num_classes": classes, "num_features": None,
+              "pretrained_cfg": pretrained_cfg}
+    if channels != 3:
+        config["model_args"] = {"in_chans": channels}
+
+    def write(tmp):
+        os.makedirs(tmp)
+        save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        with open(os.path.join(tmp, "README.md"), "w") as f:
+            f.write(_model_card(architecture, model.name, card))
+
+    io.atomic_write(os.path.normpath(folder), write)
+    return folder
+
+
+def _first_conv(architecture):
+    if architecture.startswith("resnetv2"):
+        return "stem.conv"
+    if architecture.startswith("densenet"):
+        return "features.conv0"
+    return "conv1.0" if architecture.endswith("d") else "conv1"
+
+
+def _classifier(architecture):
+    return "head.fc" if architecture.startswith("resnetv2") else (
+        "classifier" if architecture.startswith("densenet") else "fc")
+
+
+def _model_card(architecture, name, card):
+    """A model card with timm's front matter (the Hugging Face metadata timm's own carry)."""
+    front = ["---", "tags:", "- image-classification", "- timm", "- reszoo", "library_name: timm",
+             f"license: {card.get('license', 'apache-2.0')}"]
+    if card.get("datasets"):
+        front += ["datasets:", *(f"- {d}" for d in card["datasets"])]
+    front.append("---")
+    metrics = card.get("metrics") or {}
+    lines = [f"# Model card for {name}", "",
+             f"A `{architecture}` trained with reszoo (Keras) and converted to timm's layout by "
+             "`reszoo.hub.save_timm`: `timm.create_model('hf-hub:USER/REPO', pretrained=True)` once uploaded "
+             "with `huggingface_hub.upload_folder`.", ""]
+    if metrics:
+        lines += ["## Results (measured by reszoo)", "", "| metric | value |", "|---|---:|",
+                  *(f"| {k} | {v} |" for k, v in metrics.items()), ""]
+    return "\n".join(front + [""] + lines)

@@ -11,7 +11,8 @@ Writes ``saved_models/<name>/<version>/``, a SavedModel that TensorFlow Serving,
 Each returns ``logits``, ``probabilities``, ``top_k_ids``, ``top_k_scores`` and
 ``top_k_names``. The model's normalisation is its first layer, so nothing is done outside.
 ``metadata.json`` sits beside ``saved_model.pb``; ``--formats=onnx,tflite`` adds
-``model.onnx`` (tf2onnx) and ``model.tflite``. Every file is checked against the Keras model
+``model.onnx`` (tf2onnx) and ``model.tflite``, ``--formats=timm`` a ``timm/`` folder in timm's
+hub layout (``reszoo.hub.save_timm``). Every file is checked against the Keras model
 before the version is renamed into place; a version is never overwritten.
 """
 
@@ -30,7 +31,8 @@ from absl import app, flags, logging  # noqa: E402
 
 from training import errors  # noqa: E402  (training.files imports Keras: used lazily, so --help is instant)
 
-FORMATS = ("saved_model", "onnx", "tflite")
+FORMATS = ("saved_model", "onnx", "tflite", "timm")
+TF_FORMATS = ("onnx", "tflite")  # made from TensorFlow's graph
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)  # logits, float32 model vs exported graph; atol in max |logit| (>= 1)
 
 
@@ -209,6 +211,8 @@ def export(model_dir, export_dir="saved_models", name=None, version=0, formats=(
     path, results, run_flags = _read_run(model_dir, checkpoint)
     model = _load(path)
     info = _describe(model, path, model_dir, results, run_flags, name)
+    if "timm" in formats:
+        _timm_architecture(model)
     base = os.path.join(export_dir, info["name"])
     final = _version_folder(base, version)
     tmp = files.tmp_name(final)
@@ -245,11 +249,22 @@ def _check_formats(formats):
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ExportError(f"unknown format(s) {', '.join(sorted(unknown))}: use {', '.join(FORMATS)}", 2)
-    extra = sorted(set(formats) - {"saved_model"})
+    extra = sorted(set(formats) & set(TF_FORMATS))
     if extra and keras.backend.backend() != "tensorflow":
         raise ExportError(f"--formats={','.join(extra)} needs the TensorFlow backend (tf2onnx and the "
                           f"TFLite converter cannot read {keras.backend.backend()}'s XLA graph): re-run "
                           "with KERAS_BACKEND=tensorflow; the .keras file is the same", 2)
+
+
+def _timm_architecture(model):
+    """--formats=timm: a usage error now, before anything is written, for a net timm lacks."""
+    from reszoo import hub
+    from reszoo.errors import WeightsError
+
+    try:
+        return hub.timm_architecture(model)
+    except WeightsError as err:
+        raise ExportError(f"--formats=timm: {err}", 2) from None
 
 
 def _describe(model, path, model_dir, results, run_flags, name):
@@ -322,6 +337,13 @@ def _write_version(model, tmp, info, formats, top_k, version):
         _export_tflite(tf, core_dir, os.path.join(out, "model.tflite"))
         _check("model.tflite", _run_tflite(tf, os.path.join(out, "model.tflite"), x), expected)
         written.append("tflite")
+    if "timm" in formats:
+        from reszoo import hub
+
+        accuracy = info["results"].get("test_accuracy")
+        hub.save_timm(model, os.path.join(out, "timm"), card={
+            "datasets": [info["dataset"]], "metrics": {} if accuracy is None else {"top1": round(100 * accuracy, 3)}})
+        written.append("timm")
 
     metadata = {
         "name": info["name"], "version": version, "model": info["model"], "dataset": info["dataset"],

@@ -105,7 +105,7 @@ def define():
                       "the task is saved on its own to model_dir/task.npz")
     flags.DEFINE_boolean("export", False, "at the end, export a SavedModel (python -m training.export)")
     flags.DEFINE_string("export_dir", "saved_models", "--export: base folder of EXPORT_DIR/MODEL_DATASET/VERSION")
-    flags.DEFINE_list("export_formats", ["saved_model"], "--export: saved_model, onnx, tflite")
+    flags.DEFINE_list("export_formats", ["saved_model"], "--export: saved_model, onnx, tflite, timm")
 
     for flag in FLAGS.get_key_flags_for_module(sys.modules[__name__]):
         if flag.flag_type() == "float":  # absl's bounds let nan and inf through
@@ -116,8 +116,8 @@ def define():
                              "must be a comma-separated list of epochs (integers)")
     flags.register_validator("model_args", lambda v: all("=" in s for s in v),
                              "must be key=value pairs")
-    flags.register_validator("export_formats", lambda v: set(v) <= {"saved_model", "onnx", "tflite"},
-                             "must be a comma-separated list of saved_model, onnx, tflite")
+    flags.register_validator("export_formats", lambda v: set(v) <= {"saved_model", "onnx", "tflite", "timm"},
+                             "must be a comma-separated list of saved_model, onnx, tflite, timm")
     flags.register_validator("validation_split", lambda v: 0.0 < v < 1.0, "must be in (0, 1)")
     flags.register_multi_flags_validator(
         ["distribution_strategy", "tpu"], lambda d: d["distribution_strategy"] != "tpu" or d["tpu"] is not None,
