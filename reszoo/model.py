@@ -4,6 +4,7 @@ loaded from disk can be described (``model_card``) and built again; and what any
 reports of itself: trainable parameters and pyramid levels."""
 
 import dataclasses
+import weakref
 
 import keras
 
@@ -86,11 +87,76 @@ class ZooModel(keras.Model):
         keras-hub's backbone interface, which its DeepLabV3 and RetinaNet read."""
         return {f["level"]: self.get_layer(f["layer"]).output for f in features(self)}
 
+    # timm's model API (``timm.models.ResNet``'s methods), on the functional graph.
+    def forward_features(self, x):
+        """The final feature map (before pooling), as timm's ``forward_features``."""
+        return _part(self, "features")(x, training=False)
+
+    def forward_head(self, features, pre_logits=False):
+        """Pooling and classifier on ``forward_features``' map; ``pre_logits``: the pooled
+        features, as timm's ``forward_head``."""
+        return _part(self, "pre_logits" if pre_logits else "head")(features, training=False)
+
+    def forward_intermediates(self, x, indices=None, stop_early=False, intermediates_only=False):
+        """timm's ``forward_intermediates``: ``(final, intermediates)``, the outputs of the
+        stages ``indices`` (of ``features(model)``: an int n is the last n, a list takes
+        indices, negative from the end; None all) and the final feature map; ``stop_early``
+        computes no stage after the last one asked for (it is then the final map);
+        ``intermediates_only`` returns the list alone."""
+        levels = [level["layer"] for level in features(self)]
+        if indices is None:
+            chosen = list(range(len(levels)))
+        elif isinstance(indices, int):
+            chosen = list(range(len(levels) - indices, len(levels)))
+        else:
+            chosen = [i % len(levels) if -len(levels) <= i < len(levels) else i for i in indices]
+        if not chosen or any(not 0 <= i < len(levels) for i in chosen):
+            raise ValueError(f"indices={indices!r}: {self.name} has {len(levels)} stage outputs, 0..{len(levels) - 1}")
+        outputs = [self.get_layer(levels[i]).output for i in chosen]
+        final = outputs[-1] if stop_early else _feature_map(self)
+        key = ("intermediates", tuple(chosen), stop_early or intermediates_only)
+        part = _PARTS.setdefault(self, {}).get(key)
+        if part is None:
+            part = _PARTS[self][key] = keras.Model(_inputs(self), outputs if intermediates_only else [final, outputs])
+        result = part(x, training=False)
+        return list(result) if intermediates_only else (result[0], list(result[1]))
+
     def get_config(self):
         config = super().get_config()
         if self.build_spec is not None:
             config["build_spec"] = self.build_spec.to_json()
         return config
+
+
+_PARTS = weakref.WeakKeyDictionary()  # model -> {part: the functional sub-model}, built once
+
+
+def _inputs(model):
+    return model.inputs[0] if len(model.inputs) == 1 else model.inputs
+
+
+def _feature_map(model):
+    """The map ``model`` pools (the input of its first pooling layer), or its output."""
+    pool = next((layer for layer in model.layers if layer.name in naming.POOLS), None)
+    return pool.input if pool is not None else model.outputs[0]
+
+
+def _part(model, kind):
+    """The sub-model of ``model`` that ``forward_features`` ("features"), ``forward_head``
+    ("head", "pre_logits") run, built once a model."""
+    parts = _PARTS.setdefault(model, {})
+    if kind not in parts:
+        names = [layer.name for layer in model.layers]
+        pooled = naming.pooled(names)
+        if kind == "features":
+            parts[kind] = keras.Model(_inputs(model), _feature_map(model))
+        elif pooled is None:
+            raise ValueError(f"{model.name} has no pooling layer ({', '.join(naming.POOLS)}): build it with a head, "
+                             "num_classes=0 or pooling")
+        else:
+            end = model.get_layer(pooled).output if kind == "pre_logits" else model.outputs[0]
+            parts[kind] = keras.Model(_feature_map(model), end)
+    return parts[kind]
 
 
 def build_spec(model):

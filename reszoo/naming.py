@@ -17,7 +17,8 @@ keras.applications' names:
                                   transition; DenseNet's last after the final BN-ReLU)
     pool{s}_*                     DenseNet's transition after stage s: part of stage s
     post_*                        the final BN-ReLU of pre-activation nets and DenseNet
-    avg_pool, max_pool, fc        the head; fc is the classifier
+    avg_pool, max_pool, fc        the head; fc is the classifier (avgmax_pool, catavgmax_pool:
+                                  timm's mean and concatenation of the two pools)
 """
 
 import re
@@ -25,7 +26,16 @@ import re
 PREPROCESS = "preprocess"
 CLASSIFIER = "fc"
 AVG_POOL, MAX_POOL = "avg_pool", "max_pool"
-POOLS = (AVG_POOL, MAX_POOL)
+AVGMAX_POOL, CATAVGMAX_POOL = "avgmax_pool", "catavgmax_pool"  # timm's mean and concatenation of both
+POOLS = (AVG_POOL, MAX_POOL, AVGMAX_POOL, CATAVGMAX_POOL)
+# timm's global_pool -> the layer whose output is the pooled features ("": none, the map).
+POOLED = {"avg": AVG_POOL, "max": MAX_POOL, "avgmax": AVGMAX_POOL, "catavgmax": CATAVGMAX_POOL}
+
+
+def pooled(names):
+    """Of a model's layer ``names``, the one whose output is its pooled features (the last
+    pooling layer: a merge of average and max pools comes after both), or None."""
+    return next((name for name in reversed(names) if name in POOLS), None)
 POST = "post"
 STEM = 1
 BLOCK_ENDS = ("out", "add", "sqrt2", "concat")

@@ -36,9 +36,13 @@ class ModelIO:
     levels or those in ``out_levels``. ``preprocessing``: the model's first layer, so it takes
     raw pixels: None, "caffe", "tf" or "torch" (keras.applications' ``preprocess_input``), or
     ``{"mean": [...], "std": [...]}`` per channel; "auto" is the family's default (that of
-    keras.applications for ``variant="keras"``, else None)."""
+    keras.applications for ``variant="keras"``, else None). timm's spellings work too:
+    ``num_classes=0`` is no classifier, pooled features out; ``global_pool`` ("avg", "max",
+    "avgmax", "catavgmax", or "" for the unpooled map) pools before the classifier or in its
+    place."""
 
     num_classes: int = None
+    global_pool: str = None
     input_shape: tuple = None
     input_tensor: object = None
     include_top: bool = True
@@ -75,7 +79,22 @@ def split_options(options, *, variant, stem, preprocessing, conv_bias=False):
         io = dataclasses.replace(io, preprocessing=preprocessing)
     if io.num_classes is None:
         io = dataclasses.replace(io, num_classes=10 if stem == "cifar" else 1000)
-    return io, LayerFactory(**hooks, conv_bias=conv_bias)
+    return _timm_head(io), LayerFactory(**hooks, conv_bias=conv_bias)
+
+
+def _timm_head(io):
+    """timm's ``num_classes=0`` and ``global_pool`` as Keras' ``include_top`` and ``pooling``."""
+    if io.global_pool is not None:
+        check_choice("global_pool", io.global_pool, ("", *naming.POOLED))
+        if io.pooling is not None and io.pooling != io.global_pool:
+            raise ValueError(f"pooling={io.pooling!r} and global_pool={io.global_pool!r} disagree: give one")
+        if io.global_pool == "" and io.include_top and io.num_classes:
+            raise ValueError("global_pool='' leaves the feature map unpooled: give num_classes=0 (or "
+                             "include_top=False) too")
+    if io.num_classes == 0 and not io.features_only:
+        io = dataclasses.replace(io, include_top=False, pooling="avg" if io.global_pool is None else io.global_pool)
+    pooling = io.global_pool if io.global_pool is not None and not io.include_top else io.pooling
+    return dataclasses.replace(io, pooling=pooling or None)
 
 
 def assemble(io, f, stem, stages, body, default_name):
@@ -93,7 +112,8 @@ def assemble(io, f, stem, stages, body, default_name):
     else:
         if io.out_levels is not None:
             raise ValueError("out_levels needs features_only=True")
-        outputs = head(x, f, io.include_top, io.pooling, io.num_classes, io.classifier_activation)
+        outputs = head(x, f, io.include_top, io.pooling if not io.include_top else (io.global_pool or "avg"),
+                       io.num_classes, io.classifier_activation)
     return ZooModel(inputs, outputs, name=io.name or default_name)
 
 
@@ -256,16 +276,24 @@ def check_data_format():
 
 
 def head(x, factory, include_top, pooling, num_classes, classifier_activation):
-    """``include_top``: global average pool + dense classifier (logits by default, as in
-    timm; ``classifier_activation="softmax"`` as in keras.applications). Otherwise the
-    feature map, or a pooled vector when ``pooling`` is "avg" or "max"."""
+    """``include_top``: global pool (average by default; timm's ``global_pool`` otherwise) +
+    dense classifier (logits by default, as in timm; ``classifier_activation="softmax"`` as in
+    keras.applications). Otherwise the feature map, or a pooled vector (``pooling``)."""
     if include_top:
         check_int("num_classes", num_classes, 1)
-        x = layers.GlobalAveragePooling2D(name=naming.AVG_POOL)(x)
-        return factory.classifier(x, num_classes, classifier_activation)
-    check_choice("pooling", pooling, (None, "avg", "max"))
-    if pooling == "avg":
-        return layers.GlobalAveragePooling2D(name=naming.AVG_POOL)(x)
-    if pooling == "max":
-        return layers.GlobalMaxPooling2D(name=naming.MAX_POOL)(x)
-    return x
+        return factory.classifier(global_pool(x, pooling), num_classes, classifier_activation)
+    check_choice("pooling", pooling, (None, *naming.POOLED))
+    return x if pooling is None else global_pool(x, pooling)
+
+
+def global_pool(x, kind):
+    """timm's ``SelectAdaptivePool2d`` over the whole map: "avg", "max", "avgmax" (their mean)
+    or "catavgmax" (both, concatenated), into the layer ``naming.POOLED[kind]``."""
+    average = layers.GlobalAveragePooling2D(name=naming.AVG_POOL) if kind != "max" else None
+    maximum = layers.GlobalMaxPooling2D(name=naming.MAX_POOL) if kind != "avg" else None
+    if kind == "avg":
+        return average(x)
+    if kind == "max":
+        return maximum(x)
+    merge = layers.Average if kind == "avgmax" else layers.Concatenate
+    return merge(name=naming.POOLED[kind])([average(x), maximum(x)])

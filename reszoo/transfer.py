@@ -26,9 +26,11 @@ import keras
 import numpy as np
 
 from reszoo import io, naming
+from reszoo.checks import check_choice
 from reszoo.factory import LayerFactory
 from reszoo.layers import ResidualAdapter
 from reszoo.model import BuildSpec, ZooModel, build_spec
+from reszoo.skeleton import global_pool as pool_layers
 
 
 def _spec(model, **changes):
@@ -46,14 +48,42 @@ def replace_classifier(model, num_classes, classifier_activation=None):
     builders make it). ``model``'s ``avg_pool`` layer must be its own, not shared with
     another model (Keras gives a shared layer's first output only)."""
     names = [layer.name for layer in model.layers]
-    if naming.AVG_POOL not in names:
-        raise ValueError(f"{model.name} has no {naming.AVG_POOL!r} layer to put a classifier on (layers end with "
-                         f"{names[-3:]}); build it with include_top=True or pooling='avg'")
-    features = model.get_layer(naming.AVG_POOL).output
+    pooled = naming.pooled(names)
+    if pooled is None:
+        raise ValueError(f"{model.name} has no pooling layer ({', '.join(naming.POOLS)}) to put a classifier on "
+                         f"(layers end with {names[-3:]}); build it with include_top=True or pooling='avg'")
+    features = model.get_layer(pooled).output
     logits = LayerFactory().classifier(features, num_classes, classifier_activation)
     new = ZooModel(model.inputs, logits, name=model.name)
     new.build_spec = _spec(model, num_classes=num_classes, include_top=True,
                            classifier_activation=classifier_activation)
+    return new
+
+
+def reset_classifier(model, num_classes, global_pool=None):
+    """timm's ``reset_classifier``, returning a model (Keras models are not changed in place):
+    ``model``'s backbone layers with a new classifier of ``num_classes`` (0: none, the pooled
+    features out), pooling as ``global_pool`` says ("avg", "max", "avgmax", "catavgmax"; ""
+    with ``num_classes=0``: the unpooled map), or as ``model`` pools."""
+    names = [layer.name for layer in model.layers]
+    pooled = naming.pooled(names)
+    if global_pool is None and pooled is None:
+        raise ValueError(f"{model.name} does not pool (layers end with {names[-3:]}): give global_pool")
+    pool = model.get_layer(pooled) if pooled else None
+    if global_pool is not None:
+        check_choice("global_pool", global_pool, ("", *naming.POOLED))
+        if global_pool == "" and num_classes:
+            raise ValueError("global_pool='' leaves the map unpooled: a classifier needs num_classes=0 with it")
+        source = next(layer for layer in model.layers if layer.name in naming.POOLS) if pooled else None
+        feature_map = source.input if source is not None else model.outputs[0]
+        features = feature_map if global_pool == "" else pool_layers(feature_map, global_pool)
+    else:
+        features = pool.output
+        global_pool = next(kind for kind, name in naming.POOLED.items() if name == pooled)
+    head = features if not num_classes else LayerFactory().classifier(features, num_classes)
+    new = ZooModel(model.inputs, head, name=model.name)
+    new.build_spec = _spec(model, num_classes=num_classes, include_top=bool(num_classes), global_pool=global_pool,
+                           pooling=None)
     return new
 
 
