@@ -207,7 +207,7 @@ def test_mixed_precision_keeps_logits_float32():
     ("resnet20", dict(residual_scale="half"), "residual_scale must be one of"),
     ("resnet20", dict(drop_path_rate=1.0), "drop_path_rate must be in"),
     ("resnet20", dict(pooling="sum", include_top=False), "pooling must be one of"),
-    ("resnet20", dict(num_classes=0), "num_classes must be >= 1"),
+    ("resnet20", dict(num_classes=-1), "num_classes must be >= 1"),  # 0 is timm's: no classifier
     ("resnet20", dict(input_shape=(32, 32)), "input_shape must be"),
     ("resnet20", dict(bn_momentum=2.0), "bn_momentum must be in"),
     ("plain20", dict(drop_path_rate=0.1), "need residual=True"),
