@@ -135,7 +135,7 @@ def model_card(model):
 def _weights_card(model_name, weights):
     if hub.is_tag(weights):
         return hub.card(hub.resolve(model_name, weights))
-    if hub.is_checkpoint(weights):
+    if weights != weights_lib.IMAGENET:  # a timm state dict (reszoo.hub.Checkpoint), by the name it was given
         return {"tag": weights, "source": f"timm state dict {weights}"}
     architecture = next(a for a, (name, _) in weights_lib.KERAS_APPLICATIONS.items() if name == model_name)
     table = weights_lib.keras_weights_table()

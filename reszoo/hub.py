@@ -2,10 +2,14 @@
 by ``scripts/timm_weights.py``), the download through ``huggingface_hub`` (its cache,
 ``HF_HOME`` / ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``), the ``model.safetensors`` read with
 ``safetensors`` into numpy (no PyTorch), and timm's tensor names turned into reszoo's layers
-(``reszoo.naming``) with their arrays in Keras' layout.
+(``reszoo.naming``) with their arrays in Keras' layout; a user's own timm checkpoints
+(``Checkpoint``: a state dict file, a hub folder, ``hf-hub:USER/REPO``); and the way back,
+reszoo's layers as timm's state dict and hub folder (``save_timm``).
 
     reszoo.create_model("resnet50", weights="timm/resnet50.a1h_in1k")
     reszoo.create_model("resnet50", weights="a1h_in1k")        # the tag alone: resnet50's
+    reszoo.create_model(weights="hf-hub:me/my-resnet")         # a timm fine-tune of your own
+    reszoo.hub.save_timm(model, "my-timm")                     # for timm.create_model("hf-hub:...")
     reszoo.list_weights("resnet50*")
 """
 
