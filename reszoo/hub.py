@@ -46,6 +46,12 @@ def table():
         return json.load(f)["weights"]
 
 
+@functools.cache
+def architectures():
+    """The timm architectures reszoo builds (those of the table's tags), sorted."""
+    return tuple(sorted({entry["architecture"] for entry in table().values()}))
+
+
 def is_tag(weights):
     return isinstance(weights, str) and weights.startswith(PREFIX)
 
@@ -65,7 +71,7 @@ def resolve(model_name, weights):
     name = weights.removeprefix(PREFIX)
     if "." not in name and model_name and f"{model_name}.{name}" in tags:
         name = f"{model_name}.{name}"
-    elif "." not in name and name in {entry["architecture"] for entry in tags.values()}:
+    elif "." not in name and name in architectures():
         name = next(tag for tag in tags if tag.split(".")[0] == name)
     if name not in tags:
         raise WeightsError(f"unknown timm weights {weights!r}{_suggestions(model_name, name)}")
@@ -257,12 +263,11 @@ def checkpoint(weights, model_name=None):
         config_path = config_path if os.path.isfile(config_path) else None
     config = _read_config(config_path)
     architecture = config.get("architecture")
-    architectures = sorted({entry["architecture"] for entry in table().values()})
-    if architecture is not None and architecture not in architectures:
-        close = difflib.get_close_matches(str(architecture), architectures, n=4, cutoff=0.5)
+    if architecture is not None and architecture not in architectures():
+        close = difflib.get_close_matches(str(architecture), architectures(), n=4, cutoff=0.5)
         raise WeightsError(f"{config_path}: architecture {architecture!r} has no reszoo counterpart"
                            + (f"; the closest: {', '.join(close)}" if close else
-                              f"; reszoo reads timm's {', '.join(architectures[:6])}, ..."))
+                              f"; reszoo reads timm's {', '.join(architectures()[:6])}, ..."))
     if architecture and model_name and architecture != model_name:
         raise WeightsError(f"{weights} holds {architecture} weights ({config_path}), not {model_name}'s: "
                            f"reszoo.create_model({architecture!r}, weights={weights!r})")
@@ -352,10 +357,10 @@ def checkpoint_arguments(found, state, given):
     classifier = next((state[f"{name}.weight"] for name in _CLASSIFIERS if f"{name}.weight" in state), None)
     entry = {"mean": found.pretrained_cfg.get("mean", _IMAGENET["mean"]),
              "std": found.pretrained_cfg.get("std", _IMAGENET["std"]),
-             "num_classes": None if classifier is None else int(classifier.shape[0])}
+             "num_classes": 0 if classifier is None else int(classifier.shape[0])}
     arguments = _arguments(entry, given)
-    if classifier is None:
-        arguments.update({k: v for k, v in (("include_top", False), ("pooling", "avg")) if k not in given})
+    if classifier is None and "num_classes" not in given:
+        arguments["num_classes"] = 0
     return arguments
 
 
@@ -477,10 +482,9 @@ def timm_architecture(model):
     """The timm architecture of a reszoo model, with its builder arguments; a ``WeightsError``
     where it has none (the CIFAR nets, plain nets, adapters) or pads as Keras does."""
     spec = build_spec(model)
-    architectures = sorted({entry["architecture"] for entry in table().values()})
-    if spec is None or spec.name not in architectures or spec.adapters is not None:
+    if spec is None or spec.name not in architectures() or spec.adapters is not None:
         name = spec.name if spec is not None else model.name
-        raise WeightsError(f"{name} has no timm counterpart: timm builds {', '.join(architectures[:8])}, ... "
+        raise WeightsError(f"{name} has no timm counterpart: timm builds {', '.join(architectures()[:8])}, ... "
                            "(reszoo's CIFAR ResNets, plain nets and adapter tasks are its own)")
     arguments = {**registry.get_spec(spec.name).config, **spec.arguments()}
     if arguments.get("padding", "same") != "symmetric":
