@@ -1,7 +1,9 @@
 """The layers a builder makes, with its builder-wide hooks: convolutions, normalisation and
-the classifier (``LayerFactory``), and the convolutions a weight-tied stage shares
-(``SharedConvs``)."""
+the classifier (``LayerFactory``), the convolutions a weight-tied stage shares
+(``SharedConvs``), and builds whose weights are loaded next (``weights_to_come``)."""
 
+import contextlib
+import contextvars
 import dataclasses
 import numbers
 
@@ -13,6 +15,26 @@ from reszoo.checks import check_choice, check_float
 from reszoo.layers import BatchNorm, Pad2D
 
 PADDINGS = ("same", "symmetric")
+
+# The convolutions made inside ``weights_to_come``, with their configured kernel initializers.
+_DEFERRED = contextvars.ContextVar("reszoo_weights_to_come", default=None)
+
+
+@contextlib.contextmanager
+def weights_to_come():
+    """Convolutions built inside start with zero kernels instead of drawing random ones, and
+    get their configured initializer back (their config is unchanged) when the block ends: for
+    a model whose weights are all assigned next, where drawing ResNet-50's 23M He-normal
+    numbers takes longer than reading them. The classifier keeps its own initialisation, since
+    a load with other classes keeps a new one."""
+    made = []
+    token = _DEFERRED.set(made)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+        for layer, initializer in made:
+            layer.kernel_initializer = initializer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,12 +63,17 @@ class LayerFactory:
 
     def conv_layer(self, filters, kernel_size, strides=1, name=None, use_bias=None, padding="same", groups=1,
                    activation=None):
-        return layers.Conv2D(
+        layer = layers.Conv2D(
             filters, kernel_size, strides=strides, padding=padding, groups=groups, activation=activation,
             use_bias=self.conv_bias if use_bias is None else use_bias,
             kernel_initializer=self.kernel_initializer,
             kernel_regularizer=self.kernel_regularizer, name=name,
         )
+        deferred = _DEFERRED.get()
+        if deferred is not None:
+            deferred.append((layer, layer.kernel_initializer))
+            layer.kernel_initializer = keras.initializers.Zeros()
+        return layer
 
     def conv(self, x, filters, kernel_size, strides=1, name=None, use_bias=None, padding="same", groups=1,
              activation=None):

@@ -156,7 +156,7 @@ def _fetch(repo, filename, described):
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
-        return huggingface_hub.hf_hub_download(repo, filename)
+        return huggingface_hub.hf_hub_download(repo, filename, local_files_only=constants.HF_HUB_OFFLINE)
     except LocalEntryNotFoundError:
         why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
         raise WeightsError(f"{described}: {why} and the Hugging Face cache has no copy: "

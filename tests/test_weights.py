@@ -81,7 +81,9 @@ def test_notop_files_model_objects_and_keras3_weight_files_load(tmp_path):
 
 
 def test_a_top_file_loads_into_other_classes_and_any_input_size(tmp_path):
-    """It used to fail with "does not hold ResNet50 weights", which was untrue."""
+    """It used to fail with "does not hold ResNet50 weights", which was untrue. The build skips
+    drawing the kernels it is about to overwrite (``factory.weights_to_come``), yet its config
+    keeps He-normal and the new 7-class classifier is drawn as usual."""
     source = keras.applications.ResNet50(weights=None, classifier_activation=None)
     _randomize(source, seed=5)
     _save_like_the_downloads(source, tmp_path / "resnet50.h5")
@@ -89,6 +91,9 @@ def test_a_top_file_loads_into_other_classes_and_any_input_size(tmp_path):
                                 input_shape=(None, None, 3))
     assert model.get_layer("preprocess").mode == "caffe"  # the file chose the keras variant
     assert model.output_shape == (None, 7)
+    assert model.get_layer("conv1_conv").get_config()["kernel_initializer"]["class_name"] == "HeNormal"
+    classifier = model.get_layer("fc").get_weights()[0]
+    assert 0.01 < classifier.std() < 0.1  # Glorot-uniform for 2048 -> 7
     for name in ("conv1_conv", "conv5_block3_3_conv", "conv5_block3_3_bn"):
         for a, b in zip(model.get_layer(name).get_weights(), source.get_layer(name).get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
