@@ -113,7 +113,7 @@ class ZooModel(keras.Model):
         if not chosen or any(not 0 <= i < len(levels) for i in chosen):
             raise ValueError(f"indices={indices!r}: {self.name} has {len(levels)} stage outputs, 0..{len(levels) - 1}")
         outputs = [self.get_layer(levels[i]).output for i in chosen]
-        final = outputs[-1] if stop_early else _feature_map(self)
+        final = outputs[-1] if stop_early else feature_map(self)
         key = ("intermediates", tuple(chosen), stop_early or intermediates_only)
         part = _PARTS.setdefault(self, {}).get(key)
         if part is None:
@@ -135,7 +135,7 @@ def _inputs(model):
     return model.inputs[0] if len(model.inputs) == 1 else model.inputs
 
 
-def _feature_map(model):
+def feature_map(model):
     """The map ``model`` pools (the input of its first pooling layer), or its output."""
     pool = next((layer for layer in model.layers if layer.name in naming.POOLS), None)
     return pool.input if pool is not None else model.outputs[0]
@@ -149,13 +149,13 @@ def _part(model, kind):
         names = [layer.name for layer in model.layers]
         pooled = naming.pooled(names)
         if kind == "features":
-            parts[kind] = keras.Model(_inputs(model), _feature_map(model))
+            parts[kind] = keras.Model(_inputs(model), feature_map(model))
         elif pooled is None:
             raise ValueError(f"{model.name} has no pooling layer ({', '.join(naming.POOLS)}): build it with a head, "
                              "num_classes=0 or pooling")
         else:
             end = model.get_layer(pooled).output if kind == "pre_logits" else model.outputs[0]
-            parts[kind] = keras.Model(_feature_map(model), end)
+            parts[kind] = keras.Model(feature_map(model), end)
     return parts[kind]
 
 

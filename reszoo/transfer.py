@@ -29,7 +29,7 @@ from reszoo import io, naming
 from reszoo.checks import check_choice
 from reszoo.factory import LayerFactory
 from reszoo.layers import ResidualAdapter
-from reszoo.model import BuildSpec, ZooModel, build_spec
+from reszoo.model import BuildSpec, ZooModel, build_spec, feature_map
 from reszoo.skeleton import global_pool as pool_layers
 
 
@@ -74,9 +74,8 @@ def reset_classifier(model, num_classes, global_pool=None):
         check_choice("global_pool", global_pool, ("", *naming.POOLED))
         if global_pool == "" and num_classes:
             raise ValueError("global_pool='' leaves the map unpooled: a classifier needs num_classes=0 with it")
-        source = next(layer for layer in model.layers if layer.name in naming.POOLS) if pooled else None
-        feature_map = source.input if source is not None else model.outputs[0]
-        features = feature_map if global_pool == "" else pool_layers(feature_map, global_pool)
+        unpooled = feature_map(model)
+        features = unpooled if global_pool == "" else pool_layers(unpooled, global_pool)
     else:
         features = pool.output
         global_pool = next(kind for kind, name in naming.POOLED.items() if name == pooled)
@@ -85,6 +84,28 @@ def reset_classifier(model, num_classes, global_pool=None):
     new.build_spec = _spec(model, num_classes=num_classes, include_top=bool(num_classes), global_pool=global_pool,
                            pooling=None)
     return new
+
+
+def test_time_pool(model, original_pool):
+    """timm's ``TestTimePoolHead``, which its validate.py ``--test-pool`` applies to images
+    larger than the training size: the feature map is average-pooled over windows of
+    ``original_pool`` cells (the map of a training-size image) at stride 1, the classifier
+    runs on every window, and the map of logits is reduced to the mean of its average and its
+    maximum. Returns a model sharing ``model``'s layers and weights."""
+    names = [layer.name for layer in model.layers]
+    if naming.CLASSIFIER not in names or naming.pooled(names) is None:
+        raise ValueError(f"{model.name} has no pooled classifier {naming.CLASSIFIER!r} (layers end with "
+                         f"{names[-3:]}): test-time pooling needs one")
+    classifier = model.get_layer(naming.CLASSIFIER)
+    if keras.activations.serialize(classifier.activation) != "linear":
+        raise ValueError(f"{model.name}'s classifier applies {classifier.activation.__name__}: test-time pooling "
+                         "averages logits, build it with classifier_activation=None")
+    if not isinstance(original_pool, int) or original_pool < 1:
+        raise ValueError(f"original_pool must be a positive number of feature-map cells, got {original_pool!r}")
+    windows = keras.layers.AveragePooling2D(original_pool, strides=1, padding="valid",
+                                            name="test_time_pool")(feature_map(model))
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return ZooModel(inputs, pool_layers(classifier(windows), "avgmax"), name=model.name)
 
 
 def freeze(model, up_to="backbone", train_bn=False):

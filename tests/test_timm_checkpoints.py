@@ -1,7 +1,8 @@
 """Your own timm checkpoints in: a fine-tuned timm model's ``model.safetensors`` (timm's hub
 layout, its ``config.json`` beside it), a folder, a ``.pth`` training checkpoint wrapped as
 training scripts save it, and ``hf-hub:USER/REPO`` from an offline cache, each giving timm's
-own logits (timm in its own process); bad checkpoints are one line."""
+own logits (timm in its own process), and timm's test-time pooling head on them; bad
+checkpoints are one line."""
 
 import json
 import os
@@ -28,7 +29,13 @@ timm.models._hub.save_for_hf(model, os.path.join(out, "mine"), safe_serializatio
 x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
 with torch.no_grad():
     logits = model(torch.from_numpy(((x / 255 - 0.5) / 0.5).transpose(0, 3, 1, 2).copy())).numpy()
-np.savez(os.path.join(out, "reference.npz"), x=x, logits=logits)
+from timm.layers import TestTimePoolHead
+import copy
+larger = np.random.default_rng(1).uniform(0, 255, (2, 96, 96, 3)).astype("float32")
+pooled = TestTimePoolHead(copy.deepcopy(model), original_pool=2).eval()  # a 64 px model at 96 px
+with torch.no_grad():
+    test_pool = pooled(torch.from_numpy(((larger / 255 - 0.5) / 0.5).transpose(0, 3, 1, 2).copy())).numpy()
+np.savez(os.path.join(out, "reference.npz"), x=x, logits=logits, larger=larger, test_pool=test_pool)
 state = model.state_dict()
 torch.save({"state_dict": {"module." + k: v for k, v in state.items()}, "epoch": 3}, os.path.join(out, "train.pth"))
 class Args:
@@ -40,7 +47,7 @@ RESZOO_SIDE = r'''
 import json, sys
 import numpy as np
 import reszoo
-from reszoo import weights
+from reszoo import transfer, weights
 out = sys.argv[1]
 ref = np.load(out + "/reference.npz")
 said = {}
@@ -52,6 +59,8 @@ said["safetensors"] = logits(out + "/mine/model.safetensors")
 said["folder"] = logits(out + "/mine")
 said["pth"] = logits(out + "/train.pth", "resnet18", preprocessing="tf")
 said["hf_hub"] = logits("hf-hub:me/my-resnet")
+pooled = transfer.test_time_pool(reszoo.create_model(weights=out + "/mine", input_shape=(None, None, 3)), 2)
+said["test_pool"] = float(np.abs(np.asarray(pooled(ref["larger"], training=False)) - ref["test_pool"]).max())
 def error(*name, **kw):
     try:
         reszoo.create_model(*name, **kw)
@@ -94,6 +103,7 @@ def test_your_own_timm_checkpoints_give_timm_s_logits_with_their_classes(checkpo
                         ("pth", f"{checkpoints}/train.pth"), ("hf_hub", "hf-hub:me/my-resnet")]:
         difference, classes, tag = said[key]
         assert difference < 1e-4 and classes == 7 and tag == source, (key, said[key])
+    assert said["test_pool"] < 1e-4  # timm's TestTimePoolHead, as its validate.py --test-pool applies it
     assert said["pickled"] == (f"{checkpoints}/pickled.pth: torch.load(weights_only=True) refuses "
                                f"{checkpoints}/pickled.pth (it holds pickled objects besides tensors); save its state "
                                "dict alone (torch.save(model.state_dict(), ...)) or as model.safetensors")

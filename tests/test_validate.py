@@ -20,7 +20,8 @@ ARGS = ["--epochs=2", "--batch_size=64", "--model_args=base_width=4", "--seed=1"
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, train):
     folder = tmp_path_factory.mktemp("validate") / "run"
-    proc = train(*ARGS, f"--model_dir={folder}", "--export", f"--export_dir={folder.parent / 'saved'}")
+    proc = train(*ARGS, f"--model_dir={folder}", "--export", f"--export_dir={folder.parent / 'saved'}",
+                 "--checkpoint_hist=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder
 
@@ -66,6 +67,58 @@ def test_a_larger_test_size_runs_the_convolutional_net_at_that_size(run):
     source = validate.load_source(str(run), "last", None)
     row = validate.run(source, test_size=12, say=lambda line: None)
     assert row["img_size"] == 12 and 0 <= float(row["top1"]) <= 100
+
+
+def test_test_time_pooling_is_timms_head_above_the_tested_size_at_crop_pct_1(run):
+    """--test_pool: the head is checked against timm's TestTimePoolHead in test_timm_checkpoints;
+    here, that validate puts it on where timm's validate.py does, with windows of the map of
+    the tested size (8 px digits, stride 4: 2x2 cells) and crop_pct 1."""
+    from reszoo import transfer
+
+    source = validate.load_source(str(run), "last", None)
+    lines = []
+    row = validate.run(source, test_size=12, test_pool=True, say=lines.append)
+    assert "validate: test-time pooling: the classifier on every 2x2 window of the feature map (8x8 images), " \
+           "logits' mean of average and maximum" in lines
+    by_hand = validate.run(validate.keras_source(transfer.test_time_pool(source.model, 2), "pooled"), test_size=12,
+                           crop_pct=1.0, say=lambda line: None)
+    plain = validate.run(source, test_size=12, say=lambda line: None)
+    assert (row["top1"], row["loss"], row["crop_pct"]) == (by_hand["top1"], by_hand["loss"], "1")
+    assert row["loss"] != plain["loss"]
+    lines.clear()
+    same = validate.run(source, test_pool=True, say=lines.append)
+    assert lines[0] == ("validate: --test_pool: 8x8 is not above the 8x8 the weights are tested at, so no test-time "
+                        "pooling") and same["loss"] == validate.run(source, say=lambda line: None)["loss"]
+
+
+def test_average_measures_the_mean_of_a_runs_last_checkpoints(run, tmp_path, usage_errors):
+    """--average=N: timm's avg_checkpoints.py (every float variable, BN statistics included, the
+    mean of the newest N generations), measured and, with --save_average, written."""
+    generations = sorted((run / "backup").iterdir())
+    assert [g.name for g in generations] == ["epoch-000001", "epoch-000002"]  # --checkpoint_hist=3 kept both
+    weights = [keras.saving.load_model(g / "checkpoint.keras", compile=False).get_weights() for g in generations]
+    mean = [(a.astype("float64") + b) / 2 for a, b in zip(*weights)]
+    source = validate.load_source(str(run), "last", None, average=2, save_average=str(tmp_path / "avg.keras"))
+    assert source.where == f"{run} (average of epochs 1-2)"
+    saved = keras.saving.load_model(tmp_path / "avg.keras", compile=False)
+    for got, want, last in zip(saved.get_weights(), mean, weights[1]):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert any(not np.array_equal(a, b) for a, b in zip(saved.get_weights(), weights[1]))
+    row = validate.run(source, say=lambda line: None)
+    assert row["loss"] == validate.run(validate.keras_source(saved, "saved"), say=lambda line: None)["loss"]
+    model = f"--model_dir={run}"
+    cases = [([model, "--average=3"], f"--average=3: {run} keeps 2 checkpoint generation(s) (after epochs 1, 2); "
+                                      "train it with --checkpoint_hist=3 or more to keep as many"),
+             ([model, "--average=2", "--checkpoint=best"], "give one"),
+             ([model, f"--save_average={tmp_path / 'x.keras'}"], "--save_average writes the model --average=N makes"),
+             ([model, "--average=2", f"--save_average={tmp_path / 'avg.keras'}"], "exists; give a new file"),
+             (["--weights=timm/resnet50.a1_in1k", "--average=2"], "averages a run's checkpoints: give --model_dir")]
+    said = usage_errors([(args + [f"--results_csv={tmp_path / 'r.csv'}"], {}) for args, _ in cases],
+                        command="training.validate")
+    for (code, stderr), (_, expected) in zip(said, cases):
+        lines = [line for line in stderr.splitlines() if line.startswith("validate:")]
+        assert code == 2 and len(lines) == 1 and expected in lines[0] and "Traceback" not in stderr, stderr
+    assert not (tmp_path / "r.csv").exists() and not (tmp_path / "x.keras").exists()
 
 
 def test_the_command_writes_its_csv_row_and_confusion_png_and_bad_input_is_one_line(run, tmp_path):

@@ -92,6 +92,9 @@ def define():
     flags.DEFINE_integer("seed", 0, "random seed (weights, data order, augmentation)", lower_bound=0)
     flags.DEFINE_boolean("deterministic", False, "deterministic ops: the same flags give the same weights")
     flags.DEFINE_integer("eval_every", 1, "evaluate every N epochs", lower_bound=1)
+    flags.DEFINE_integer("checkpoint_hist", 2, "checkpoint generations kept in model_dir/backup (timm's "
+                         "--checkpoint-hist): the newest and at least one before it, in case it is damaged; more for "
+                         "validate --average=N", lower_bound=2)
     flags.DEFINE_string("recipe", None, "a paper's recipe; flags given explicitly win. " + recipe_help())
     flags.DEFINE_string("init_from", None, "fine-tune: a .keras model or a run folder, published weights by name "
                         "(timm/resnet50.a1h_in1k: reszoo.list_weights()), a timm state dict (model.safetensors, "
@@ -176,7 +179,8 @@ def model_args(items):
 # --help of training.train: its flags by what they are for.
 TRAIN_GROUPS = {
     "model and data": ["model", "model_args", "dataset", "data_dir", "image_size", "validation_split"],
-    "run folder": ["model_dir", "overwrite", "allow_flag_changes", "eval_every", "seed", "deterministic"],
+    "run folder": ["model_dir", "overwrite", "allow_flag_changes", "eval_every", "checkpoint_hist", "seed",
+                   "deterministic"],
     "recipe and optimisation": ["recipe", "batch_size", "epochs", "train_steps", "optimizer", "learning_rate",
                                 "momentum", "nesterov", "weight_decay", "lr_schedule", "lr_decay_epochs",
                                 "lr_decay_rate", "warmup_epochs", "warmup", "lr_batch_base", "lr_scaling",
@@ -259,7 +263,7 @@ def _flag_line(flag):
 # Flags that say what to do with a run, or where, not what the run is: they may change on a
 # resume (a run folder may be moved, and its path spelled another way).
 NOT_RUN_DEFINING = ("overwrite", "allow_flag_changes", "model_dir", "export", "export_dir", "export_formats",
-                    "worker_timeout", "show_batch", "diagnostics")
+                    "worker_timeout", "show_batch", "diagnostics", "checkpoint_hist")
 # Flags a resumed run may change with --allow_flag_changes: how it is optimised, not which
 # model it trains on which data (those change the variables a checkpoint holds, or the split).
 CHANGEABLE = ("epochs", "train_steps", "learning_rate", "lr_schedule", "lr_decay_epochs", "lr_decay_rate",

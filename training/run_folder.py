@@ -19,7 +19,7 @@ survive a kill at any instant.
 At the end of every good epoch the run writes, in this order: ``best.keras`` (when the score
 improved), a new checkpoint generation (which records that score), ``history.csv``. Each is
 written whole and renamed into place (``training.files``), and the two newest generations
-are kept, so whenever the process dies the folder holds a complete checkpoint to resume from,
+are kept (more with ``--checkpoint_hist``, for ``validate --average``), so whenever the process dies the folder holds a complete checkpoint to resume from,
 the best score travels with it, and ``best.keras`` is never worse than the score it records.
 """
 
@@ -52,7 +52,8 @@ LOGS = "logs"
 BATCH = "batch.png"
 CHECKPOINT = "checkpoint.keras"
 STATE = "state.json"
-KEEP = 2  # checkpoint generations kept: the newest, and the one before in case it is damaged
+KEEP = 2  # checkpoint generations kept by default (--checkpoint_hist): the newest, and the one before in case it
+# is damaged
 MONITOR = "val_accuracy"
 _GENERATION = re.compile(r"epoch-(\d{6,})")
 
@@ -224,8 +225,8 @@ class Checkpoints:
     """Checkpoint generations in ``backup/``: ``epoch-NNNNNN/`` folders holding the model
     with its optimizer state and the run's ``State``, each renamed into place whole."""
 
-    def __init__(self, folder, say=None):
-        self.folder = folder
+    def __init__(self, folder, say=None, keep=KEEP):
+        self.folder, self.keep = folder, keep
         self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
 
     def generations(self):
@@ -277,7 +278,7 @@ class Checkpoints:
         return State.from_json(value["state"]), value["signature"]
 
     def save(self, model, state):
-        """Write generation ``state.epoch`` whole, then prune all but the newest ``KEEP``."""
+        """Write generation ``state.epoch`` whole, then prune all but the newest ``keep``."""
         os.makedirs(self.folder, exist_ok=True)
 
         def write(tmp):
@@ -287,7 +288,7 @@ class Checkpoints:
                 json.dump({"state": state.to_json(), "signature": _signature(model)}, f)
 
         files.atomic_write(os.path.join(self.folder, generation_name(state.epoch)), write)
-        for epoch, path in self.generations()[KEEP:]:
+        for epoch, path in self.generations()[self.keep:]:
             if epoch != state.epoch:
                 shutil.rmtree(path, ignore_errors=True)
 

@@ -349,7 +349,7 @@ def run(opts):
     plan = folder.plan(record, **plan_args)
     if chief:
         folder.start(record, plan)
-    checkpoints = run_folder.Checkpoints(folder.backup)
+    checkpoints = run_folder.Checkpoints(folder.backup, keep=opts.checkpoint_hist)
     with strategy.scope():
         state = run_folder.State() if plan == "overwrite" else checkpoints.restore(model)
     if state.epoch:

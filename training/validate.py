@@ -4,9 +4,12 @@ Prints top-1, top-5, the loss and per-class accuracy of a training run (its last
 ``.keras`` file, an exported SavedModel or published weights (``--weights=timm/ARCH.TAG``) on
 a dataset (by default the run's own held-out split), appends a row to a results CSV (timm's
 validate.py columns) and draws the confusion matrix. The eval transform is the one the weights
-prescribe: resize to ``test_size / crop_pct``, then a central ``test_size`` crop.
+prescribe: resize to ``test_size / crop_pct``, then a central ``test_size`` crop. As timm's
+validate.py, ``--test_pool`` adds test-time pooling above the tested size, and ``--average=N``
+measures a run's last N checkpoints averaged (its avg_checkpoints.py).
 """
 
+import copy
 import csv
 import io
 import json
@@ -43,6 +46,13 @@ def define_flags():
                        "(0: the weights' own, else 1)", lower_bound=0.0, upper_bound=1.0)
     flags.DEFINE_enum("interpolation", None, list(INTERPOLATIONS), "resize method (default: the weights' own, else "
                       "bilinear)")
+    flags.DEFINE_boolean("test_pool", False, "timm's test-time pooling (TestTimePoolHead) where --test_size is above "
+                         "the size the weights were trained at: the classifier on every training-size window of the "
+                         "feature map, the logits' mean of average and maximum; crop_pct 1 unless given")
+    flags.DEFINE_integer("average", 0, "a run folder: measure the average of the weights of its last N checkpoint "
+                         "generations (timm's avg_checkpoints.py; train with --checkpoint_hist=N or more to keep "
+                         "them; 0: off)", lower_bound=0)
+    flags.DEFINE_string("save_average", None, "--average: also write the averaged model to this new .keras file")
     flags.DEFINE_integer("batch_size", 64, "images per batch", lower_bound=1)
     flags.DEFINE_string("results_csv", None, "append a row here (default: validate.csv in the run folder, else in "
                         "the current folder)")
@@ -56,12 +66,15 @@ class Source:
     weights' eval transform (crop_pct, interpolation), and whether it takes other sizes."""
 
     def __init__(self, name, predict, side, channels, params, run_flags=None, crop_pct=1.0,
-                 interpolation="bilinear", resizable=False, where=None, levels=(), published=False):
+                 interpolation="bilinear", resizable=False, where=None, levels=(), published=False, model=None,
+                 pool_above=None):
         self.name, self.predict, self.side, self.channels, self.params = name, predict, side, channels, params
         self.run_flags = run_flags or {}
         self.crop_pct, self.interpolation, self.resizable, self.where = crop_pct, interpolation, resizable, where
         self.levels = levels  # reszoo.model.features(model): (channels, stride) of each stage's output
         self.published = published  # ImageNet weights by name, which take colour images
+        self.model = model  # the Keras model, where there is one
+        self.pool_above = pool_above or side  # test-time pooling applies to larger images (timm's rule)
 
     def floats_per_image(self, side):
         """The largest tensor the model holds per image at ``side``: its input, or the widest
@@ -82,13 +95,49 @@ def keras_source(model, name, run_flags=None, where=None, **eval_transform):
     levels = tuple((level["channels"], level["stride"]) for level in reszoo.features(model))
     return Source(name, lambda x: np.asarray(model.predict_on_batch(x), "float32"), model.input_shape[1],
                   model.input_shape[-1], reszoo.count_params(model), run_flags, resizable=True, where=where,
-                  levels=levels, **eval_transform)
+                  levels=levels, model=model, **eval_transform)
 
 
-def load_source(model_dir, checkpoint, weights):
-    """The ``Source`` of --model_dir or --weights, or a ``CommandError``."""
+def test_pooled(source, side, say=print):
+    """``source`` with timm's test-time pooling head (``reszoo.transfer.test_time_pool``) when
+    ``side`` is above ``source.pool_above``, with windows of the map its training size gives;
+    else ``source``, with a line saying why (as timm's validate.py goes on without it)."""
+    import numpy as np
+
+    from reszoo import transfer
+    from training import augment
+
+    if source.model is None:
+        raise CommandError("--test_pool needs a Keras model (a run folder, a .keras file or --weights), not a "
+                           "SavedModel", 2)
+    if side <= source.pool_above:
+        say(f"validate: --test_pool: {side}x{side} is not above the {source.pool_above}x{source.pool_above} the "
+            "weights are tested at, so no test-time pooling")
+        return source, False
+    stride = source.levels[-1][1] if source.levels else 32
+    cells = math.ceil(source.side / stride)
+    try:
+        model = transfer.test_time_pool(source.model, cells)
+    except ValueError as err:
+        raise CommandError(f"--test_pool: {err}", 2) from None
+    augment.accept_any_size(model)
+    pooled = copy.copy(source)
+    pooled.predict = lambda x: np.asarray(model.predict_on_batch(x), "float32")
+    pooled.model = model
+    say(f"validate: test-time pooling: the classifier on every {cells}x{cells} window of the feature map "
+        f"({source.side}x{source.side} images), logits' mean of average and maximum")
+    return pooled, True
+
+
+def load_source(model_dir, checkpoint, weights, average=0, save_average=None):
+    """The ``Source`` of --model_dir or --weights (a run's ``average`` last checkpoints
+    averaged), or a ``CommandError``."""
     from training import files
 
+    if average and not (model_dir and os.path.isfile(os.path.join(os.path.expanduser(model_dir), "flags.json"))):
+        raise CommandError(f"--average={average} averages a run's checkpoints: give --model_dir=RUN_FOLDER", 2)
+    if save_average and not average:
+        raise CommandError("--save_average writes the model --average=N makes: give --average too", 2)
     if weights:
         return _weights_source(weights)
     if not model_dir:
@@ -100,10 +149,59 @@ def load_source(model_dir, checkpoint, weights):
         return keras_source(files.load_model(path, "--model_dir"), os.path.basename(path))
     if os.path.isfile(os.path.join(path, "flags.json")):
         run = files.read_json(os.path.join(path, "flags.json"))
-        model_file = os.path.join(path, f"{checkpoint}.keras")
-        model = files.load_model(model_file, "--model_dir")
-        return keras_source(model, run.get("model") or os.path.basename(path), run, where=path)
+        if average:
+            model, epochs = average_checkpoints(path, average, save_average)
+            where = f"{path} (average of {epochs})"
+        else:
+            model, where = files.load_model(os.path.join(path, f"{checkpoint}.keras"), "--model_dir"), path
+        return keras_source(model, run.get("model") or os.path.basename(path), run, where=where)
     return _saved_model_source(path)
+
+
+def average_checkpoints(path, count, save_to=None):
+    """The model of the run ``path`` with the mean weights of its newest ``count`` checkpoint
+    generations, as timm's avg_checkpoints.py averages state dicts (every float variable, the
+    BatchNorm statistics too, summed in float64), and which epochs they end ("epochs 8-10");
+    ``save_to``: also written there (a new .keras file). Works while the run trains."""
+    import warnings
+
+    import numpy as np
+
+    from training import files, run_folder
+
+    if save_to:
+        if os.path.exists(save_to):
+            raise CommandError(f"--save_average={save_to} exists; give a new file", 2)
+        if not save_to.endswith(".keras"):
+            raise CommandError(f"--save_average={save_to}: give a .keras file name", 2)
+    found = run_folder.Checkpoints(os.path.join(path, run_folder.BACKUP)).generations()
+    if len(found) < count:
+        kept = ", ".join(str(epoch) for epoch, _ in reversed(found)) or "none"
+        raise CommandError(f"--average={count}: {path} keeps {len(found)} checkpoint generation(s) (after epochs "
+                           f"{kept}); train it with --checkpoint_hist={count} or more to keep as many", 2)
+    chosen = found[:count]
+    model = files.load_model(os.path.join(chosen[0][1], run_folder.CHECKPOINT), "--average")
+    sums = None
+    for epoch, generation in chosen:
+        checkpoint = os.path.join(generation, run_folder.CHECKPOINT)
+        problem = files.keras_file_problem(checkpoint)
+        try:
+            if problem:
+                raise ValueError(problem)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the optimizer's state, which is not averaged
+                model.load_weights(checkpoint)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CommandError(f"--average: {checkpoint} cannot be loaded into the newest checkpoint's model "
+                               f"({files.first_line(err)})", 1) from None
+        values = model.get_weights()
+        sums = [v.astype("float64") for v in values] if sums is None else [t + v for t, v in zip(sums, values)]
+    model.set_weights([(t / count).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v
+                       for t, v in zip(sums, values)])
+    if save_to:
+        files.save_model(model, save_to)
+    epochs = sorted(epoch for epoch, _ in chosen)
+    return model, (f"epochs {epochs[0]}-{epochs[-1]}" if count > 1 else f"epoch {epochs[0]}")
 
 
 def _saved_model_source(path):
@@ -142,8 +240,10 @@ def _weights_source(weights):
     except WeightsError as err:
         raise CommandError(f"--weights: {err}", 2) from None
     entry = hub.card(tag)
-    return keras_source(model, tag, crop_pct=entry.get("crop_pct", 1.0),
-                        interpolation=entry.get("interpolation", "bilinear"), published=True)
+    source = keras_source(model, tag, crop_pct=entry.get("crop_pct", 1.0),
+                          interpolation=entry.get("interpolation", "bilinear"), published=True)
+    source.pool_above = entry.get("test_input_size", [0, source.side])[-1]
+    return source
 
 
 def check_outputs(results_csv, confusion):
@@ -317,9 +417,10 @@ def confusion_png(path, confusion, class_names, title):
 
 
 def run(source, dataset=None, data_dir=None, validation_split=None, seed=None, test_size=0, crop_pct=0.0,
-        interpolation=None, batch_size=64, results_csv=None, confusion=None, say=print):
+        interpolation=None, batch_size=64, results_csv=None, confusion=None, say=print, test_pool=False):
     """Measure ``source`` (a ``Source``) as the flags say; returns the CSV row (with
-    ``per_class``). Dataset arguments left None come from the run's flags."""
+    ``per_class``). Dataset arguments left None come from the run's flags. ``test_pool``:
+    timm's test-time pooling above the tested size, at crop_pct 1 unless one is given."""
     from training import data as data_lib
 
     check_outputs(results_csv, confusion)
@@ -331,7 +432,10 @@ def run(source, dataset=None, data_dir=None, validation_split=None, seed=None, t
     side = test_size or source.side
     if side != source.side and not source.resizable:
         raise CommandError(f"--test_size={side}: the SavedModel takes {source.side}x{source.side} images only", 2)
-    crop_pct = crop_pct or source.crop_pct
+    pooled = False
+    if test_pool:
+        source, pooled = test_pooled(source, side, say)
+    crop_pct = crop_pct or (1.0 if pooled else source.crop_pct)
     interpolation = interpolation or source.interpolation
     load_size = check_sizes(source, side, crop_pct, batch_size)
     try:
@@ -376,14 +480,17 @@ def main(argv):
     try:
         if FLAGS.model_dir and FLAGS.weights:
             raise CommandError("give --model_dir or --weights, not both", 2)
-        source = load_source(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.weights)
+        if FLAGS.average and FLAGS["checkpoint"].present:
+            raise CommandError(f"--average={FLAGS.average} measures the run's last checkpoints averaged, "
+                               f"--checkpoint={FLAGS.checkpoint} one model: give one", 2)
+        source = load_source(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.weights, FLAGS.average, FLAGS.save_average)
         folder = source.where if source.where and os.path.isfile(os.path.join(source.where, "flags.json")) else "."
         results_csv = FLAGS.results_csv if FLAGS.results_csv is not None else os.path.join(folder, "validate.csv")
         png = FLAGS.confusion_png
         if png is None:
             png = os.path.join(os.path.dirname(results_csv) or ".", "confusion.png") if results_csv else ""
         run(source, FLAGS.dataset, FLAGS.data_dir, FLAGS.validation_split, FLAGS.seed, FLAGS.test_size,
-            FLAGS.crop_pct, FLAGS.interpolation, FLAGS.batch_size, results_csv, png)
+            FLAGS.crop_pct, FLAGS.interpolation, FLAGS.batch_size, results_csv, png, test_pool=FLAGS.test_pool)
     except CommandError as err:
         sys.stderr.write(f"validate: error: {err}\n")
         sys.exit(err.code)
