@@ -13,7 +13,7 @@ import dataclasses
 import keras
 from keras import layers
 
-from reszoo import naming, skeleton
+from reszoo import layout, naming, skeleton
 from reszoo.checks import check_float, check_int, check_int_tuple
 from reszoo.factory import LayerFactory
 from reszoo.layers import Recompute
@@ -64,7 +64,7 @@ def _rest(y, growth_rate, opts, f, name):
 def dense_layer(x, growth_rate=12, opts=LayerOptions(), f=LayerFactory(), name="layer"):
     """H_l: [BN-ReLU-Conv1x1(4k)]-BN-ReLU-Conv3x3(k), concatenated to its input."""
     y = _rest(_first_conv(x, growth_rate, opts, f, name), growth_rate, opts, f, name)
-    return layers.Concatenate(name=naming.part(name, "concat"))([x, y])
+    return layers.Concatenate(layout.channel_axis(), name=naming.part(name, "concat"))([x, y])
 
 
 def efficient_dense_layer(features, growth_rate, opts, f, name):
@@ -73,7 +73,8 @@ def efficient_dense_layer(features, growth_rate, opts, f, name):
     its normalised copies instead of storing them per layer (Pleiss et al. 2017). Returns the
     new ``k`` maps only; the block concatenates once at its end."""
     inputs = [keras.Input(t.shape[1:], dtype=t.dtype) for t in features]
-    y = layers.Concatenate(name=naming.part(name, "concat"))(inputs) if len(inputs) > 1 else inputs[0]
+    y = layers.Concatenate(layout.channel_axis(), name=naming.part(name, "concat"))(inputs) if len(inputs) > 1 \
+        else inputs[0]
     shared = keras.Model(inputs, _first_conv(y, growth_rate, opts, f, name), name=naming.part(name, "shared"))
     y = Recompute(shared, name=naming.part(name, "recompute"))(features)
     return _rest(y, growth_rate, opts, f, name)
@@ -88,7 +89,7 @@ def dense_block(x, count, growth_rate, opts, f, stage):
     features = [x]
     for i in range(count):
         features.append(efficient_dense_layer(features, growth_rate, opts, f, name=naming.block_name(stage, i + 1)))
-    return layers.Concatenate(name=naming.part(naming.stage_name(stage), "concat"))(features)
+    return layers.Concatenate(layout.channel_axis(), name=naming.part(naming.stage_name(stage), "concat"))(features)
 
 
 def transition(x, opts, f, pyramid, stage):
@@ -96,7 +97,7 @@ def transition(x, opts, f, pyramid, stage):
     The dense block's output, before it, is the stage's output in ``pyramid`` (as timm's
     DenseNet features)."""
     name = naming.transition(stage)
-    filters = int(x.shape[-1] * opts.compression)
+    filters = int(layout.channels(x.shape) * opts.compression)
     x = f.bn_relu(pyramid.end(x, stage, pyramid.stride), name=name)
     x = f.conv(x, filters, 1, name=naming.part(name, "conv"))
     x = _dropout(x, opts.dropout_rate, name=naming.part(name, "drop"))

@@ -26,7 +26,7 @@ import weakref
 import keras
 import numpy as np
 
-from reszoo import io as rio, naming
+from reszoo import io as rio, layout, naming
 
 # Healthy bands, from the lab's own measurements (docs/diagnostics.md), each applied to the
 # median of the last WINDOW measurements (one probe batch is noisy). The first/last stage
@@ -82,9 +82,9 @@ def _path_lengths(model):
     return lengths
 
 
-def _spatial(tensor):
+def _spatial(tensor, data_format):
     shape = tuple(tensor.shape)
-    return shape[1:3] if len(shape) == 4 else None
+    return layout.spatial(shape, data_format) if len(shape) == 4 else None
 
 
 def structure(model):
@@ -96,11 +96,12 @@ def structure(model):
     merges = [layer for layer in model.layers if isinstance(layer, (keras.layers.Add, keras.layers.Concatenate))
               and isinstance(layer.input, (list, tuple)) and len(layer.input) == 2]
     blocks, sizes = [], []
+    data_format = layout.of(model)
     for layer in merges:
         inputs = list(layer.input)
         depths = [lengths.get(id(t), 0) for t in inputs]
         skip_index = int(np.argmin(depths))
-        size = _spatial(layer.output)
+        size = _spatial(layer.output, data_format)
         if size not in sizes:
             sizes.append(size)
         blocks.append(Block(layer.name, sizes.index(size) + 1, inputs[skip_index], inputs[1 - skip_index], layer,

@@ -10,7 +10,7 @@ import numbers
 import keras
 from keras import layers
 
-from reszoo import naming
+from reszoo import layout, naming
 from reszoo.checks import check_choice, check_float
 from reszoo.layers import BatchNorm, Pad2D
 
@@ -94,7 +94,7 @@ class LayerFactory:
         if self.norm is None:
             return x
         return BatchNorm(
-            momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+            axis=layout.channel_axis(), momentum=self.bn_momentum, epsilon=self.bn_epsilon,
             gamma_initializer="zeros" if zero_init else "ones", name=name,
         )(x)
 

@@ -4,6 +4,8 @@ and classifier counted), convolutions and dense layers only."""
 
 import keras
 
+from reszoo import layout
+
 
 def _calls(model):
     """``(leaf layer, times it runs)`` for every layer under ``model``. A layer's calls in
@@ -29,11 +31,12 @@ def count_macs(model):
     for layer, times in _calls(model):
         if isinstance(layer, keras.layers.Conv2D):
             out = layer.output.shape
-            if None in out[1:3]:
+            height, width = layout.spatial(out, layer.data_format)
+            if height is None or width is None:
                 return None
             kh, kw = layer.kernel_size
-            in_channels = layer.input.shape[-1]
-            total += times * out[1] * out[2] * out[3] * kh * kw * in_channels // layer.groups
+            in_channels = layout.channels(layer.input.shape, layer.data_format)
+            total += times * height * width * layer.filters * kh * kw * in_channels // layer.groups
         elif isinstance(layer, keras.layers.Dense):
             total += times * layer.input.shape[-1] * layer.units
     return int(total)

@@ -24,7 +24,7 @@ import re
 
 import numpy as np
 
-from reszoo import io, naming, registry
+from reszoo import io, layout, naming, registry
 from reszoo.errors import WeightsError
 from reszoo.model import build_spec
 
@@ -549,7 +549,7 @@ def timm_state(model):
 def _timm_stats(model):
     """The mean and std timm normalises with (after dividing pixels by 255) to feed ``model``
     what it takes: its preprocessing layer's, or none (raw pixels)."""
-    channels = model.input_shape[-1]
+    channels = layout.channels(model.input_shape, layout.of(model))
     layer = next((layer for layer in model.layers if layer.name == naming.PREPROCESS), None)
     if layer is None:
         return [0.0] * channels, [1 / 255] * channels
@@ -580,7 +580,9 @@ def save_timm(model, folder, card=None):
     architecture, state, (mean, std) = timm_state(model)
     classes = int(state[next(f"{m}.weight" for m in _CLASSIFIERS if f"{m}.weight" in state)].shape[0]) if any(
         f"{m}.weight" in state for m in _CLASSIFIERS) else 0
-    height, width, channels = (d or 224 for d in model.input_shape[1:])
+    data_format = layout.of(model)
+    height, width = (d or 224 for d in layout.spatial(model.input_shape, data_format))
+    channels = layout.channels(model.input_shape, data_format)
     pretrained_cfg = {"input_size": [channels, height, width], "mean": mean, "std": std, "num_classes": classes,
                       "crop_pct": card.get("crop_pct", 1.0), "crop_mode": "center",
                       "interpolation": card.get("interpolation", "bilinear"), "first_conv": _first_conv(architecture),

@@ -7,6 +7,8 @@ model loads anywhere reszoo is importable, on any backend.
 import keras
 from keras import ops
 
+from reszoo import layout
+
 _TF_DTYPES = ("float16", "bfloat16", "float32")
 
 
@@ -75,27 +77,34 @@ class ZeroPadShortcut(keras.layers.Layer):
     """Option A shortcut of He et al. 2015 (Sec. 3.3): parameter-free identity that
     subsamples by ``strides`` and appends zero channels up to ``filters``."""
 
-    def __init__(self, filters, strides=1, **kwargs):
+    def __init__(self, filters, strides=1, data_format=None, **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.strides = int(strides)
+        self.data_format = layout.standardize(data_format)
 
     def call(self, inputs):
-        x = inputs[:, :: self.strides, :: self.strides, :] if self.strides > 1 else inputs
-        extra = self.filters - x.shape[-1]
+        s, last = self.strides, self.data_format == "channels_last"
+        if s > 1:
+            x = inputs[:, ::s, ::s, :] if last else inputs[:, :, ::s, ::s]
+        else:
+            x = inputs
+        extra = self.filters - x.shape[-1 if last else 1]
         if extra > 0:
-            x = ops.pad(x, [[0, 0], [0, 0], [0, 0], [0, extra]])
+            x = ops.pad(x, [[0, 0], [0, 0], [0, 0], [0, extra]] if last else [[0, 0], [0, extra], [0, 0], [0, 0]])
         return x
 
     def compute_output_shape(self, input_shape):
-        batch, height, width, _ = input_shape
+        last = self.data_format == "channels_last"
+        batch, height, width = (input_shape[0], *input_shape[1:3]) if last else (input_shape[0], *input_shape[2:4])
         s = self.strides
         height = None if height is None else -(-height // s)
         width = None if width is None else -(-width // s)
-        return (batch, height, width, self.filters)
+        return (batch, height, width, self.filters) if last else (batch, self.filters, height, width)
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "strides": self.strides}
+        return {**super().get_config(), "filters": self.filters, "strides": self.strides,
+                "data_format": self.data_format}
 
 
 @keras.saving.register_keras_serializable(package="reszoo")
@@ -104,21 +113,25 @@ class Pad2D(keras.layers.Layer):
     padding made explicit (``-inf`` before a max pool, as PyTorch pads it), where Keras'
     "same" would pad only the bottom and right at even sizes."""
 
-    def __init__(self, padding=1, value=0.0, **kwargs):
+    def __init__(self, padding=1, value=0.0, data_format=None, **kwargs):
         super().__init__(**kwargs)
         self.padding, self.value = int(padding), float(value)
+        self.data_format = layout.standardize(data_format)
 
     def call(self, inputs):
         p = self.padding
-        return ops.pad(inputs, [[0, 0], [p, p], [p, p], [0, 0]], constant_values=self.value)
+        spatial = [[p, p], [p, p]]
+        pads = [[0, 0], *spatial, [0, 0]] if self.data_format == "channels_last" else [[0, 0], [0, 0], *spatial]
+        return ops.pad(inputs, pads, constant_values=self.value)
 
     def compute_output_shape(self, input_shape):
-        batch, height, width, channels = input_shape
         grow = lambda d: None if d is None else d + 2 * self.padding
-        return (batch, grow(height), grow(width), channels)
+        if self.data_format == "channels_last":
+            return (input_shape[0], grow(input_shape[1]), grow(input_shape[2]), input_shape[3])
+        return (input_shape[0], input_shape[1], grow(input_shape[2]), grow(input_shape[3]))
 
     def get_config(self):
-        return {**super().get_config(), "padding": self.padding, "value": self.value}
+        return {**super().get_config(), "padding": self.padding, "value": self.value, "data_format": self.data_format}
 
 
 @keras.saving.register_keras_serializable(package="reszoo")
@@ -149,17 +162,23 @@ class ImagePreprocess(keras.layers.Layer):
     MEAN = {"caffe": (103.939, 116.779, 123.68), "torch": (0.485, 0.456, 0.406)}
     STD = {"torch": (0.229, 0.224, 0.225)}
 
-    def __init__(self, mode, **kwargs):
+    def __init__(self, mode, data_format=None, **kwargs):
         super().__init__(**kwargs)
         if mode not in ("caffe", "tf", "torch"):
             raise ValueError(f"mode must be one of ['caffe', 'tf', 'torch'], got {mode!r}")
         self.mode = mode
+        self.data_format = layout.standardize(data_format)
 
     def _statistic(self, values, channels, dtype):
         return ops.convert_to_tensor([values[c % 3] for c in range(channels)], dtype)
 
     def call(self, inputs):
         x = ops.cast(inputs, self.compute_dtype)
+        if self.data_format == "channels_first":  # the image alone, so its channels go last and back
+            return ops.transpose(self._channels_last(ops.transpose(x, (0, 2, 3, 1))), (0, 3, 1, 2))
+        return self._channels_last(x)
+
+    def _channels_last(self, x):
         if x.shape[-1] == 1:
             x = ops.concatenate([x, x, x], axis=-1)
         channels = x.shape[-1]
@@ -174,10 +193,12 @@ class ImagePreprocess(keras.layers.Layer):
         return (x / 255.0 - mean) / std
 
     def compute_output_shape(self, input_shape):
+        if self.data_format == "channels_first":
+            return (input_shape[0], 3, *input_shape[2:]) if input_shape[1] == 1 else tuple(input_shape)
         return (*input_shape[:-1], 3) if input_shape[-1] == 1 else tuple(input_shape)
 
     def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
+        return {**super().get_config(), "mode": self.mode, "data_format": self.data_format}
 
 
 @keras.saving.register_keras_serializable(package="reszoo")
@@ -244,7 +265,7 @@ class ResidualAdapter(keras.layers.Layer):
         self.conv, self.mode = conv, mode
         self.adapter = keras.layers.Conv2D(
             conv.filters, 1, strides=conv.strides if mode == "parallel" else 1, padding="same", use_bias=False,
-            kernel_initializer="zeros", name=f"{self.name}_adapter")
+            kernel_initializer="zeros", data_format=conv.data_format, name=f"{self.name}_adapter")
 
     def build(self, input_shape):
         if not self.conv.built:

@@ -8,7 +8,7 @@ import weakref
 
 import keras
 
-from reszoo import naming
+from reszoo import layout, naming
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,16 +171,17 @@ def features(model):
     ends = [layer for layer in model.layers if naming.end_stage(layer.name) is not None]
     if not ends:
         return []
-    height, width, channels = model.input_shape[1:]
+    data_format = layout.of(model)
+    height, width = layout.spatial(model.input_shape, data_format)
     probe = (256, 256) if height is None or width is None else (height, width)
     shapes = keras.Model(model.inputs, [layer.output for layer in ends]).compute_output_shape(
-        (1, *probe, channels))
+        (1, *layout.image_shape(*probe, layout.channels(model.input_shape, data_format), data_format)))
     levels = {}
     for layer, shape in zip(ends, shapes):
-        stride = probe[0] // shape[1]
+        stride = probe[0] // layout.spatial(shape, data_format)[0]
         level = f"P{stride.bit_length() - 1}"
         levels[level] = {"level": level, "stage": naming.end_stage(layer.name), "layer": layer.name,
-                         "channels": int(shape[-1]), "stride": stride}
+                         "channels": int(layout.channels(shape, data_format)), "stride": stride}
     return list(levels.values())
 
 

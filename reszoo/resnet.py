@@ -27,7 +27,7 @@ import math
 import keras
 from keras import layers
 
-from reszoo import naming, skeleton
+from reszoo import layout, naming, skeleton
 from reszoo.checks import check_choice, check_float, check_int, check_int_tuple
 from reszoo.factory import LayerFactory, SharedConvs
 from reszoo.layers import ResidualScale, ZeroPadShortcut
@@ -102,7 +102,7 @@ def _branch_convs(opts, filters, strides):
 def squeeze_excite(x, ratio, f, name):
     """x times a per-channel gate sigmoid(W2 relu(W1 avgpool(x))), W1 reducing the channels by
     ``ratio`` to a multiple of 8 (Hu et al. 2018, Eq. 2-4; timm's ``SEModule``)."""
-    channels = x.shape[-1]
+    channels = layout.channels(x.shape)
     reduced = max(8, int(channels * ratio + 4) // 8 * 8)
     s = layers.GlobalAveragePooling2D(keepdims=True, name=naming.part(name, "se_squeeze"))(x)
     s = f.conv(s, reduced, 1, name=naming.part(name, "se_reduce"), use_bias=True, activation="relu")
@@ -114,10 +114,10 @@ def _shortcut(x, preact_x, out_filters, strides, opts, f, name):
     """Option A: zero-padded identity; B: 1x1 projection where the shape changes; C:
     projection everywhere (He et al. 2015, Sec. 4.1). Pre-activation projections read the
     pre-activated input and carry no BN (He et al. 2016)."""
-    same_shape = strides == 1 and x.shape[-1] == out_filters
+    same_shape = strides == 1 and layout.channels(x.shape) == out_filters
     conv = naming.layer(name, 0, "conv")
     if opts.keras_v2:
-        if x.shape[-1] != out_filters:
+        if layout.channels(x.shape) != out_filters:
             return f.conv(preact_x, out_filters, 1, strides, name=conv, use_bias=True)
         return layers.MaxPooling2D(1, strides, name=naming.layer(name, 0, "pool"))(x) if strides > 1 else x
     if opts.shortcut != "C" and same_shape:

@@ -10,7 +10,7 @@ import sys
 import keras
 from keras import layers
 
-from reszoo import naming
+from reszoo import layout, naming
 from reszoo.checks import check_choice, check_int
 from reszoo.factory import LayerFactory
 from reszoo.layers import ImagePreprocess
@@ -30,7 +30,10 @@ class ModelIO:
 
     ``num_classes``, ``input_shape``, ``input_tensor``, ``include_top``, ``pooling``,
     ``classifier_activation`` and ``name`` are keras.applications'; without the classifier
-    (or with ``features_only``) the default input size is free, ``(None, None, 3)``.
+    (or with ``features_only``) the default input size is free, ``(None, None, 3)``. As in
+    keras.applications, ``input_shape`` and every tensor follow
+    ``keras.config.image_data_format()`` when the model is built: ``(3, 224, 224)``
+    channels-first.
     ``features_only`` / ``out_levels``: a backbone whose output is a dict of stage outputs
     keyed by level, "Pk" at stride 2**k (``Pyramid``; keras-hub's ``pyramid_outputs``), all
     levels or those in ``out_levels``. ``preprocessing``: the model's first layer, so it takes
@@ -63,8 +66,7 @@ def split_options(options, *, variant, stem, preprocessing, conv_bias=False):
     """A builder's ``**options`` as ``(ModelIO, LayerFactory)``: unknown names are a
     ValueError with the closest ones; the family's defaults fill ``preprocessing="auto"``,
     ``num_classes`` (10 for CIFAR, 1000 for ImageNet) and ``bn_epsilon`` (1.001e-5 for the
-    "keras" variant, else 1e-5). Also refuses a channels-first Keras."""
-    check_data_format()
+    "keras" variant, else 1e-5)."""
     check_choice("stem", stem, STEMS)
     check_choice("variant", variant, VARIANTS)
     unknown = [key for key in options if key not in OPTIONS]
@@ -130,17 +132,18 @@ def model_input(input_shape, input_tensor, default_shape, min_size=1):
     if input_tensor is not None:
         if not keras.backend.is_keras_tensor(input_tensor):
             raise ValueError("input_tensor must be a Keras tensor (from keras.Input or a layer)")
-        _check_min_size(tuple(input_tensor.shape[1:]), min_size)
+        _check_min_size(layout.spatial(input_tensor.shape), min_size)
         sources = keras.utils.get_source_inputs(input_tensor)
         return (sources[0] if len(sources) == 1 else sources), input_tensor
-    shape = default_shape if input_shape is None else tuple(input_shape)
+    shape = layout.image_shape(*default_shape) if input_shape is None else tuple(input_shape)
     if len(shape) != 3:
-        raise ValueError(f"input_shape must be (height, width, channels), got {input_shape!r}")
-    for dim in shape[:2]:
+        spelled = "(height, width, channels)" if layout.current() == layout.LAST else "(channels, height, width)"
+        raise ValueError(f"input_shape must be {spelled} ({layout.current()}), got {input_shape!r}")
+    for dim in layout.spatial((None, *shape)):
         if dim is not None:
             check_int("input_shape", dim, 1)
-    check_int("input_shape channels", shape[2], 1)
-    _check_min_size(shape, min_size)
+    check_int("input_shape channels", layout.channels((None, *shape)), 1)
+    _check_min_size(layout.spatial((None, *shape)), min_size)
     inputs = layers.Input(shape=shape, name="input")
     return inputs, inputs
 
@@ -151,10 +154,10 @@ def min_input_size(stem, stages):
     return (1 if stem == "cifar" else 4) * 2 ** (stages - 1)
 
 
-def _check_min_size(shape, min_size):
-    small = [d for d in shape[:2] if d is not None and d < min_size]
+def _check_min_size(spatial, min_size):
+    small = [d for d in spatial if d is not None and d < min_size]
     if small:
-        raise ValueError(f"images of {shape[0]}x{shape[1]} are too small for this net: it takes at least "
+        raise ValueError(f"images of {spatial[0]}x{spatial[1]} are too small for this net: it takes at least "
                          f"{min_size}x{min_size} (its total stride)")
 
 
@@ -169,11 +172,12 @@ def preprocess(x, preprocessing):
         raise ValueError('preprocessing must be None, "caffe", "tf", "torch" or {"mean": [...], "std": [...]}, '
                          f"got {preprocessing!r}")
     mean, std = (list(map(float, preprocessing[k])) for k in ("mean", "std"))
-    channels = x.shape[-1]
+    channels = layout.channels(x.shape)
     if len(mean) != channels or len(std) != channels or min(std) <= 0:
         raise ValueError(f"preprocessing needs a mean and a positive std per channel ({channels}), got "
                          f"{len(mean)} and {len(std)} values")
-    return layers.Normalization(mean=mean, variance=[s * s for s in std], name=naming.PREPROCESS)(x)
+    return layers.Normalization(axis=layout.channel_axis(), mean=mean, variance=[s * s for s in std],
+                                name=naming.PREPROCESS)(x)
 
 
 def cifar_stem(x, f, filters, pyramid, norm=True):
@@ -258,21 +262,11 @@ def level_name(stride):
 
 
 def default_input(stem, include_top, features_only):
-    """The input shape when none is given: the papers' size with a classifier, else any size
-    (keras-hub's default for backbones)."""
+    """The input shape when none is given, as (height, width, channels): the papers' size with
+    a classifier, else any size (keras-hub's default for backbones)."""
     if features_only or not include_top:
         return (None, None, 3)
     return (32, 32, 3) if stem == "cifar" else (224, 224, 3)
-
-
-def check_data_format():
-    """reszoo builds channels-last models only: with a channels_first global format the
-    convolutions would follow it while BatchNorm and the shortcuts normalise and pad the
-    last axis, a model that runs and is wrong."""
-    if keras.config.image_data_format() != "channels_last":
-        raise ValueError("reszoo builds channels_last models only, and keras.config.image_data_format() is "
-                         f"{keras.config.image_data_format()!r}: call keras.config.set_image_data_format("
-                         "'channels_last') first (on GPUs Keras and cuDNN run channels_last at full speed)")
 
 
 def head(x, factory, include_top, pooling, num_classes, classifier_activation):
@@ -286,11 +280,11 @@ def head(x, factory, include_top, pooling, num_classes, classifier_activation):
     return x if pooling is None else global_pool(x, pooling)
 
 
-def global_pool(x, kind):
+def global_pool(x, kind, data_format=None):
     """timm's ``SelectAdaptivePool2d`` over the whole map: "avg", "max", "avgmax" (their mean)
     or "catavgmax" (both, concatenated), into the layer ``naming.POOLED[kind]``."""
-    average = layers.GlobalAveragePooling2D(name=naming.AVG_POOL) if kind != "max" else None
-    maximum = layers.GlobalMaxPooling2D(name=naming.MAX_POOL) if kind != "avg" else None
+    average = layers.GlobalAveragePooling2D(data_format, name=naming.AVG_POOL) if kind != "max" else None
+    maximum = layers.GlobalMaxPooling2D(data_format, name=naming.MAX_POOL) if kind != "avg" else None
     if kind == "avg":
         return average(x)
     if kind == "max":

@@ -25,7 +25,7 @@ import zipfile
 import keras
 import numpy as np
 
-from reszoo import io, naming
+from reszoo import io, layout, naming
 from reszoo.checks import check_choice
 from reszoo.factory import LayerFactory
 from reszoo.layers import ResidualAdapter
@@ -75,7 +75,7 @@ def reset_classifier(model, num_classes, global_pool=None):
         if global_pool == "" and num_classes:
             raise ValueError("global_pool='' leaves the map unpooled: a classifier needs num_classes=0 with it")
         unpooled = feature_map(model)
-        features = unpooled if global_pool == "" else pool_layers(unpooled, global_pool)
+        features = unpooled if global_pool == "" else pool_layers(unpooled, global_pool, layout.of(model))
     else:
         features = pool.output
         global_pool = next(kind for kind, name in naming.POOLED.items() if name == pooled)
@@ -102,10 +102,13 @@ def test_time_pool(model, original_pool):
                          "averages logits, build it with classifier_activation=None")
     if not isinstance(original_pool, int) or original_pool < 1:
         raise ValueError(f"original_pool must be a positive number of feature-map cells, got {original_pool!r}")
-    windows = keras.layers.AveragePooling2D(original_pool, strides=1, padding="valid",
+    data_format = layout.of(model)
+    windows = keras.layers.AveragePooling2D(original_pool, strides=1, padding="valid", data_format=data_format,
                                             name="test_time_pool")(feature_map(model))
+    if data_format == layout.FIRST:  # the classifier reads the channels last
+        windows = keras.layers.Permute((2, 3, 1), name="test_time_pool_channels_last")(windows)
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return ZooModel(inputs, pool_layers(classifier(windows), "avgmax"), name=model.name)
+    return ZooModel(inputs, pool_layers(classifier(windows), "avgmax", layout.LAST), name=model.name)
 
 
 def freeze(model, up_to="backbone", train_bn=False):

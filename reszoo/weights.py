@@ -32,7 +32,7 @@ import h5py
 import keras
 import numpy as np
 
-from reszoo import hub, io, naming, registry, transfer
+from reszoo import hub, io, layout, naming, registry, transfer
 from reszoo.densenet import IMAGENET_BLOCKS
 from reszoo.errors import WeightsError
 from reszoo.model import BuildSpec, build_spec
@@ -164,8 +164,10 @@ def _twin(model, num_classes, channels):
         arguments.update(include_top=False, pooling=None)
     else:
         arguments.update(include_top=True, num_classes=num_classes)
-    if channels is not None and channels != model.input_shape[-1]:
-        arguments["input_shape"] = (*model.input_shape[1:3], channels)
+    data_format = layout.of(model)
+    if channels is not None and channels != layout.channels(model.input_shape, data_format):
+        arguments["input_shape"] = layout.image_shape(*layout.spatial(model.input_shape, data_format), channels,
+                                                      data_format)
     return build(spec.name, arguments, spec.adapters)
 
 

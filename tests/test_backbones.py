@@ -132,11 +132,20 @@ def test_below_the_minimum_size_is_a_clear_error():
         reszoo.create_model("resnet20", input_shape=(3, 32, 3))
 
 
-def test_channels_first_is_refused_with_one_line():
+def test_channels_first_models_take_and_give_nchw_as_keras_applications_do():
+    """Their numbers equal the channels_last models' on JAX and PyTorch: test_data_format."""
     keras.config.set_image_data_format("channels_first")
     try:
-        with pytest.raises(ValueError, match="reszoo builds channels_last models only"):
-            reszoo.create_model("resnet20")
+        assert reszoo.create_model("resnet20").input_shape == (None, 3, 32, 32)
+        backbone = reszoo.create_model("resnet50", features_only=True)
+        assert backbone.input_shape == (None, 3, None, None)
+        shapes = backbone.compute_output_shape((1, 3, 64, 96))
+        assert shapes["P2"] == (1, 256, 16, 24) and shapes["P5"] == (1, 2048, 2, 3)
+        assert [(f["channels"], f["stride"]) for f in reszoo.features(backbone)][-1] == (2048, 32)
+        with pytest.raises(ValueError, match=r"input_shape must be \(channels, height, width\) \(channels_first\)"):
+            reszoo.create_model("resnet20", input_shape=(32, 32))
+        with pytest.raises(ValueError, match=r"images of 8x8 are too small for this net"):
+            reszoo.create_model("densenet121", input_shape=(3, 8, 8))
     finally:
         keras.config.set_image_data_format("channels_last")
 

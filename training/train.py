@@ -293,12 +293,15 @@ def default_model_dir(opts):
 
 def run(opts):
     """Train (or fine-tune) as ``opts`` (``training.flags.options()``) says; returns the
-    results written to model_dir/results.json. Raises ``CommandError`` with one line."""
+    results written to model_dir/results.json. Raises ``CommandError`` with one line. Models
+    are built channels_last whatever Keras' image_data_format: the data pipeline is NHWC, as
+    TensorFlow's CPU kernels are."""
     import keras
     import tensorflow as tf
 
     from training import augment, data as data_lib, run_folder, strategy as strategies
 
+    keras.config.set_image_data_format("channels_last")
     check_options(opts)
     strategy = strategies.make(opts.distribution_strategy, opts.tpu, opts.worker_timeout)  # before other ops
     chief = strategies.is_chief(strategy)
