@@ -19,7 +19,7 @@ setup(
         "tf": ["tensorflow>=2.21,<2.22", "tensorflow-datasets>=4.9", "tensorboard", "absl-py"],
         "export": ["tf2onnx>=1.17", "onnxruntime>=1.20"],
         # reszoo-serve: KServe's model server; the SavedModel runtime needs [tf] too.
-        "serve": ["kserve>=0.21,<0.22", "onnxruntime>=1.20"],
+        "serve": ["kserve>=0.21,<0.22", "onnxruntime>=1.20", "pillow>=10"],
         "lab": ["matplotlib>=3.7"],
         "hub": ["keras-hub>=0.32"],
         # PyTorch peers: the GPU benchmark's torchvision contenders (and timm checkpoints).
@@ -35,6 +35,7 @@ setup(
             "tf2onnx>=1.17",
             "onnxruntime>=1.20",
             "kserve>=0.21,<0.22",
+            "pillow>=10",
             "matplotlib>=3.7",
             "keras-hub>=0.32",
             "torch>=2.10",

@@ -8,6 +8,7 @@ runtime against the SavedModel, and SIGTERM against a request in flight.
 
 import base64
 import concurrent.futures
+import gzip
 import io
 import json
 import os
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -320,6 +322,128 @@ def _hostile(server, model, grpc_port):
 def test_hostile_requests_over_every_protocol_get_a_4xx_with_one_line(served):
     _, _, server = served
     _hostile(server, MODEL, server.grpc_port)
+
+
+def _rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("VmRSS:")).split()[1]) / 1024
+
+
+def _chunked(server, path, total, chunk=2 ** 16):
+    """POST ``total`` bytes of JSON-ish filler as a chunked body (no Content-Length) over a raw
+    socket, stopping as soon as the server answers; the answer's status and body."""
+    import select
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
+        conn.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n".encode())
+        sent = 0
+        while sent < total and not select.select([conn], [], [], 0)[0]:
+            try:
+                conn.sendall(f"{chunk:x}\r\n".encode() + b" " * chunk + b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += chunk
+        if sent >= total:
+            conn.sendall(b"0\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < int(
+                re.search(rb"content-length: (\d+)", answer.lower()).group(1) if b"content-length" in answer.lower()
+                else 0):
+            data = conn.recv(65536)
+            if not data:
+                break
+            answer += data
+    head, body = answer.split(b"\r\n\r\n", 1)
+    return int(head.split()[1]), json.loads(body), sent
+
+
+def _png_bomb(side=20000):
+    """A valid grey PNG of ``side`` x ``side`` zeros: 400 MB of pixels in a file of some 400 KB."""
+    import struct
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row, parts = zlib.compressobj(9), b"\0" * (side + 1), []
+    for _ in range(side):
+        parts.append(packer.compress(row))
+    parts.append(packer.flush())
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+
+
+def test_bodies_over_the_limit_in_any_form_and_image_bombs_are_refused_with_flat_memory(served):
+    """TF Serving's open reports, tried here: a chunked body (no Content-Length) is counted as it
+    comes, a gzip body is inflated with the limit on its inflated size (a bomb stops there), an
+    image whose header claims 20000 x 20000 pixels is refused before decoding; good gzip bodies
+    answer as plain ones, and the server's memory stays where it was."""
+    _, _, server = served
+    pixels = _images(2)
+    plain = server.predict({"instances": pixels.tolist()})
+    before = _rss_mb(server.proc.pid)
+    for path in (f"/v1/models/{MODEL}:predict", f"/v1/models/{MODEL}/versions/1:predict",
+                 f"/v2/models/{MODEL}/infer"):
+        status, answer, sent = _chunked(server, path, 2 ** 30)  # 1 GiB offered
+        assert status == 413 and "and still coming" in answer["error"] and sent < 64 * 2 ** 20, (path, answer, sent)
+    body = json.dumps({"instances": pixels.tolist()}).encode()
+    zipped = requests.post(server.url + f"/v1/models/{MODEL}:predict", data=gzip.compress(body), timeout=30,
+                           headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    assert (zipped.status_code, zipped.json()) == plain
+    for data, encoding, status, says in [(gzip.compress(b" " * (256 * 2 ** 20)), "gzip", 413, "once inflated"),
+                                         (gzip.compress(body)[:-20], "gzip", 400, "cut short"),
+                                         (b"not gzip at all", "gzip", 400, "cannot be inflated"),
+                                         (body, "br", 415, "Content-Encoding 'br' is not accepted")]:
+        answer = requests.post(server.url + f"/v1/models/{MODEL}:predict", data=data, timeout=60,
+                               headers={"Content-Encoding": encoding, "Content-Type": "application/json"})
+        assert answer.status_code == status and says in answer.json()["error"], (encoding, answer.text)
+    bomb, large = (base64.b64encode(_png_bomb(side)).decode() for side in (20000, 5000))
+    assert len(bomb) < 2 ** 20
+    for path in (f"/v1/models/{MODEL}:predict", f"/v1/models/{MODEL}/versions/1:predict"):
+        status, answer = server.predict({"signature_name": "serving_bytes", "instances": [{"b64": bomb}] * 3},
+                                        path=path)
+        assert status == 400 and answer["error"] == ("image 0 claims over 178956970 pixels, over the server's limit "
+                                                     "of 4096 x 4096; it was not decoded"), answer
+        status, answer = server.predict({"signature_name": "serving_bytes", "instances": [{"b64": large}]}, path=path)
+        assert status == 400 and answer["error"].startswith("image 0 claims 5000 x 5000 pixels, over"), answer
+    assert server.predict({"instances": pixels.tolist()}) == plain
+    assert _rss_mb(server.proc.pid) < before + 100
+    assert "Traceback" not in server.output()
+
+
+def test_versions_are_read_as_tf_serving_reads_them(served, tmp_path):
+    """"0010" is version 10 and "²" no version (it once killed the watcher); a version seen
+    half-copied is served once its copy completes; a served version whose folder is removed is
+    unloaded for the newest that remains (TF Serving's latest policy)."""
+    _, base, _ = served
+    v1 = base / MODEL / "1"
+    models = tmp_path / "models"
+    shutil.copytree(v1, models / "m" / "0003")
+    (models / "m" / "\u00b2").mkdir()
+    server = Server(tmp_path, models / "m", ready="m")
+    try:
+        def serving():
+            return requests.get(f"{server.url}/v1/models/m", timeout=10).json()["model_version_status"][0]["version"]
+
+        def wait_for(condition, what):
+            deadline = time.time() + 60
+            while not condition():
+                assert time.time() < deadline, f"{what}:\n" + server.output()[-3000:]
+                time.sleep(0.2)
+
+        assert serving() == "3"
+        shutil.copytree(v1, models / "m" / "5", ignore=shutil.ignore_patterns("variables"))
+        wait_for(lambda: "m version 5 has no variables/" in server.output(), "the half copy reported")
+        assert serving() == "3"
+        shutil.copytree(v1 / "variables", models / "m" / "5" / "variables")
+        wait_for(lambda: serving() == "5", "the completed copy served")
+        shutil.rmtree(models / "m" / "5")
+        wait_for(lambda: serving() == "3", "the newest remaining served")
+        assert "serve: m version 5 was removed; unloaded" in server.output()
+        assert server.predict({"instances": _images(1).tolist()}, path="/v1/models/m:predict")[0] == 200
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output()
 
 
 def _client(server, pixels, until, answers, errors):

@@ -52,12 +52,22 @@ def define_flags():
                              f"must be a comma-separated list of {', '.join(FORMATS)}")
 
 
-def versions(base):
-    """The version numbers under a model folder of TF Serving's layout (integer folder
-    names), ascending."""
+def version_folders(base):
+    """``[(number, folder)]`` of the versions under a model folder of TF Serving's layout,
+    ascending: folders named with ASCII digits ("0010" is version 10, as TF Serving reads it;
+    "²" is no number), the first by name where two spell one number."""
     if not os.path.isdir(base):
         return []
-    return sorted(int(d) for d in os.listdir(base) if d.isdigit() and os.path.isdir(os.path.join(base, d)))
+    found = {}
+    for name in sorted(os.listdir(base)):
+        if name.isascii() and name.isdigit() and os.path.isdir(os.path.join(base, name)):
+            found.setdefault(int(name), os.path.join(base, name))
+    return sorted(found.items())
+
+
+def versions(base):
+    """The version numbers under a model folder of TF Serving's layout, ascending."""
+    return [number for number, _ in version_folders(base)]
 
 
 def next_version(base):

@@ -19,13 +19,13 @@ FLAGS = flags.FLAGS
 
 def resolve(path):
     """The version folder to load: ``path`` itself, or its highest integer sub-folder."""
-    from training.export import versions
+    from training.export import version_folders
 
     if path and os.path.isfile(os.path.join(path, "saved_model.pb")):
         return path
-    found = versions(path) if path else []
+    found = version_folders(path) if path else []
     if found:
-        return os.path.join(path, str(found[-1]))
+        return found[-1][1]
     raise ValueError(f"--saved_model: {path!r} is neither a SavedModel folder nor a folder of versions")
 
 

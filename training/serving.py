@@ -25,10 +25,12 @@ import dataclasses
 import json
 import logging
 import os
+import io
 import threading
 import time
 import warnings
 import zipfile
+import zlib
 
 import numpy as np
 from fastapi import Request
@@ -40,7 +42,8 @@ from kserve.model_repository import ModelRepository
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prometheus_client import Histogram
 
-from training.export import versions
+from training.export import version_folders, versions
+from training.flags import MAX_IMAGE_SIZE
 from training.predict import missing
 
 SIGNATURES = {"serving_default": ("images", "float32"), "serving_uint8": ("images", "uint8"),
@@ -103,18 +106,51 @@ class Servable:
 
     def decode(self, images):
         """Encoded images (bytes) as float32 pixels, as the export's ``serving_bytes`` decodes
-        them; InvalidInput names the first that does not decode."""
+        them; InvalidInput names the first that does not decode, or whose header claims more
+        pixels than ``MAX_IMAGE_SIZE`` squared (read from the header, before decoding: a small
+        file can claim 20000 x 20000)."""
         import tensorflow as tf
 
         from training.data import error_reason, serving_image
 
         out = []
         for i, data in enumerate(images):
+            check_image_size(data, f"image {i}")
             try:
                 out.append(serving_image(tf.constant(data), self.image_shape).numpy())
             except (tf.errors.InvalidArgumentError, ValueError) as err:
                 raise InvalidInput(f"image {i} cannot be decoded ({error_reason(err)})") from None
         return np.stack(out)
+
+
+def check_image_size(data, where):
+    """InvalidInput when encoded image ``data``'s header claims more than ``MAX_IMAGE_SIZE``
+    squared pixels (Pillow reads the header alone); a header Pillow cannot read is left to
+    the decoder to refuse."""
+    from PIL import Image, UnidentifiedImageError
+
+    limit = f"over the server's limit of {MAX_IMAGE_SIZE} x {MAX_IMAGE_SIZE}; it was not decoded"
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Image.DecompressionBombError:  # Pillow's own guard, at twice its MAX_IMAGE_PIXELS
+        raise InvalidInput(f"{where} claims over {2 * Image.MAX_IMAGE_PIXELS} pixels, {limit}") from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        return
+    if width * height > MAX_IMAGE_SIZE ** 2:
+        raise InvalidInput(f"{where} claims {width} x {height} pixels, {limit}")
+
+
+def fingerprint(folder):
+    """The files of ``folder`` (names, sizes, modification times): it changes when a copy
+    into it goes on, so a version seen incomplete is looked at again."""
+    found = []
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):
+                stat = os.stat(os.path.join(root, name))
+                found.append((os.path.relpath(os.path.join(root, name), folder), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(found))
 
 
 class Version(Servable):
@@ -409,26 +445,37 @@ class ServedModel(Model):
         self._lock = threading.Lock()
 
     def refresh(self):
-        """Load the newest complete version if it is newer than the one served; a version that
-        fails to load is reported once and skipped. True when the served version changed."""
+        """Serve the newest complete version, as TF Serving's latest policy does: a newer one
+        that loads replaces the served one; a served one whose folder is removed is unloaded
+        for the newest that remains. A version that fails to load is reported and skipped
+        until its files change (a copy still going on). True when the served version changed."""
         if self.folder is None:  # a fixed servable (an adapter task): nothing to look for
             return False
         with self._lock:
-            for number in reversed(versions(self.folder)):
-                if self.current is not None and number <= self.current.number:
+            current = self.current
+            removed = current is not None and not os.path.isdir(current.folder)
+            if removed:
+                self.say(f"serve: {self.name} version {current.number} was removed; unloaded")
+            for number, folder in reversed(version_folders(self.folder)):
+                if current is not None and not removed and number <= current.number:
                     return False
-                if number in self.failed:
+                mark = fingerprint(folder)
+                if number in self.failed and self.failed[number][0] == mark:
                     continue
                 try:
-                    version = Version(os.path.join(self.folder, str(number)), self.options.runtime)
+                    version = Version(folder, self.options.runtime)
                 except ValueError as err:
-                    self.failed[number] = str(err)
-                    self.say(f"serve: error: {self.name} version {number} {err}; not served")
+                    if self.failed.get(number, (None, None))[1] != str(err):
+                        self.say(f"serve: error: {self.name} version {number} {err}; not served")
+                    self.failed[number] = (mark, str(err))
                     continue
+                self.failed.pop(number, None)
                 self.current, self.ready = version, True
                 self.say(f"serving {self.name} version {number} ({self.options.runtime})")
                 return True
-            return False
+            if removed:
+                self.current, self.ready = None, False
+            return removed
 
     def status(self, version=None):
         """TF Serving's model status answer (``GET /v1/models/NAME[/versions/N]``)."""
@@ -484,22 +531,65 @@ class ServedModel(Model):
 
 
 class SizeLimit:
-    """ASGI middleware: a request whose Content-Length is over ``max_bytes`` gets 413 (its body
-    read and dropped, so a client still sending sees the answer, not a reset)."""
+    """ASGI middleware: no request body over ``max_bytes`` reaches the app, however it comes
+    (413). By its Content-Length, before reading (the body is read and dropped, so a client
+    still sending sees the answer, not a reset); a chunked body, counted as it arrives and
+    refused at the limit (the rest unread); ``Content-Encoding: gzip``, which TF Serving
+    accepts, inflated here with the limit on the inflated size (a gzip bomb stops there).
+    Other encodings are 415. The app gets the body whole, as it would read it."""
 
     def __init__(self, app, max_bytes):
         self.app, self.max_bytes = app, max_bytes
 
+    def _over(self, what):
+        return JSONResponse({"error": f"the request body is {what}, over the server's limit of {self.max_bytes} bytes "
+                                      "(--max_request_mb)"}, status_code=413)
+
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            size = dict(scope["headers"]).get(b"content-length", b"")
-            if size.isdigit() and int(size) > self.max_bytes:
-                while (await receive()).get("more_body"):
-                    pass
-                answer = JSONResponse({"error": f"the request body is {int(size)} bytes, over the server's limit of "
-                                                f"{self.max_bytes} (--max_request_mb)"}, status_code=413)
-                return await answer(scope, receive, send)
-        return await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        size = headers.get(b"content-length", b"")
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        refusal = None
+        if encoding not in (b"identity", b"gzip"):
+            refusal = JSONResponse({"error": f"Content-Encoding {encoding.decode('latin-1')[:40]!r} is not accepted "
+                                             "(send the body as it is, or gzip)"}, status_code=415)
+        elif size.isdigit() and int(size) > self.max_bytes:
+            refusal = self._over(f"{int(size)} bytes")
+        if refusal is not None:
+            while (await receive()).get("more_body"):
+                pass
+            return await refusal(scope, receive, send)
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return None
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                return await self._over(f"over {self.max_bytes} bytes and still coming")(scope, receive, send)
+            if not message.get("more_body"):
+                break
+        if encoding == b"gzip":
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            try:
+                body = inflater.decompress(bytes(body), self.max_bytes + 1)
+            except zlib.error as err:
+                return await JSONResponse({"error": f"the gzip body cannot be inflated ({err})"},
+                                          status_code=400)(scope, receive, send)
+            if len(body) > self.max_bytes:
+                return await self._over("over that once inflated (gzip)")(scope, receive, send)
+            if not inflater.eof:
+                return await JSONResponse({"error": "the gzip body is cut short"}, status_code=400)(scope, receive, send)
+            kept = [(k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")]
+            scope = {**scope, "headers": kept + [(b"content-length", str(len(body)).encode())]}
+        whole = [{"type": "http.request", "body": bytes(body), "more_body": False}]
+
+        async def replay():
+            return whole.pop() if whole else await receive()
+
+        return await self.app(scope, replay, send)
 
 
 class OneLine(logging.Filter):
