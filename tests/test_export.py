@@ -230,6 +230,57 @@ def test_onnx_and_tflite_are_verified_against_the_keras_model(run, tmp_path):
     np.testing.assert_allclose(next(iter(runner(**{name: x.astype("float32")}).values())), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_too_much(run, tmp_path):
+    """--quantize=int8: model_int8.onnx beside the float32 files, its top-1 and agreement on the
+    run's test split printed and in the metadata (the float32 top-1 is training's own); a
+    calibration on black images wrecks it, and the export keeps everything but that file,
+    saying so in one line with exit 2. reszoo-serve's onnx_int8 runtime answers with it."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    from reszoo.datasets import load_digits
+    from training import serving
+
+    _, model_dir, _, _ = run
+    proc = cli("training.export", f"--model_dir={model_dir}", f"--export_dir={tmp_path}", "--quantize=int8")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    version = tmp_path / "resnet20_digits" / "1"
+    found = json.loads((version / "metadata.json").read_text())
+    int8 = found["int8"]
+    assert found["formats"] == ["saved_model", "onnx", "onnx_int8"] and int8["written"] is True
+    assert (int8["calibration_images"], int8["validation_images"]) == (256, 359)
+    reported = json.loads((model_dir / "results.json").read_text())["test_accuracy"]
+    assert int8["top1_float32"] == pytest.approx(100 * reported, abs=1e-3)
+    assert int8["top1_int8"] >= int8["top1_float32"] - 1.0 and int8["top1_agreement"] >= 95
+    (_, _), (x, y), _ = load_digits()
+    session = ort.InferenceSession(str(version / "model_int8.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"images": x.astype("float32")})[0]
+    assert 100 * np.mean(logits.argmax(1) == y) == pytest.approx(int8["top1_int8"], abs=1e-3)
+    assert (f"export: int8: top-1 {int8['top1_int8']:.2f}% against float32's {int8['top1_float32']:.2f}% on 359 "
+            "held-out images (the test split of digits)") in proc.stdout
+    served = serving.Version(str(version), "onnx_int8")
+    np.testing.assert_allclose(served.run(x[:4].astype("float32"))["logits"], logits[:4], rtol=1e-5, atol=1e-5)
+
+    black = tmp_path / "black"
+    for label in range(10):
+        (black / str(label)).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.zeros((8, 8), "uint8"), "L").save(black / str(label) / f"{i}.png")
+    proc = cli("training.export", f"--model_dir={model_dir}", f"--export_dir={tmp_path}", "--quantize=int8",
+               f"--calibration_data={black}")
+    assert proc.returncode == 2
+    line = _one_error_line(proc, "export")
+    version = tmp_path / "resnet20_digits" / "2"
+    assert "over --max_accuracy_drop=1; model_int8.onnx not written, the float32 export is in " + str(version) in line
+    found = json.loads((version / "metadata.json").read_text())
+    assert found["formats"] == ["saved_model", "onnx"] and found["int8"]["written"] is False
+    assert found["int8"]["calibration"] == str(black) and found["int8"]["calibration_images"] == 30
+    assert sorted(p.name for p in version.iterdir()) == ["assets", "fingerprint.pb", "metadata.json", "model.onnx",
+                                                         "saved_model.pb", "variables"]
+    with pytest.raises(ValueError, match=r"has no model_int8.onnx \(export it with --quantize=int8"):
+        serving.Version(str(version), "onnx_int8")
+
+
 def test_a_mismatch_is_an_error_and_writes_nothing(run, tmp_path, monkeypatch):
     from training import export
 
@@ -293,6 +344,10 @@ def test_bad_requests_give_one_line(run, tmp_path):
     (tmp_path / "corrupt" / "last.keras").write_bytes(b"PK not a zip")
     cases.append(((f"--model_dir={tmp_path / 'corrupt'}", f"--export_dir={tmp_path}"), 1,
                   "is not a .keras file, or is truncated"))
+    cases.append(((f"--model_dir={model_dir}", f"--export_dir={tmp_path}", "--quantize=int8",
+                   f"--calibration_data={tmp_path / 'none'}"), 2, "is not a folder (of class sub-folders of images)"))
+    cases.append(((f"--model_dir={model_dir}", f"--export_dir={tmp_path}", "--quantize=int8",
+                   f"--validation_data={tmp_path / 'unfinished'}"), 2, "has no class sub-folders"))
     for args, code, message in cases:
         proc = cli("training.export", *args)
         assert proc.returncode == code, (args, proc.stderr[-1500:])

@@ -12,10 +12,13 @@ Each returns ``logits``, ``probabilities``, ``top_k_ids``, ``top_k_scores`` and
 ``top_k_names``. The model's normalisation is its first layer, so nothing is done outside.
 ``metadata.json`` sits beside ``saved_model.pb``; ``--formats=onnx,tflite`` adds
 ``model.onnx`` (tf2onnx) and ``model.tflite``, ``--formats=timm`` a ``timm/`` folder in timm's
-hub layout (``reszoo.hub.save_timm``). Every file is checked against the Keras model
+hub layout (``reszoo.hub.save_timm``). ``--quantize=int8`` adds ``model_int8.onnx``
+(``training.quantize``), kept only when its top-1 on held-out images is within
+``--max_accuracy_drop`` of float32's. Every file is checked against the Keras model
 before the version is renamed into place; a version is never overwritten.
 """
 
+import dataclasses
 import datetime
 import errno
 import hashlib
@@ -40,6 +43,18 @@ class ExportError(errors.CommandError):
     """A problem with the export request; printed as one line. ``code`` 2 is a usage error."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Int8Options:
+    """``--quantize=int8``'s options: how many calibration images, from where (a folder;
+    default the run's training split), the held-out images (a folder; default the run's test
+    split), and the top-1 points int8 may lose against float32."""
+
+    calibration_images: int = 256
+    calibration_data: str = None
+    validation_data: str = None
+    max_accuracy_drop: float = 1.0
+
+
 def define_flags():
     flags.DEFINE_string("model_dir", None, "required: a training run folder (holds last.keras, results.json, flags.json)")
     flags.DEFINE_enum("checkpoint", "last", ["last", "best"], "export last.keras or best.keras")
@@ -48,6 +63,16 @@ def define_flags():
     flags.DEFINE_integer("version", 0, "version number (0: one more than the highest there)", lower_bound=0)
     flags.DEFINE_list("formats", ["saved_model"], f"any of {', '.join(FORMATS)} (saved_model is always written)")
     flags.DEFINE_integer("top_k", 5, "classes in the top-k outputs (at most the number of classes)", lower_bound=1)
+    flags.DEFINE_enum("quantize", "none", ["none", "int8"], "int8: also model_int8.onnx (ONNX Runtime's static "
+                      "quantization, per-channel int8 weights), written only if its top-1 on held-out images is "
+                      "within --max_accuracy_drop of float32's; implies --formats=onnx")
+    flags.DEFINE_integer("calibration_images", 256, "--quantize: images to calibrate on", lower_bound=1)
+    flags.DEFINE_string("calibration_data", None, "--quantize: a folder of class sub-folders of images to calibrate "
+                        "on (default: the run's training split)")
+    flags.DEFINE_string("validation_data", None, "--quantize: held-out images for the accuracy check, a folder of "
+                        "sub-folders named as the run's classes (default: the run's test split)")
+    flags.DEFINE_float("max_accuracy_drop", 1.0, "--quantize: top-1 points int8 may lose against float32",
+                       lower_bound=0.0, upper_bound=100.0)
     flags.register_validator("formats", lambda v: set(v) <= set(FORMATS),
                              f"must be a comma-separated list of {', '.join(FORMATS)}")
 
@@ -213,14 +238,26 @@ def _run_tflite(tf, path, x):
 
 
 def export(model_dir, export_dir="saved_models", name=None, version=0, formats=("saved_model",),
-           checkpoint="last", top_k=5):
-    """Export a run; returns the version folder. Raises ExportError with a one-line message."""
+           checkpoint="last", top_k=5, int8=None):
+    """Export a run; returns the version folder. ``int8`` (an ``Int8Options``) also writes
+    ``model_int8.onnx``; where it loses too much accuracy the version is written without it
+    and an ExportError (code 2) says so after. Raises ExportError with a one-line message."""
     from training import files
 
+    if int8 is not None and "onnx" not in formats:
+        formats = (*formats, "onnx")
     _check_formats(formats)
+    for flag in ("calibration_data", "validation_data"):
+        folder = getattr(int8, flag, None)
+        if folder is not None and not os.path.isdir(folder):
+            raise ExportError(f"--{flag}={folder} is not a folder (of class sub-folders of images)", 2)
     path, results, run_flags = _read_run(model_dir, checkpoint)
     model = _load(path)
     info = _describe(model, path, model_dir, results, run_flags, name)
+    if int8 is not None:  # the images first: a dataset that cannot be had stops the export before it starts
+        from training import quantize
+
+        int8 = (int8, quantize.held_data(int8, run_flags, info["image_shape"], info["class_names"]))
     if "timm" in formats:
         _timm_architecture(model)
     base = os.path.join(export_dir, info["name"])
@@ -228,7 +265,7 @@ def export(model_dir, export_dir="saved_models", name=None, version=0, formats=(
     tmp = files.tmp_name(final)
     try:
         os.makedirs(tmp)
-        out = _write_version(model, tmp, info, formats, top_k, int(os.path.basename(final)))
+        out, refused = _write_version(model, tmp, info, formats, top_k, int(os.path.basename(final)), int8)
         files.fsync_tree(out)
         try:
             os.rename(out, final)  # atomic; fails rather than replace a version made meanwhile
@@ -245,6 +282,8 @@ def export(model_dir, export_dir="saved_models", name=None, version=0, formats=(
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if refused:
+        raise ExportError(f"{refused}; model_int8.onnx not written, the float32 export is in {final}", 2)
     return final
 
 
@@ -312,9 +351,10 @@ def _version_folder(base, version):
     return final
 
 
-def _write_version(model, tmp, info, formats, top_k, version):
+def _write_version(model, tmp, info, formats, top_k, version, int8=None):
     """The SavedModel (and the other formats) in ``tmp/model``, each checked against the
-    Keras model; returns that folder."""
+    Keras model; with ``int8`` (``(Int8Options, quantize.held_data(...))``) also
+    model_int8.onnx. Returns that folder, and why int8 was refused (or None)."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -354,6 +394,21 @@ def _write_version(model, tmp, info, formats, top_k, version):
         hub.save_timm(model, os.path.join(out, "timm"), card={
             "datasets": [info["dataset"]], "metrics": {} if accuracy is None else {"top1": round(100 * accuracy, 3)}})
         written.append("timm")
+    quantized, refused = None, None
+    if int8 is not None:
+        from training import quantize
+
+        (options, (calibration, held, sources)) = int8
+        quantized = {**quantize.quantize(os.path.join(out, "model.onnx"), os.path.join(out, "model_int8.onnx"),
+                                         calibration, held, options.max_accuracy_drop), **sources}
+        said = (f"int8: top-1 {quantized['top1_int8']:.2f}% against float32's {quantized['top1_float32']:.2f}% on "
+                f"{quantized['validation_images']} held-out images ({sources['validation']}), "
+                f"{quantized['top1_agreement']:.2f}% of answers the same")
+        print(f"export: {said}", flush=True)
+        if quantized["written"]:
+            written.append("onnx_int8")
+        else:
+            refused = f"{said}: over --max_accuracy_drop={options.max_accuracy_drop:g}"
 
     metadata = {
         "name": info["name"], "version": version, "model": info["model"], "dataset": info["dataset"],
@@ -372,9 +427,11 @@ def _write_version(model, tmp, info, formats, top_k, version):
                      "keras_backend": keras.backend.backend(), "tensorflow": tf.__version__},
         "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    if quantized is not None:
+        metadata["int8"] = quantized
     with open(os.path.join(out, "metadata.json"), "w") as f:
         json.dump(metadata, f, indent=2)
-    return out
+    return out, refused
 
 
 def _sha256(path):
@@ -397,9 +454,11 @@ def main(argv):
         sys.stderr.write("export: error: --model_dir is required\n")
         sys.exit(2)
     try:
+        int8 = Int8Options(FLAGS.calibration_images, FLAGS.calibration_data, FLAGS.validation_data,
+                           FLAGS.max_accuracy_drop) if FLAGS.quantize == "int8" else None
         final = export(FLAGS.model_dir, FLAGS.export_dir, FLAGS.name, FLAGS.version, FLAGS.formats,
-                       FLAGS.checkpoint, FLAGS.top_k)
-    except ExportError as err:
+                       FLAGS.checkpoint, FLAGS.top_k, int8)
+    except errors.CommandError as err:
         sys.stderr.write(f"export: error: {err}\n")
         sys.exit(err.code)
     print(f"exported {final}")

@@ -46,6 +46,10 @@ from training.export import version_folders, versions
 from training.flags import MAX_IMAGE_SIZE
 from training.predict import missing
 
+# The file each ONNX Runtime runtime serves from a version folder, and how to make it.
+ONNX_FILES = {"onnx": ("model.onnx", "export it with --formats=onnx"),
+              "onnx_int8": ("model_int8.onnx", "export it with --quantize=int8; an export whose int8 lost too much "
+                                               "accuracy has none")}
 SIGNATURES = {"serving_default": ("images", "float32"), "serving_uint8": ("images", "uint8"),
               "serving_bytes": ("image_bytes", "string")}
 OUTPUTS = ("logits", "probabilities", "top_k_ids", "top_k_scores", "top_k_names")
@@ -163,8 +167,9 @@ class Version(Servable):
         meta_file = os.path.join(folder, "metadata.json")
         if problem is None and not os.path.isfile(meta_file):
             problem = "has no metadata.json (it is not a reszoo export)"
-        if problem is None and runtime == "onnx" and not os.path.isfile(os.path.join(folder, "model.onnx")):
-            problem = "has no model.onnx (export it with --formats=onnx, or serve with --runtime=saved_model)"
+        onnx_file, how = ONNX_FILES.get(runtime, (None, None))
+        if problem is None and onnx_file and not os.path.isfile(os.path.join(folder, onnx_file)):
+            problem = f"has no {onnx_file} ({how}, or serve with --runtime=saved_model)"
         if problem:
             raise ValueError(problem)
         try:
@@ -183,10 +188,10 @@ class Version(Servable):
             raise ValueError(f"cannot be loaded, its files are damaged ({type(err).__name__}: {line})") from None
 
     def _load(self):
-        if self.runtime == "onnx":
+        if self.runtime in ONNX_FILES:
             import onnxruntime as ort
 
-            self._session = ort.InferenceSession(os.path.join(self.folder, "model.onnx"),
+            self._session = ort.InferenceSession(os.path.join(self.folder, ONNX_FILES[self.runtime][0]),
                                                  providers=["CPUExecutionProvider"])
             return
         import tensorflow as tf
