@@ -1,8 +1,10 @@
 """Shared by the benchmarks: one JSON line per measurement, with the machine it ran on."""
 
 import json
+import math
 import os
 import platform
+import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -76,3 +78,31 @@ class ProcessPeer:
         if self.proc.stdin and not self.proc.stdin.closed:
             self.proc.stdin.close()
         self.proc.wait(timeout=60)
+
+
+def latency_ms(fn, x, runs):
+    """Median milliseconds of ``fn(x)`` over ``runs`` calls, after one untimed call."""
+    fn(x)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def randomized(model, rng):
+    """``model`` with random weights whose activations stay well scaled (He-normal kernels) and
+    BatchNorm statistics away from their defaults, so that a BN in the wrong place shows, as
+    tests/timm_reference.py makes timm's."""
+    for v in model.weights:
+        shape, name = tuple(v.shape), v.path
+        if "moving_variance" in name:
+            v.assign(rng.uniform(0.5, 1.5, shape))
+        elif "moving_mean" in name or "beta" in name or "bias" in name:
+            v.assign(rng.normal(0, 0.1, shape))
+        elif "gamma" in name:
+            v.assign(rng.uniform(0.2, 0.6, shape))
+        elif len(shape) >= 2:
+            v.assign(rng.normal(0, 1, shape) * (2.0 / math.prod(shape[:-1])) ** 0.5)
+    return model

@@ -8,23 +8,12 @@ equivalent exported with Keras' own ``model.export``, both through ``tf.saved_mo
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 
-from benchmarks.common import emit
+from benchmarks.common import emit, latency_ms
 
 PEERS = {"resnet50": "ResNet50", "densenet121": "DenseNet121"}
-
-
-def _latency(fn, x, runs):
-    fn(x)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
 
 
 def main():
@@ -61,7 +50,7 @@ def main():
         for batch in (1, 32):
             x = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, 224, 224, 3)).astype("float32"))
             emit(bench="serving", model=label, batch=batch, load_s=round(load_s, 2),
-                 latency_ms=round(_latency(fn, x, args.runs if batch == 1 else max(3, args.runs // 3)), 1))
+                 latency_ms=round(latency_ms(fn, x, args.runs if batch == 1 else max(3, args.runs // 3)), 1))
 
 
 if __name__ == "__main__":

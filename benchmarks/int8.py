@@ -8,37 +8,10 @@ with float32 on held-out random images.
 """
 
 import argparse
-import math
 import os
-import statistics
 import tempfile
-import time
 
-from benchmarks.common import emit, machine
-
-
-def _latency(fn, x, runs):
-    fn(x)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
-
-
-def _randomized(model, rng):
-    """Weights that keep activations well scaled, BN statistics away from their defaults."""
-    for v in model.weights:
-        shape, name = tuple(v.shape), v.path
-        if "moving_variance" in name:
-            v.assign(rng.uniform(0.5, 1.5, shape))
-        elif "moving_mean" in name or "beta" in name or "bias" in name:
-            v.assign(rng.normal(0, 0.1, shape))
-        elif "gamma" in name:
-            v.assign(rng.uniform(0.2, 0.6, shape))
-        elif len(shape) >= 2:
-            v.assign(rng.normal(0, 1, shape) * (2.0 / math.prod(shape[:-1])) ** 0.5)
+from benchmarks.common import emit, latency_ms, machine, randomized
 
 
 def main():
@@ -59,7 +32,7 @@ def main():
 
     rng = np.random.default_rng(0)
     model = reszoo.create_model(args.model, input_shape=(args.size, args.size, 3), preprocessing="torch")
-    _randomized(model, rng)
+    randomized(model, rng)
     x = rng.uniform(0, 255, (args.calibration + 64, args.size, args.size, 3)).astype("float32")
     with tempfile.TemporaryDirectory() as tmp:
         core = os.path.join(tmp, "core")
@@ -79,7 +52,7 @@ def main():
         print(f"| {args.model}, {args.size} px ({machine()}) | " + " | ".join(runners) + " | int8 / SavedModel |")
         print("|---|" + "---:|" * (len(runners) + 1))
         for batch in map(int, args.batches.split(",")):
-            times = {name: _latency(run, x[:batch], args.runs) for name, run in runners.items()}
+            times = {name: latency_ms(run, x[:batch], args.runs) for name, run in runners.items()}
             speedup = times["SavedModel float32 (TensorFlow)"] / times["ONNX Runtime int8"]
             print(f"| batch {batch} | " + " | ".join(f"{t:.1f} ms" for t in times.values()) + f" | {speedup:.2f}x |",
                   flush=True)

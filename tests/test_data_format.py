@@ -19,23 +19,14 @@ import json, sys
 import numpy as np
 import keras, reszoo
 from reszoo import hub, layout
+from benchmarks.common import randomized as random_weights
 out, cases = sys.argv[1], json.loads(sys.argv[2])
 rng = np.random.default_rng(0)
 result = {"backend": keras.backend.backend()}
 
 
-def randomized(model):  # random weights and BatchNorm statistics, as tests/timm_reference.py makes timm's
-    for v in model.weights:
-        shape, name = tuple(v.shape), v.path
-        if "moving_variance" in name:
-            v.assign(rng.uniform(0.5, 1.5, shape))
-        elif "moving_mean" in name or "beta" in name or "bias" in name:
-            v.assign(rng.normal(0, 0.1, shape))
-        elif "gamma" in name:
-            v.assign(rng.uniform(0.2, 0.6, shape))
-        elif len(shape) >= 2:
-            v.assign(rng.normal(0, 1, shape) * (2.0 / np.prod(shape[:-1])) ** 0.5)
-    return model
+def randomized(model):
+    return random_weights(model, rng)
 
 
 def pyramid(model, x):

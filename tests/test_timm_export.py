@@ -22,23 +22,14 @@ import keras, reszoo
 from reszoo import hub
 from reszoo.errors import WeightsError
 from training import export
+from benchmarks.common import randomized as random_weights
 out, archs = sys.argv[1], sys.argv[2].split(",")
 rng = np.random.default_rng(0)
 x = rng.uniform(0, 255, (2, 64, 64, 3)).astype("float32")
 np.save(os.path.join(out, "x.npy"), x)
 
-def randomized(model):  # random weights and BatchNorm statistics, as tests/timm_reference.py makes timm's
-    for v in model.weights:
-        shape, name = tuple(v.shape), v.path
-        if "moving_variance" in name:
-            v.assign(rng.uniform(0.5, 1.5, shape))
-        elif "moving_mean" in name or "beta" in name or "bias" in name:
-            v.assign(rng.normal(0, 0.1, shape))
-        elif "gamma" in name:
-            v.assign(rng.uniform(0.2, 0.6, shape))
-        elif len(shape) >= 2:
-            v.assign(rng.normal(0, 1, shape) * (2.0 / np.prod(shape[:-1])) ** 0.5)
-    return model
+def randomized(model):
+    return random_weights(model, rng)
 
 stats = {"mean": [120.0, 110.0, 100.0], "std": [60.0, 55.0, 50.0]}  # a run's own, in raw pixels
 for arch in archs:
