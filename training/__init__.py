@@ -1,4 +1,10 @@
-"""reszoo's commands: training, export and prediction (TensorFlow). Installed with reszoo as the
-top-level package ``training``; ``reszoo_cli`` checks that this is the package it finds."""
+"""reszoo's commands: training, validation, export, prediction and serving (TensorFlow).
+Installed with reszoo as the top-level package ``training``; ``reszoo_cli`` checks that this is
+the package it finds. Importing it quiets TensorFlow's C++ start-up log (``TF_CPP_MIN_LOG_LEVEL``
+2, unless set)."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up lines, unless asked for
 
 RESZOO = True

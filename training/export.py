@@ -28,13 +28,13 @@ import shutil
 import subprocess
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # noqa: E402
+from training import errors  # (training.files imports Keras: used lazily, so --help is instant)
+from training.flags import EXPORT_FORMATS
 
-from training import errors  # noqa: E402  (training.files imports Keras: used lazily, so --help is instant)
-
-FORMATS = ("saved_model", "onnx", "tflite", "timm")
+FORMATS = EXPORT_FORMATS
+METADATA = "metadata.json"  # beside saved_model.pb: what the export is (training.predict, validate, serve read it)
 TF_FORMATS = ("onnx", "tflite")  # made from TensorFlow's graph
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)  # logits, float32 model vs exported graph; atol in max |logit| (>= 1)
 
@@ -429,7 +429,7 @@ def _write_version(model, tmp, info, formats, top_k, version, int8=None):
     }
     if quantized is not None:
         metadata["int8"] = quantized
-    with open(os.path.join(out, "metadata.json"), "w") as f:
+    with open(os.path.join(out, METADATA), "w") as f:
         json.dump(metadata, f, indent=2)
     return out, refused
 

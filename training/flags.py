@@ -18,6 +18,8 @@ FLAGS = flags.FLAGS
 
 AUGMENTATIONS = ("auto", "none", "crop", "crop_flip", "inception")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
+EXPORT_FORMATS = ("saved_model", "onnx", "tflite", "timm")  # reszoo-export --formats, train --export_formats
+KERAS_APPLICATIONS_PREFIX = "keras_applications:"  # --init_from=keras_applications:NAME
 MAX_IMAGE_SIZE = 4096
 DIAGNOSTICS_EVERY = 100  # steps between measurements for a bare --diagnostics
 
@@ -108,7 +110,7 @@ def define():
                       "the task is saved on its own to model_dir/task.npz")
     flags.DEFINE_boolean("export", False, "at the end, export a SavedModel (python -m training.export)")
     flags.DEFINE_string("export_dir", "saved_models", "--export: base folder of EXPORT_DIR/MODEL_DATASET/VERSION")
-    flags.DEFINE_list("export_formats", ["saved_model"], "--export: saved_model, onnx, tflite, timm")
+    flags.DEFINE_list("export_formats", ["saved_model"], f"--export: {', '.join(EXPORT_FORMATS)}")
 
     for flag in FLAGS.get_key_flags_for_module(sys.modules[__name__]):
         if flag.flag_type() == "float":  # absl's bounds let nan and inf through
@@ -119,8 +121,8 @@ def define():
                              "must be a comma-separated list of epochs (integers)")
     flags.register_validator("model_args", lambda v: all("=" in s for s in v),
                              "must be key=value pairs")
-    flags.register_validator("export_formats", lambda v: set(v) <= {"saved_model", "onnx", "tflite", "timm"},
-                             "must be a comma-separated list of saved_model, onnx, tflite, timm")
+    flags.register_validator("export_formats", lambda v: set(v) <= set(EXPORT_FORMATS),
+                             f"must be a comma-separated list of {', '.join(EXPORT_FORMATS)}")
     flags.register_validator("validation_split", lambda v: 0.0 < v < 1.0, "must be in (0, 1)")
     flags.register_multi_flags_validator(
         ["distribution_strategy", "tpu"], lambda d: d["distribution_strategy"] != "tpu" or d["tpu"] is not None,
@@ -284,7 +286,7 @@ def record(opts):
     """The run's flags (an ``Options``) for model_dir/flags.json, paths spelled one way."""
     values = opts._asdict()
     for name in _PATHS:
-        if values[name] and "://" not in values[name] and not values[name].startswith("keras_applications:"):
+        if values[name] and "://" not in values[name] and not values[name].startswith(KERAS_APPLICATIONS_PREFIX):
             values[name] = os.path.normpath(os.path.expanduser(values[name]))
     return values
 

@@ -8,9 +8,7 @@ so it needs nothing from reszoo: a smoke test for an export, and a demo.
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags, logging
 
 flags.DEFINE_string("saved_model", None, "required: an exported version folder, or its model folder (latest version)")
 flags.DEFINE_integer("top", 5, "classes to print per image (at most the export's top_k)", lower_bound=1)

@@ -22,10 +22,10 @@ import binascii
 import collections
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 import os
-import io
 import threading
 import time
 import warnings
@@ -42,7 +42,8 @@ from kserve.model_repository import ModelRepository
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prometheus_client import Histogram
 
-from training.export import version_folders, versions
+from reszoo import hub
+from training.export import METADATA, version_folders, versions
 from training.flags import MAX_IMAGE_SIZE
 from training.predict import missing
 
@@ -164,7 +165,7 @@ class Version(Servable):
         self.folder, self.runtime = folder, runtime
         self.number = int(os.path.basename(os.path.normpath(folder)))
         problem = missing(folder)
-        meta_file = os.path.join(folder, "metadata.json")
+        meta_file = os.path.join(folder, METADATA)
         if problem is None and not os.path.isfile(meta_file):
             problem = "has no metadata.json (it is not a reszoo export)"
         onnx_file, how = ONNX_FILES.get(runtime, (None, None))
@@ -263,7 +264,7 @@ class Backbones:
         if key not in self._loaded:
             try:
                 old = train.load_init_model(init_from)
-                if old is None and init_from.startswith(train.TIMM_PREFIX):
+                if old is None and init_from.startswith(hub.PREFIX):
                     old = train.timm_model(init_from, image_shape)
                 elif old is None:
                     old = train.keras_applications_model(init_from, run_flags.get("weights_path"), image_shape)

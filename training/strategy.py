@@ -9,9 +9,6 @@ import time
 
 from training.errors import CommandError, first_line
 
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
-
-
 def cluster_from_env():
     """TF_CONFIG's cluster and this worker's task, checked: ``(cluster, task_type, index)``.
     A usage error names what is missing or out of range."""

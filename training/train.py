@@ -13,17 +13,14 @@ import os
 import signal
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, logging
 
-from absl import app, logging  # noqa: E402
-
-from training import errors, flags as run_flags  # noqa: E402
-from training.errors import CommandError  # noqa: E402
+from training import errors, flags as run_flags
+from training.errors import CommandError
+from training.flags import KERAS_APPLICATIONS_PREFIX
 
 run_flags.define()
 
-KERAS_APPLICATIONS_PREFIX = "keras_applications:"
-TIMM_PREFIX = "timm/"  # reszoo.hub.PREFIX: published weights by name, built at the data's image shape
 
 
 class Interrupted(KeyboardInterrupt):
@@ -99,7 +96,7 @@ def load_init_model(init_from):
 
     from reszoo import hub
 
-    if init_from.startswith(TIMM_PREFIX) or hub.is_checkpoint(init_from):
+    if init_from.startswith(hub.PREFIX) or hub.is_checkpoint(init_from):
         try:  # a usage error now, before the data is read
             hub.checkpoint(init_from) if hub.is_checkpoint(init_from) else hub.resolve(None, init_from)
         except WeightsError as err:

@@ -17,12 +17,11 @@ import math
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # noqa: E402
-
-from training import flags as run_flags  # noqa: E402
-from training.errors import CommandError  # noqa: E402
+from training import flags as run_flags
+from training.errors import CommandError
+from training.export import METADATA
 
 FLAGS = flags.FLAGS
 COLUMNS = ("model", "source", "dataset", "split", "images", "top1", "top1_err", "top5", "top5_err", "loss",
@@ -133,8 +132,9 @@ def load_source(model_dir, checkpoint, weights, average=0, save_average=None):
     """The ``Source`` of --model_dir or --weights (a run's ``average`` last checkpoints
     averaged), or a ``CommandError``."""
     from training import files
+    from training.run_folder import FLAGS_FILE
 
-    if average and not (model_dir and os.path.isfile(os.path.join(os.path.expanduser(model_dir), "flags.json"))):
+    if average and not (model_dir and os.path.isfile(os.path.join(os.path.expanduser(model_dir), FLAGS_FILE))):
         raise CommandError(f"--average={average} averages a run's checkpoints: give --model_dir=RUN_FOLDER", 2)
     if save_average and not average:
         raise CommandError("--save_average writes the model --average=N makes: give --average too", 2)
@@ -147,8 +147,8 @@ def load_source(model_dir, checkpoint, weights, average=0, save_average=None):
         raise CommandError(f"--model_dir={model_dir}: no such file or folder", 2)
     if os.path.isfile(path):
         return keras_source(files.load_model(path, "--model_dir"), os.path.basename(path))
-    if os.path.isfile(os.path.join(path, "flags.json")):
-        run = files.read_json(os.path.join(path, "flags.json"))
+    if os.path.isfile(os.path.join(path, FLAGS_FILE)):
+        run = files.read_json(os.path.join(path, FLAGS_FILE))
         if average:
             model, epochs = average_checkpoints(path, average, save_average)
             where = f"{path} (average of {epochs})"
@@ -218,7 +218,7 @@ def _saved_model_source(path):
 
     serve = predict.load(version, "serving_default")
     try:
-        with open(os.path.join(version, "metadata.json")) as f:
+        with open(os.path.join(version, METADATA)) as f:
             metadata = json.load(f)
     except (OSError, ValueError):
         metadata = {}
@@ -477,6 +477,8 @@ def main(argv):
         sys.stderr.write(f"validate: error: unexpected arguments {argv[1:]}\n")
         sys.exit(2)
     logging.set_verbosity(logging.ERROR)
+    from training.run_folder import FLAGS_FILE
+
     try:
         if FLAGS.model_dir and FLAGS.weights:
             raise CommandError("give --model_dir or --weights, not both", 2)
@@ -484,7 +486,7 @@ def main(argv):
             raise CommandError(f"--average={FLAGS.average} measures the run's last checkpoints averaged, "
                                f"--checkpoint={FLAGS.checkpoint} one model: give one", 2)
         source = load_source(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.weights, FLAGS.average, FLAGS.save_average)
-        folder = source.where if source.where and os.path.isfile(os.path.join(source.where, "flags.json")) else "."
+        folder = source.where if source.where and os.path.isfile(os.path.join(source.where, FLAGS_FILE)) else "."
         results_csv = FLAGS.results_csv if FLAGS.results_csv is not None else os.path.join(folder, "validate.csv")
         png = FLAGS.confusion_png
         if png is None:
