@@ -3,7 +3,6 @@ one process), timed round by round beside the in-process contenders."""
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import pytest
 
 from benchmarks.common import PeerError, ProcessPeer, interleaved_rates
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from conftest import ROOT
 
 
 def _peer(tmp_path, body):

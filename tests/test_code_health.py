@@ -2,13 +2,13 @@
 every command's --help lists its own flags at once (no TensorFlow start-up)."""
 
 import ast
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 PACKAGE = ROOT / "reszoo"
 
 

@@ -14,7 +14,7 @@ import reszoo
 from reszoo import diagnostics
 from reszoo.datasets import load_digits
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+from conftest import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ chromium and chromium-driver, which .ci/run installs)."""
 
 import json
 import os
-import pathlib
 import pickle
 import socket
 import subprocess
@@ -15,9 +14,9 @@ import pytest
 
 import reszoo
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+from conftest import ROOT
 
+CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,9 @@ import pytest
 import reszoo
 from helpers import infer
 
+from conftest import ROOT
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 TOL = dict(rtol=1e-5, atol=1e-5)  # exported graph vs Keras model, float32 logits
 

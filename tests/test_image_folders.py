@@ -2,7 +2,6 @@
 colour images, empty classes) is checked before training, with one line per problem."""
 
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import pytest
 
 from training import data as data_lib
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from conftest import ROOT
 
 
 def add_junk(folder, random_image):

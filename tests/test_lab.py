@@ -2,7 +2,6 @@
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import pytest
 import reszoo
 from reszoo.lab import jacobian, linear, propagation
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from conftest import ROOT
 
 
 def test_identity_path_keeps_gradients_flowing_where_the_plain_net_does_not():

@@ -1,12 +1,11 @@
 """README's generated parts and set-up commands stay true."""
 
 import importlib.util
-import pathlib
 import re
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from conftest import ROOT
 
 
 def _tables_module():

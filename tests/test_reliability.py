@@ -5,7 +5,6 @@ recovers, and resumed runs end with exactly the weights of an uninterrupted one.
 import glob
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -15,7 +14,8 @@ import keras
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 RUN = ["--model_args=base_width=8", "--batch_size=64", "--epochs=4", "--deterministic", "--seed=3"]
 
 

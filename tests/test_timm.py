@@ -7,14 +7,14 @@ pyramid features must equal timm's within 1e-4 (relative), at an even and an odd
 import hashlib
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 TABLE = json.loads((ROOT / "reszoo" / "data" / "timm_weights.json").read_text())["weights"]
 # One architecture per code path of the builder (basic, bottleneck, deep stem + average-pool
 # shortcuts, groups, width, squeeze-excitation, pre-activation, DenseNet): compared value by value.
@@ -245,7 +245,6 @@ def test_bad_weights_get_one_clear_line_and_nothing_half_loaded(timm_side, tmp_p
         or "has no counterpart" in said["misfit"], said["misfit"]
     assert said["untouched"]
     assert all("\n" not in line for line in said.values() if isinstance(line, str))
-
 
 
 def test_train_fine_tunes_from_timm_weights_on_grey_images(timm_side, tmp_path, train, image_folder):

@@ -13,7 +13,8 @@ import keras
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 SMALL = ["--model_args=base_width=8", "--batch_size=64"]
 
 

@@ -2,7 +2,6 @@
 models that remember how they were built, the fine-tuning helpers and residual adapters."""
 
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -14,8 +13,9 @@ import reszoo
 from reszoo import transfer, weights
 from helpers import infer
 
+from conftest import ROOT
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+
 SMALL = dict(base_width=4, input_shape=(8, 8, 1))
 X = np.random.default_rng(0).uniform(0, 16, (6, 8, 8, 1)).astype("float32")
 
