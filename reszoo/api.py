@@ -47,6 +47,10 @@ def create_model(model_name=None, /, *, weights=None, **overrides):
         return _published(model_name or hub.table()[tag]["architecture"], hub.PREFIX + tag,
                           {**hub.build_arguments(tag, overrides), **overrides})
     if weights == weights_lib.IMAGENET:
+        if model_name is None:
+            raise weights_lib.WeightsError(
+                f"weights='imagenet' are keras.applications' weights: name the model, one of "
+                f"{', '.join(sorted(weights_lib.KERAS_APPLICATIONS_MODELS))}")
         if model_name not in weights_lib.KERAS_APPLICATIONS_MODELS:
             raise weights_lib.WeightsError(
                 f"weights='imagenet' are keras.applications' weights, for "

@@ -1,10 +1,13 @@
-"""Small real data shipped with reszoo (numpy only, any backend)."""
+"""Small real data shipped with reszoo (numpy only, any backend): the digits, and the names of
+ImageNet-1k's classes."""
 
+import json
 import os
 
 import numpy as np
 
 _DIGITS = os.path.join(os.path.dirname(__file__), "data", "digits.npz")
+_IMAGENET = os.path.join(os.path.dirname(__file__), "data", "imagenet_classes.json")
 DIGITS_MAX = 16  # the digits' intensities lie in 0..16
 
 
@@ -24,3 +27,11 @@ def channel_stats(images, floor=1e-3):
     mean = images.mean(axis=(0, 1, 2))
     std = np.maximum(images.std(axis=(0, 1, 2)), floor)
     return mean.astype("float32"), std.astype("float32")
+
+
+def imagenet_classes():
+    """ImageNet-1k's 1,000 classes in the published classifiers' order: ``(synsets, names)``,
+    the WordNet ids and a short name each ("tench", "goldfish", ...); see data/README.md."""
+    with open(_IMAGENET) as f:
+        found = json.load(f)
+    return found["synsets"], found["names"]

@@ -267,12 +267,13 @@ def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_t
         (black / str(label)).mkdir(parents=True)
         for i in range(3):
             Image.fromarray(np.zeros((8, 8), "uint8"), "L").save(black / str(label) / f"{i}.png")
-    proc = cli("training.export", f"--model_dir={model_dir}", f"--export_dir={tmp_path}", "--quantize=int8",
-               f"--calibration_data={black}")
-    assert proc.returncode == 2
-    line = _one_error_line(proc, "export")
+    from training import export
+
+    with pytest.raises(export.ExportError) as refused:  # main() prints it as one line and exits with its code
+        export.export(str(model_dir), str(tmp_path), int8=export.Int8Options(calibration_data=str(black)))
     version = tmp_path / "resnet20_digits" / "2"
-    assert "over --max_accuracy_drop=1; model_int8.onnx not written, the float32 export is in " + str(version) in line
+    assert refused.value.code == 2 and str(refused.value).endswith(
+        "over --max_accuracy_drop=1; model_int8.onnx not written, the float32 export is in " + str(version))
     found = json.loads((version / "metadata.json").read_text())
     assert found["formats"] == ["saved_model", "onnx"] and found["int8"]["written"] is False
     assert found["int8"]["calibration"] == str(black) and found["int8"]["calibration_images"] == 30
@@ -280,6 +281,86 @@ def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_t
                                                          "saved_model.pb", "variables"]
     with pytest.raises(ValueError, match=r"has no model_int8.onnx \(export it with --quantize=int8"):
         serving.Version(str(version), "onnx_int8")
+
+
+def test_a_keras_file_exports_as_a_run_does(run, tmp_path):
+    _, model_dir, _, model = run
+    proc = cli("training.export", f"--model_file={model_dir / 'last.keras'}", f"--export_dir={tmp_path}",
+               "--name=digits_file")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    version = tmp_path / "digits_file" / "1"
+    metadata = json.loads((version / "metadata.json").read_text())
+    assert metadata["source"]["file"] == str(model_dir / "last.keras") and metadata["model"] == model.name
+    assert metadata["class_names"] == [str(i) for i in range(10)] and metadata["eval_transform"]["crop_pct"] is None
+    x, _, _ = _digits()
+    import tensorflow as tf
+
+    served = tf.saved_model.load(str(version)).signatures["serving_default"](images=tf.constant(x, tf.float32))
+    np.testing.assert_allclose(served["logits"], infer(model, x.astype("float32")), **TOL)
+
+
+TIMM_TRANSFORM = r'''
+import sys
+import numpy as np, timm
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+config = resolve_data_config({}, pretrained_cfg=timm.models.get_pretrained_cfg(sys.argv[1]).to_dict())
+x = create_transform(**config)(Image.open(sys.argv[2]).convert("RGB")).numpy()
+mean, std = (np.asarray(config[k])[:, None, None] for k in ("mean", "std"))
+np.save(sys.argv[3], ((x * std + mean) * 255).transpose(1, 2, 0))
+'''
+
+
+def test_published_weights_export_with_their_eval_transform_and_imagenet_s_names(tmp_path):
+    """--weights=timm/ARCH.TAG, from a Hugging Face cache laid out as the hub's client lays it
+    out: serving_bytes applies timm's eval transform (the shorter side to size / crop_pct,
+    bicubic, the central crop; within a grey level of timm's own transform on average, timm in
+    its own process), top_k_names are ImageNet's words (in the order of keras.applications'
+    index, as keras-hub ships it), and the metadata carries the card."""
+    import tensorflow as tf
+    from keras_hub.src.utils.imagenet.imagenet_utils import IMAGENET_NAMES
+    from PIL import Image
+
+    from reszoo import datasets, hub
+    from training import predict, serving
+    from training.data import EvalTransform, serving_image
+
+    synsets, names = datasets.imagenet_classes()
+    assert synsets == [IMAGENET_NAMES[i][0] for i in range(1000)] and names[:3] == ["tench", "goldfish",
+                                                                                      "great white shark"]
+    tag = "resnet18.a1_in1k"
+    repo = tmp_path / "hub" / f"models--timm--{tag}"
+    (repo / "snapshots").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    hub.save_timm(reszoo.create_model("resnet18", padding="symmetric", preprocessing="torch"),
+                  str(repo / "snapshots" / ("0" * 40)))
+    proc = cli("training.export", f"--weights=timm/{tag}", f"--export_dir={tmp_path / 'out'}", HF_HUB_OFFLINE="1",
+               HF_HUB_CACHE=str(tmp_path / "hub"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    version = tmp_path / "out" / "resnet18_a1_in1k" / "1"
+    metadata = json.loads((version / "metadata.json").read_text())
+    assert metadata["class_names"] == names and metadata["dataset"] == "imagenet-1k"
+    assert metadata["eval_transform"] == {"crop_pct": 0.95, "interpolation": "bicubic"}
+    assert metadata["source"]["weights"] == f"timm/{tag}" and metadata["source"]["card"]["license"] == "apache-2.0"
+
+    rows, columns = np.mgrid[0:300, 0:400]
+    image = np.stack([(np.sin(columns / 17) + 1) * 120, (np.cos(rows / 23) + 1) * 120, (columns + rows) / 3],
+                     -1).astype("uint8")
+    Image.fromarray(image).save(tmp_path / "image.png")
+    data = (tmp_path / "image.png").read_bytes()
+    pixels = serving_image(tf.constant(data), (224, 224, 3), EvalTransform(0.95, "bicubic")).numpy()
+    subprocess.run([sys.executable, "-c", TIMM_TRANSFORM, tag, str(tmp_path / "image.png"), str(tmp_path / "timm.npy")],
+                   check=True, capture_output=True, timeout=300)
+    assert np.abs(pixels - np.load(tmp_path / "timm.npy")).mean() < 1.0
+    served = tf.saved_model.load(str(version)).signatures
+    by_bytes = served["serving_bytes"](image_bytes=tf.constant([data]))
+    by_pixels = served["serving_default"](images=tf.constant(pixels[None]))
+    np.testing.assert_allclose(by_bytes["logits"], by_pixels["logits"], rtol=1e-5, atol=1e-5)
+    assert [n.decode() for n in by_bytes["top_k_names"].numpy()[0]] == [names[i] for i in by_bytes["top_k_ids"][0]]
+    np.testing.assert_array_equal(serving.Version(str(version), "saved_model").decode([data])[0], pixels)
+    (_, top), = predict.predict(str(version), [str(tmp_path / "image.png")])  # what training.predict prints
+    assert top[0][0] == by_bytes["top_k_names"].numpy()[0][0].decode() in names
 
 
 def test_a_mismatch_is_an_error_and_writes_nothing(run, tmp_path, monkeypatch):
@@ -328,11 +409,15 @@ def test_an_export_killed_midway_leaves_no_version_behind(run, tmp_path):
     assert sorted(p.name for p in base.iterdir()) == ["1"]
 
 
-def test_bad_requests_give_one_line(run, tmp_path):
+def test_bad_requests_give_one_line(run, tmp_path, usage_errors):
     _, model_dir, base, _ = run
     cases = [
         ((f"--model_dir={tmp_path / 'missing'}",), 2, "is not a training run folder"),
-        (("--export_dir=x",), 2, "--model_dir is required"),
+        (("--export_dir=x",), 2, "give --model_dir (a training run folder), --weights (published weights) or "
+                                 "--model_file"),
+        ((f"--model_dir={model_dir}", "--weights=timm/resnet18.a1_in1k"), 2, "give one of --model_dir, --weights"),
+        (("--weights=imagenet",), 2, "keras.applications' weights: name the model, one of densenet121"),
+        ((f"--model_file={tmp_path / 'none.keras'}",), 2, "no such file"),
         ((f"--model_dir={model_dir}", "--formats=pmml"), 2, "saved_model, onnx, tflite"),
         ((f"--model_dir={model_dir}", f"--export_dir={base.parent}", "--version=1"), 2, "never overwritten"),
         ((f"--model_dir={model_dir}", "--checkpoint=final"), 2, "checkpoint"),
@@ -349,11 +434,11 @@ def test_bad_requests_give_one_line(run, tmp_path):
                    f"--calibration_data={tmp_path / 'none'}"), 2, "is not a folder (of class sub-folders of images)"))
     cases.append(((f"--model_dir={model_dir}", f"--export_dir={tmp_path}", "--quantize=int8",
                    f"--validation_data={tmp_path / 'unfinished'}"), 2, "has no class sub-folders"))
-    for args, code, message in cases:
-        proc = cli("training.export", *args)
-        assert proc.returncode == code, (args, proc.stderr[-1500:])
-        assert message in _one_error_line(proc, "export"), args
-        assert "Traceback" not in proc.stderr
+    said = usage_errors([(args, {}) for args, _, _ in cases], command="training.export")
+    for (args, code, message), (got, stderr) in zip(cases, said):
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert got == code and len(lines) == 1 and lines[0].startswith("export: error:"), (args, stderr[-1500:])
+        assert message in lines[0] and "Traceback" not in stderr, args
     assert sorted(os.listdir(base))[:1] == ["1"]  # version 1 untouched by the refused export
 
 

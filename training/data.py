@@ -108,14 +108,42 @@ def decode_image(data, channels):
     return to_channels(tf.io.decode_image(data, channels=0, expand_animations=False), channels)
 
 
-def serving_image(data, image_shape):
-    """One encoded image as float32 pixels of ``image_shape`` (H, W, C), resized (bilinear, as
-    in training) when its size differs: the exported ``serving_bytes`` signature and
-    ``reszoo-serve`` decode through this function."""
+@dataclasses.dataclass(frozen=True)
+class EvalTransform:
+    """How an encoded image becomes the model's input. By default (``crop_pct`` None) it is
+    resized to the model's size (bilinear), as training loads images; published weights bring
+    timm's eval transform: the shorter side resized to ``floor(size / crop_pct)`` with their
+    ``interpolation`` (antialiased, as PIL resizes), then the central crop."""
+
+    crop_pct: float = None
+    interpolation: str = "bilinear"
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, value):
+        return cls(**value) if value else cls()
+
+
+def serving_image(data, image_shape, transform=EvalTransform()):
+    """One encoded image as float32 pixels of ``image_shape`` (H, W, C) through ``transform``:
+    the exported ``serving_bytes`` signature and ``reszoo-serve`` decode through this function."""
     height, width, channels = image_shape
     image = tf.cast(decode_image(data, channels), tf.float32)
-    same = tf.reduce_all(tf.shape(image)[:2] == [height, width])
-    image = tf.cond(same, lambda: image, lambda: tf.image.resize(image, (height, width)))
+    if transform.crop_pct is None:
+        same = tf.reduce_all(tf.shape(image)[:2] == [height, width])
+        image = tf.cond(same, lambda: image, lambda: tf.image.resize(image, (height, width)))
+        return tf.ensure_shape(image, image_shape)
+    scale = float(int(max(height, width) / transform.crop_pct))
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+    shorter = tf.reduce_min(size)
+    resized = tf.cast(tf.math.floor(size * scale / shorter), tf.int32)
+    resized = tf.where(size == shorter, tf.cast(scale, tf.int32), resized)  # the shorter side exactly, as torchvision
+    image = tf.image.resize(image, resized, method=transform.interpolation, antialias=True)
+    top = tf.cast(tf.round(tf.cast(resized[0] - height, tf.float32) / 2), tf.int32)
+    left = tf.cast(tf.round(tf.cast(resized[1] - width, tf.float32) / 2), tf.int32)
+    image = tf.image.crop_to_bounding_box(image, top, left, height, width)
     return tf.ensure_shape(image, image_shape)
 
 

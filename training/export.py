@@ -1,4 +1,6 @@
-"""Export a trained run for serving: ``python -m training.export --model_dir=runs/resnet20-digits``.
+"""Export a model for serving: ``python -m training.export --model_dir=runs/resnet20-digits``
+(a run), ``--weights=timm/resnet50.a1_in1k`` (published weights, with their eval transform and
+ImageNet's class names) or ``--model_file=model.keras``.
 
 Writes ``saved_models/<name>/<version>/``, a SavedModel that TensorFlow Serving,
 ``saved_model_cli`` and ``tf.saved_model.load`` take as it is, with three signatures:
@@ -56,7 +58,12 @@ class Int8Options:
 
 
 def define_flags():
-    flags.DEFINE_string("model_dir", None, "required: a training run folder (holds last.keras, results.json, flags.json)")
+    flags.DEFINE_string("model_dir", None, "a training run folder (holds last.keras, results.json, flags.json); or "
+                        "--weights, or --model_file")
+    flags.DEFINE_string("weights", None, "instead of --model_dir: published weights, timm/ARCH.TAG (reszoo.list_weights()) "
+                        "or imagenet with --model; exported with their eval transform and ImageNet's class names")
+    flags.DEFINE_string("model", None, "--weights=imagenet: the registered model (e.g. resnet50)")
+    flags.DEFINE_string("model_file", None, "instead of --model_dir: a .keras model file")
     flags.DEFINE_enum("checkpoint", "last", ["last", "best"], "export last.keras or best.keras")
     flags.DEFINE_string("export_dir", "saved_models", "base folder: the export goes to EXPORT_DIR/NAME/VERSION")
     flags.DEFINE_string("name", None, "model name under export_dir (default MODEL_DATASET)")
@@ -124,13 +131,62 @@ def _read_run(model_dir, checkpoint):
     return path, info.get(run_folder.RESULTS, {}), info.get(run_folder.FLAGS_FILE, {})
 
 
-def _load(path):
+def _load(path, flag="--model_dir"):
     from training import files
 
     try:
-        return files.load_model(path, "--model_dir")
+        return files.load_model(path, flag)
     except files.CommandError as err:
         raise ExportError(str(err), err.code) from None
+
+
+def _source(model_dir, checkpoint, weights, model_name, model_file, name):
+    """The model to export and what the export says of it (``_describe``), from exactly one
+    of a run folder, published weights and a ``.keras`` file, resolved here once."""
+    given = [flag for flag, value in (("--model_dir", model_dir), ("--weights", weights), ("--model_file", model_file))
+             if value]
+    if len(given) != 1:
+        raise ExportError(f"give one of {', '.join(given)}" if given else "give --model_dir (a training run folder), "
+                          "--weights (published weights) or --model_file (a .keras file)", 2)
+    if model_name and not weights:
+        raise ExportError("--model names the architecture of --weights=imagenet", 2)
+    if weights:
+        return _published(weights, model_name, name)
+    if model_file:
+        if not os.path.isfile(model_file):
+            raise ExportError(f"--model_file={model_file}: no such file", 2)
+        model = _load(model_file, "--model_file")
+        stem = os.path.splitext(os.path.basename(model_file))[0]
+        return model, _describe(model, model_file, model_file, {}, {}, name or stem)
+    path, results, run_flags = _read_run(model_dir, checkpoint)
+    model = _load(path)
+    return model, _describe(model, path, model_dir, results, run_flags, name)
+
+
+def _published(weights, model_name, name):
+    """Published weights as an export: the model at its card's input size, timm's eval
+    transform (crop_pct, interpolation) for timm's weights, ImageNet-1k's class names."""
+    import reszoo
+    from reszoo import datasets, hub
+    from reszoo.errors import WeightsError
+    from training.data import EvalTransform
+
+    try:
+        model = reszoo.create_model(model_name, weights=weights) if model_name else reszoo.create_model(weights=weights)
+    except (WeightsError, ValueError, TypeError) as err:
+        raise ExportError(f"--weights={weights}: {err}", 2) from None
+    card = reszoo.model_card(model)["weights"]
+    tag = model.build_spec.weights
+    timm = tag.startswith(hub.PREFIX)
+    classes = model.output_shape[-1]
+    _, imagenet = datasets.imagenet_classes()
+    info = _describe(model, tag, tag, {}, {"model": model.build_spec.name},
+                     name or (tag[len(hub.PREFIX):] if timm else f"{model.build_spec.name}_imagenet").replace(".", "_"),
+                     class_names=imagenet if classes == len(imagenet) else None,
+                     dataset="imagenet-1k" if classes == len(imagenet) else tag.rsplit("_", 1)[-1])
+    transform = EvalTransform(card.get("crop_pct", 1.0), card.get("interpolation", "bilinear")) if timm else \
+        EvalTransform()
+    return model, {**info, "transform": transform, "card": card}
 
 
 def _preprocessing(model):
@@ -151,8 +207,9 @@ def _preprocessing(model):
             "mean": mean, "std": std, "input_range": "raw pixels, 0..255"}
 
 
-def _serving_module(tf, core, image_shape, class_names, top_k):
-    """A tf.Module around the Keras-exported ``core`` (float32 pixels -> logits)."""
+def _serving_module(tf, core, image_shape, class_names, top_k, transform):
+    """A tf.Module around the Keras-exported ``core`` (float32 pixels -> logits); encoded
+    images go through ``transform`` (``training.data.EvalTransform``)."""
     from training.data import serving_image
 
     height, width, channels = image_shape
@@ -175,7 +232,7 @@ def _serving_module(tf, core, image_shape, class_names, top_k):
         lambda images: outputs(tf.cast(images, tf.float32)),
         input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name="images")])
     module.serving_bytes = tf.function(
-        lambda image_bytes: outputs(tf.map_fn(lambda data: serving_image(data, image_shape), image_bytes,
+        lambda image_bytes: outputs(tf.map_fn(lambda data: serving_image(data, image_shape, transform), image_bytes,
                                               fn_output_signature=pixels.dtype)),
         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     return module
@@ -237,11 +294,13 @@ def _run_tflite(tf, path, x):
     return next(iter(runner(**{runner.get_input_details().popitem()[0]: x}).values()))
 
 
-def export(model_dir, export_dir="saved_models", name=None, version=0, formats=("saved_model",),
-           checkpoint="last", top_k=5, int8=None):
-    """Export a run; returns the version folder. ``int8`` (an ``Int8Options``) also writes
-    ``model_int8.onnx``; where it loses too much accuracy the version is written without it
-    and an ExportError (code 2) says so after. Raises ExportError with a one-line message."""
+def export(model_dir=None, export_dir="saved_models", name=None, version=0, formats=("saved_model",),
+           checkpoint="last", top_k=5, int8=None, weights=None, model_name=None, model_file=None):
+    """Export a run (``model_dir``), published weights (``weights``, with ``model_name`` for
+    "imagenet") or a ``.keras`` file (``model_file``); returns the version folder. ``int8``
+    (an ``Int8Options``) also writes ``model_int8.onnx``; where it loses too much accuracy the
+    version is written without it and an ExportError (code 2) says so after. Raises
+    ExportError with a one-line message."""
     from training import files
 
     if int8 is not None and "onnx" not in formats:
@@ -251,9 +310,11 @@ def export(model_dir, export_dir="saved_models", name=None, version=0, formats=(
         folder = getattr(int8, flag, None)
         if folder is not None and not os.path.isdir(folder):
             raise ExportError(f"--{flag}={folder} is not a folder (of class sub-folders of images)", 2)
-    path, results, run_flags = _read_run(model_dir, checkpoint)
-    model = _load(path)
-    info = _describe(model, path, model_dir, results, run_flags, name)
+    if int8 is not None and not model_dir and not (int8.calibration_data and int8.validation_data):
+        raise ExportError("--quantize=int8 of a model without a run needs --calibration_data and --validation_data "
+                          "(folders of class sub-folders of images)", 2)
+    model, info = _source(model_dir, checkpoint, weights, model_name, model_file, name)
+    run_flags = info["flags"]
     if int8 is not None:  # the images first: a dataset that cannot be had stops the export before it starts
         from training import quantize
 
@@ -316,22 +377,25 @@ def _timm_architecture(model):
         raise ExportError(f"--formats=timm: {err}", 2) from None
 
 
-def _describe(model, path, model_dir, results, run_flags, name):
-    """What the export says about the model: input shape, class names, names."""
+def _describe(model, path, model_dir, results, run_flags, name, class_names=None, dataset=None):
+    """What the export says about the model: input shape, class names, names, and the
+    default eval transform (the resize training loads images with)."""
+    from training.data import EvalTransform
+
     image_shape = tuple(model.input_shape[1:])
     if len(image_shape) != 3 or None in image_shape:
         raise ExportError(f"{path}: expected an image model with a fixed [H, W, C] input, got {image_shape}", 2)
     classes = model.output_shape[-1]
-    class_names = results.get("class_names") or [str(i) for i in range(classes)]
+    class_names = class_names or results.get("class_names") or [str(i) for i in range(classes)]
     if len(class_names) != classes:
         raise ExportError(f"{model_dir}/results.json names {len(class_names)} classes, the model has {classes}")
     model_name = run_flags.get("model") or results.get("model") or model.name
-    dataset = results.get("dataset") or run_flags.get("dataset") or "unknown"
+    dataset = dataset or results.get("dataset") or run_flags.get("dataset") or "unknown"
     name = name or f"{model_name}_{dataset}"
     if not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
         raise ExportError(f"--name={name!r}: use letters, digits, '_', '-' and '.'", 2)
     return dict(path=path, image_shape=image_shape, class_names=list(class_names), model=model_name,
-                dataset=dataset, name=name, results=results, flags=run_flags)
+                dataset=dataset, name=name, results=results, flags=run_flags, transform=EvalTransform(), card=None)
 
 
 def _version_folder(base, version):
@@ -366,7 +430,7 @@ def _write_version(model, tmp, info, formats, top_k, version, int8=None):
     spec = keras.InputSpec(shape=(None, *image_shape), dtype="float32")
     model.export(core_dir, format="tf_saved_model", input_signature=[spec], verbose=False)
     core = tf.saved_model.load(core_dir)
-    module = _serving_module(tf, core, image_shape, class_names, top_k)
+    module = _serving_module(tf, core, image_shape, class_names, top_k, info["transform"])
     out = os.path.join(tmp, "model")
     tf.saved_model.save(module, out, signatures={
         "serving_default": module.serving_default, "serving_uint8": module.serving_uint8,
@@ -417,12 +481,14 @@ def _write_version(model, tmp, info, formats, top_k, version, int8=None):
         "preprocessing": _preprocessing(model),
         "signatures": {"serving_default": "images: float32 [batch, H, W, C] raw pixels",
                        "serving_uint8": "images: uint8 [batch, H, W, C]",
-                       "serving_bytes": "image_bytes: string [batch], JPEG/PNG/BMP/GIF/WebP, resized to H x W"},
+                       "serving_bytes": "image_bytes: string [batch], JPEG/PNG/BMP/GIF/WebP, through eval_transform"},
         "outputs": ["logits", "probabilities", "top_k_ids", "top_k_scores", "top_k_names"],
         "top_k": min(top_k, len(class_names)), "formats": written, "params": reszoo.count_params(model),
         "verified": {"inputs": "4 random images", **TOLERANCE, "atol_unit": "max |logit|, at least 1"},
-        "source": {"file": os.path.abspath(info["path"]), "sha256": _sha256(info["path"]),
-                   "results": info["results"], "flags": info["flags"]},
+        "source": ({"weights": info["path"], "card": info["card"]} if info["card"] is not None else
+                   {"file": os.path.abspath(info["path"]), "sha256": _sha256(info["path"]),
+                    "results": info["results"], "flags": info["flags"]}),
+        "eval_transform": info["transform"].to_json(),
         "versions": {"reszoo": reszoo.__version__, "keras": keras.__version__,
                      "keras_backend": keras.backend.backend(), "tensorflow": tf.__version__},
         "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -450,14 +516,11 @@ def main(argv):
         sys.stderr.write(f"export: error: unexpected arguments {argv[1:]}\n")
         sys.exit(2)
     logging.set_verbosity(logging.ERROR)
-    if FLAGS.model_dir is None:
-        sys.stderr.write("export: error: --model_dir is required\n")
-        sys.exit(2)
     try:
         int8 = Int8Options(FLAGS.calibration_images, FLAGS.calibration_data, FLAGS.validation_data,
                            FLAGS.max_accuracy_drop) if FLAGS.quantize == "int8" else None
         final = export(FLAGS.model_dir, FLAGS.export_dir, FLAGS.name, FLAGS.version, FLAGS.formats,
-                       FLAGS.checkpoint, FLAGS.top_k, int8)
+                       FLAGS.checkpoint, FLAGS.top_k, int8, FLAGS.weights, FLAGS.model, FLAGS.model_file)
     except errors.CommandError as err:
         sys.stderr.write(f"export: error: {err}\n")
         sys.exit(err.code)

@@ -42,7 +42,6 @@ from kserve.model_repository import ModelRepository
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prometheus_client import Histogram
 
-from reszoo import hub
 from training.export import METADATA, version_folders, versions
 from training.flags import MAX_IMAGE_SIZE
 from training.predict import missing
@@ -97,7 +96,7 @@ class Servable:
     """What a served model runs: ``run(pixels)`` gives the export's five outputs for float32
     pixels ``[n, H, W, C]``, ``decode(images)`` turns encoded images into such pixels."""
 
-    number, image_shape, class_names, top_k = 1, None, None, 5
+    number, image_shape, class_names, top_k, transform = 1, None, None, 5, None
 
     def outputs(self, logits):
         """The export's outputs from logits, as its graph computes them (softmax, top-k with
@@ -116,13 +115,14 @@ class Servable:
         file can claim 20000 x 20000)."""
         import tensorflow as tf
 
-        from training.data import error_reason, serving_image
+        from training.data import EvalTransform, error_reason, serving_image
 
+        transform = EvalTransform.from_json(self.transform)
         out = []
         for i, data in enumerate(images):
             check_image_size(data, f"image {i}")
             try:
-                out.append(serving_image(tf.constant(data), self.image_shape).numpy())
+                out.append(serving_image(tf.constant(data), self.image_shape, transform).numpy())
             except (tf.errors.InvalidArgumentError, ValueError) as err:
                 raise InvalidInput(f"image {i} cannot be decoded ({error_reason(err)})") from None
         return np.stack(out)
@@ -180,6 +180,7 @@ class Version(Servable):
             self.image_shape = (size["height"], size["width"], size["channels"])
             self.class_names = np.asarray([str(n) for n in self.metadata["class_names"]])
             self.top_k = int(self.metadata["top_k"])
+            self.transform = self.metadata.get("eval_transform")  # exports before it: the resize to H x W
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"its metadata.json is damaged ({type(err).__name__}: {err})") from None
         try:
@@ -257,6 +258,7 @@ class Backbones:
         self._loaded = {}
 
     def __call__(self, run_flags, image_shape):
+        from reszoo import hub  # Keras and TensorFlow: only adapter tasks need them (ONNX Runtime does not)
         from training import train
 
         init_from = run_flags["init_from"]
