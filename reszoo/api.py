@@ -2,11 +2,10 @@
 ``list_weights`` (the published weights it loads by name) and ``model_card`` (what a model
 is, and where its numbers come from)."""
 
-import contextlib
 import dataclasses
 import fnmatch
 
-from reszoo import factory, flops, hub, naming, registry, weights as weights_lib
+from reszoo import flops, hub, naming, registry, weights as weights_lib
 from reszoo.model import count_params, features
 
 
@@ -36,9 +35,8 @@ def create_model(model_name=None, /, *, weights=None, **overrides):
     if hub.is_checkpoint(weights):
         found = hub.checkpoint(weights, model_name)
         state = hub.read_checkpoint(found)
-        with factory.weights_to_come():
-            model = weights_lib.build(found.architecture, {**hub.checkpoint_arguments(found, state, overrides),
-                                                           **overrides})
+        model = weights_lib.build(found.architecture, {**hub.checkpoint_arguments(found, state, overrides),
+                                                       **overrides}, loading=True)
         weights_lib.assign_state(model, state, found.name)
         model.build_spec = dataclasses.replace(model.build_spec, weights=found.name)
         return model
@@ -70,8 +68,8 @@ def create_model(model_name=None, /, *, weights=None, **overrides):
     if (weights is not None and "variant" not in overrides and model_name in weights_lib.KERAS_APPLICATIONS_MODELS
             and weights_lib.is_keras_applications_file(weights)):
         overrides["variant"] = "keras"
-    with (factory.weights_to_come() if weights is not None else contextlib.nullcontext()):
-        model = weights_lib.build(model_name, overrides, None if saved is None else saved.adapters)
+    model = weights_lib.build(model_name, overrides, None if saved is None else saved.adapters,
+                              loading=weights is not None)
     if weights is not None:
         weights_lib.load_weights(model, weights)
     return model
@@ -80,8 +78,7 @@ def create_model(model_name=None, /, *, weights=None, **overrides):
 def _published(model_name, weights, overrides):
     """The model with published ``weights`` (a timm tag or "imagenet"), which its build spec
     records for its card."""
-    with factory.weights_to_come():
-        model = weights_lib.build(model_name, overrides)
+    model = weights_lib.build(model_name, overrides, loading=True)
     weights_lib.load_weights(model, weights)
     model.build_spec = dataclasses.replace(model.build_spec, weights=weights)
     return model

@@ -22,6 +22,7 @@ a model of 1 or more channels (``adapt_input_conv``). Anything else that differs
 ``WeightsError`` naming the first layer (or timm tensor), and nothing is assigned.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -32,7 +33,7 @@ import h5py
 import keras
 import numpy as np
 
-from reszoo import hub, io, layout, naming, registry, transfer
+from reszoo import factory, hub, io, layout, naming, registry, transfer
 from reszoo.densenet import IMAGENET_BLOCKS
 from reszoo.errors import WeightsError
 from reszoo.model import BuildSpec, build_spec
@@ -171,11 +172,13 @@ def _twin(model, num_classes, channels):
     return build(spec.name, arguments, spec.adapters)
 
 
-def build(name, arguments, adapters=None):
+def build(name, arguments, adapters=None, loading=False):
     """A model as a ``BuildSpec`` describes it, with fresh weights: the registered model
     ``name`` with ``arguments``, and its residual adapters (``adapters``, "parallel" or
-    "series") when it is a task's model."""
-    model = registry.build(name, **arguments)
+    "series") when it is a task's model. ``loading``: every weight is assigned next, so the
+    convolutions draw no random kernels (``factory.weights_to_come``)."""
+    with factory.weights_to_come() if loading else contextlib.nullcontext():
+        model = registry.build(name, **arguments)
     return model if adapters is None else transfer.add_adapters(model, adapters)
 
 
