@@ -17,9 +17,10 @@ setup(
     install_requires=["keras>=3.15.1,<4", "numpy"],
     extras_require={
         "tf": ["tensorflow>=2.21,<2.22", "tensorflow-datasets>=4.9", "tensorboard", "absl-py"],
-        "export": ["tf2onnx>=1.17", "onnxruntime>=1.20"],
+        # reszoo-export's ONNX, OpenVINO and int8 files (and reszoo-validate's --runtime).
+        "deploy": ["tf2onnx>=1.17", "onnxruntime>=1.20", "openvino>=2026.4", "nncf>=3.4"],
         # reszoo-serve: KServe's model server; the SavedModel runtime needs [tf] too.
-        "serve": ["kserve>=0.21,<0.22", "onnxruntime>=1.20", "pillow>=10"],
+        "serve": ["kserve>=0.21,<0.22", "onnxruntime>=1.20", "openvino>=2026.4", "pillow>=10"],
         "lab": ["matplotlib>=3.7"],
         "hub": ["keras-hub>=0.32"],
         # PyTorch peers: the GPU benchmark's torchvision contenders (and timm checkpoints).
@@ -34,6 +35,8 @@ setup(
             "jaxlib>=0.10.2",
             "tf2onnx>=1.17",
             "onnxruntime>=1.20",
+            "openvino>=2026.4",
+            "nncf>=3.4",
             "kserve>=0.21,<0.22",
             "pillow>=10",
             "matplotlib>=3.7",

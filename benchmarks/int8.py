@@ -1,10 +1,12 @@
-"""int8 beside float32 on the CPU: median latency of ResNet-50 (random weights with BatchNorm
-statistics, 224 px) at batch 1 and 16 as the float32 SavedModel (TensorFlow), as ONNX Runtime
-float32 (tf2onnx's model.onnx) and as ONNX Runtime int8 (``training.quantize``, what
-``reszoo-export --quantize=int8`` writes), in one run, with the int8 model's top-1 agreement
-with float32 on held-out random images.
+"""int8 and bf16 beside float32 on the CPU: median latency of ResNet-50 (random weights with
+BatchNorm statistics, 224 px) at batch 1 and 32 in every runtime an export can be served with
+(``training.runtimes``: the float32 SavedModel in TensorFlow, ONNX Runtime float32 and int8,
+OpenVINO float32, bf16 and int8, the int8 files made as ``reszoo-export --quantize=int8`` makes
+them), in one run, with each file's size and each reduced precision's top-1 agreement with
+float32 on held-out random images; and the CPU flags that decide (avx512_vnni, avx512_bf16,
+amx_int8, amx_bf16).
 
-    python -m benchmarks.int8 [--model=resnet50 --size=224 --runs=10 --calibration=32]
+    python -m benchmarks.int8 [--model=resnet50 --size=224 --runs=10 --calibration=32 --batches=1,32]
 """
 
 import argparse
@@ -12,6 +14,11 @@ import os
 import tempfile
 
 from benchmarks.common import emit, latency_ms, machine, randomized
+from training.runtimes import cpu_flags
+
+LABELS = {"saved_model": "SavedModel float32 (TensorFlow)", "onnx": "ONNX Runtime float32",
+          "onnx_int8": "ONNX Runtime int8", "openvino": "OpenVINO float32", "openvino_bf16": "OpenVINO bf16",
+          "openvino_int8": "OpenVINO int8"}
 
 
 def main():
@@ -20,15 +27,14 @@ def main():
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--calibration", type=int, default=32)
-    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--batches", default="1,32")
     args = parser.parse_args()
     import keras
     import numpy as np
-    import onnxruntime as ort
     import tensorflow as tf
 
     import reszoo
-    from training import export, quantize
+    from training import engines, export, quantize, runtimes
 
     rng = np.random.default_rng(0)
     model = reszoo.create_model(args.model, input_shape=(args.size, args.size, 3), preprocessing="torch")
@@ -38,27 +44,37 @@ def main():
         core = os.path.join(tmp, "core")
         spec = keras.InputSpec(shape=(None, args.size, args.size, 3), dtype="float32")
         model.export(core, format="tf_saved_model", input_signature=[spec], verbose=False)
-        export._export_onnx(core, os.path.join(tmp, "model.onnx"))
+        export._export_onnx(core, os.path.join(tmp, runtimes.RUNTIMES["onnx"].file))
+        export.export_openvino(tmp)
         held = x[args.calibration:]
-        float_session = ort.InferenceSession(os.path.join(tmp, "model.onnx"), providers=["CPUExecutionProvider"])
-        labels = float_session.run(["logits"], {"images": held})[0].argmax(1)  # top-1 against float32 = agreement
-        report = quantize.quantize(os.path.join(tmp, "model.onnx"), os.path.join(tmp, "model_int8.onnx"),
-                                   x[:args.calibration], (held, labels), 100.0)
-        int8_session = ort.InferenceSession(os.path.join(tmp, "model_int8.onnx"), providers=["CPUExecutionProvider"])
+        labels = engines.logits(engines.open_runtime("onnx", tmp), held).argmax(1)  # top-1 against float32
+        for name in runtimes.INT8:
+            quantize.quantize(name, tmp, x[:args.calibration], (held, labels), 100.0)
         saved = tf.saved_model.load(core).signatures["serve"]
-        runners = {"SavedModel float32 (TensorFlow)": lambda b: saved(tf.constant(b)),
-                   "ONNX Runtime float32": lambda b: float_session.run(["logits"], {"images": b}),
-                   "ONNX Runtime int8": lambda b: int8_session.run(["logits"], {"images": b})}
-        print(f"| {args.model}, {args.size} px ({machine()}) | " + " | ".join(runners) + " | int8 / SavedModel |")
-        print("|---|" + "---:|" * (len(runners) + 1))
-        for batch in map(int, args.batches.split(",")):
-            times = {name: latency_ms(run, x[:batch], args.runs) for name, run in runners.items()}
-            speedup = times["SavedModel float32 (TensorFlow)"] / times["ONNX Runtime int8"]
-            print(f"| batch {batch} | " + " | ".join(f"{t:.1f} ms" for t in times.values()) + f" | {speedup:.2f}x |",
+        runners = {"saved_model": lambda b: saved(tf.constant(b))}
+        runners.update({name: engines.open_runtime(name, tmp) for name in LABELS if name != "saved_model"})
+        size_mb = {name: sum(os.path.getsize(os.path.join(tmp, f)) for f in runtimes.files_of(runtimes.RUNTIMES[name]))
+                   / 2 ** 20 for name in runners if name != "saved_model"}
+        size_mb["saved_model"] = sum(os.path.getsize(os.path.join(root, f)) for root, _, fs in os.walk(core)
+                                     for f in fs) / 2 ** 20
+        agreement = {name: 100 * float(np.mean(engines.logits(runners[name], held).argmax(1) == labels))
+                     for name in runners if name != "saved_model"}
+        print(f"{args.model}, {args.size} px; {machine()}; CPU flags: {', '.join(cpu_flags()) or 'none of note'}")
+        print("| runtime | " + " | ".join(f"batch {b}: ms, images/s" for b in args.batches.split(","))
+              + " | file MB | top-1 agreement with float32 | vs SavedModel at the largest batch |")
+        print("|---|" + "---:|" * (len(args.batches.split(",")) + 3))
+        times = {name: {batch: latency_ms(run, x[:batch], args.runs) for batch in map(int, args.batches.split(","))}
+                 for name, run in runners.items()}
+        last = int(args.batches.split(",")[-1])
+        for name, by_batch in times.items():
+            cells = [f"{t:.1f} ms, {1000 * b / t:.0f}" for b, t in by_batch.items()]
+            shown = "-" if name in ("saved_model", "onnx", "openvino") else f"{agreement[name]:.1f}%"
+            speedup = times["saved_model"][last] / by_batch[last]
+            print(f"| {LABELS[name]} | " + " | ".join(cells) + f" | {size_mb[name]:.1f} | {shown} | {speedup:.2f}x |",
                   flush=True)
-            emit(benchmark="int8", model=args.model, size=args.size, batch=batch, speedup=speedup,
-                 **{name: round(t, 2) for name, t in times.items()})
-        print(f"int8 top-1 agreement with float32 on {len(held)} random images: {report['top1_agreement']:.1f}%")
+            emit(benchmark="int8", model=args.model, size=args.size, runtime=name, size_mb=round(size_mb[name], 2),
+                 agreement=agreement.get(name), speedup=speedup, **{f"batch_{b}_ms": round(t, 3)
+                                                                     for b, t in by_batch.items()})
 
 
 if __name__ == "__main__":

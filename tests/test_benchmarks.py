@@ -144,13 +144,19 @@ def test_the_diagnostics_benchmark_times_fit_with_and_without_the_callback():
     assert record["overhead"] == pytest.approx(record["fit_with_diagnostics_s"] / record["fit_s"] - 1, abs=0.01)
 
 
-def test_the_int8_benchmark_times_int8_beside_both_float32_runtimes():
+def test_the_int8_benchmark_times_every_runtime_an_export_is_served_with():
+    from training.runtimes import RUNTIMES
+
     proc = subprocess.run([sys.executable, "-m", "benchmarks.int8", "--model=resnet20", "--size=32", "--runs=2",
                            "--calibration=4", "--batches=1"], cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (record,) = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
-    times = [record[k] for k in ("SavedModel float32 (TensorFlow)", "ONNX Runtime float32", "ONNX Runtime int8")]
-    assert record["batch"] == 1 and min(times) > 0
-    assert record["speedup"] == pytest.approx(times[0] / times[2], rel=0.01)
-    assert "| batch 1 |" in proc.stdout and "int8 top-1 agreement with float32 on 64 random images" in proc.stdout
+    records = {r["runtime"]: r for r in (json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{"))}
+    assert set(records) == set(RUNTIMES)
+    base = records["saved_model"]["batch_1_ms"]
+    for name, record in records.items():
+        assert record["batch_1_ms"] > 0 and record["size_mb"] > 0
+        assert record["speedup"] == pytest.approx(base / record["batch_1_ms"], rel=0.01)
+        assert (record["agreement"] is None) == (name == "saved_model")
+    assert records["onnx_int8"]["size_mb"] < 0.5 * records["onnx"]["size_mb"]
+    assert "| OpenVINO int8 | " in proc.stdout and "CPU flags: " in proc.stdout

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,7 +40,7 @@ def _one_error_line(proc, prog):
 def run(tmp_path_factory):
     """A finished digits run, exported by train's --export switch (version 1)."""
     tmp = tmp_path_factory.mktemp("export")
-    proc = cli("training.train", "--epochs=2", "--model_args=base_width=8", f"--model_dir={tmp / 'run'}",
+    proc = cli("training.train", "--epochs=3", "--model_args=base_width=16", f"--model_dir={tmp / 'run'}",
                "--export", f"--export_dir={tmp / 'saved_models'}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"exported {tmp / 'saved_models' / 'resnet20_digits' / '1'}" in proc.stdout
@@ -65,7 +66,7 @@ def test_export_twice_gives_versions_1_and_2_with_metadata(run):
     assert meta["class_names"] == [str(d) for d in range(10)]
     assert meta["input"] == {"height": 8, "width": 8, "channels": 1}
     assert meta["params"] == sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    assert meta["source"]["flags"]["model_args"] == ["base_width=8"]
+    assert meta["source"]["flags"]["model_args"] == ["base_width=16"]
     assert meta["versions"]["keras_backend"] == "tensorflow" and meta["versions"]["reszoo"]
     assert len(meta["preprocessing"]["mean"]) == 1 and meta["preprocessing"]["std"][0] > 1
 
@@ -212,31 +213,41 @@ def test_predict_on_a_damaged_export_says_what_is_wrong(run, tmp_path):
         assert "Traceback" not in proc.stderr
 
 
-def test_onnx_and_tflite_are_verified_against_the_keras_model(run, tmp_path):
+def test_onnx_openvino_and_tflite_are_verified_against_the_keras_model(run, tmp_path):
     import onnxruntime as ort  # in the dev extras: a missing package fails here, never skips
+    import openvino as ov
     import tensorflow as tf
 
     _, model_dir, _, model = run
     proc = cli("training.export", f"--model_dir={model_dir}", f"--export_dir={tmp_path}",
-               "--formats=saved_model,onnx,tflite")
+               "--formats=saved_model,openvino,tflite")
     assert proc.returncode == 0, proc.stderr[-2000:]
     version = tmp_path / "resnet20_digits" / "1"
-    assert json.loads((version / "metadata.json").read_text())["formats"] == ["saved_model", "onnx", "tflite"]
+    metadata = json.loads((version / "metadata.json").read_text())
+    assert metadata["formats"] == ["saved_model", "onnx", "openvino", "tflite"]  # OpenVINO's IR is made from ONNX
+    assert metadata["runtimes"]["openvino_bf16"] == {"file": "model.xml", "precision": "bfloat16"}
+    assert set(metadata["runtimes"]) == {"saved_model", "onnx", "openvino", "openvino_bf16"}
     x, _, _ = _digits()
     expected = infer(model, x.astype("float32"))
     session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(["logits"], {"images": x.astype("float32")})[0], expected, rtol=1e-4, atol=1e-4)
+    # f32 asked for: on a CPU with AMX, OpenVINO's default would run this float32 IR in bf16.
+    compiled = ov.Core().compile_model(str(version / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    np.testing.assert_allclose(compiled(x.astype("float32"))[0], expected, rtol=1e-4, atol=1e-4)
     runner = tf.lite.Interpreter(model_path=str(version / "model.tflite")).get_signature_runner("serve")
     (name,) = runner.get_input_details()
     np.testing.assert_allclose(next(iter(runner(**{name: x.astype("float32")}).values())), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_too_much(run, tmp_path):
-    """--quantize=int8: model_int8.onnx beside the float32 files, its top-1 and agreement on the
-    run's test split printed and in the metadata (the float32 top-1 is training's own); a
-    calibration on black images wrecks it, and the export keeps everything but that file,
-    saying so in one line with exit 2. reszoo-serve's onnx_int8 runtime answers with it."""
+    """--quantize=int8: model_int8.onnx (ONNX Runtime) and model_int8.xml (OpenVINO) beside the
+    float32 files, each one's top-1 and agreement on the run's test split printed and in the
+    metadata (the float32 top-1 is training's own), at least 99% of answers as float32's; a
+    calibration on black images wrecks them, and the export keeps everything but those files,
+    saying so in one line with exit 2. reszoo-serve's int8 runtimes answer with them, and
+    reszoo-validate measures them."""
     import onnxruntime as ort
+    import openvino as ov
     from PIL import Image
 
     from reszoo.datasets import load_digits
@@ -247,20 +258,41 @@ def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_t
     assert proc.returncode == 0, proc.stderr[-2000:]
     version = tmp_path / "resnet20_digits" / "1"
     found = json.loads((version / "metadata.json").read_text())
-    int8 = found["int8"]
-    assert found["formats"] == ["saved_model", "onnx", "onnx_int8"] and int8["written"] is True
-    assert (int8["calibration_images"], int8["validation_images"]) == (256, 359)
+    assert found["formats"] == ["saved_model", "onnx", "openvino", "onnx_int8", "openvino_int8"]
+    assert {name: r["precision"] for name, r in found["runtimes"].items()} == {
+        "saved_model": "float32", "onnx": "float32", "onnx_int8": "int8", "openvino": "float32",
+        "openvino_bf16": "bfloat16", "openvino_int8": "int8"}
     reported = json.loads((model_dir / "results.json").read_text())["test_accuracy"]
-    assert int8["top1_float32"] == pytest.approx(100 * reported, abs=1e-3)
-    assert int8["top1_int8"] >= int8["top1_float32"] - 1.0 and int8["top1_agreement"] >= 95
     (_, _), (x, y), _ = load_digits()
-    session = ort.InferenceSession(str(version / "model_int8.onnx"), providers=["CPUExecutionProvider"])
-    logits = session.run(["logits"], {"images": x.astype("float32")})[0]
-    assert 100 * np.mean(logits.argmax(1) == y) == pytest.approx(int8["top1_int8"], abs=1e-3)
-    assert (f"export: int8: top-1 {int8['top1_int8']:.2f}% against float32's {int8['top1_float32']:.2f}% on 359 "
-            "held-out images (the test split of digits)") in proc.stdout
-    served = serving.Version(str(version), "onnx_int8")
-    np.testing.assert_allclose(served.run(x[:4].astype("float32"))["logits"], logits[:4], rtol=1e-5, atol=1e-5)
+    x = x.astype("float32")
+    onnx_int8 = ort.InferenceSession(str(version / "model_int8.onnx"), providers=["CPUExecutionProvider"])
+    openvino_int8 = ov.Core().compile_model(str(version / "model_int8.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    answers = {"onnx_int8": onnx_int8.run(["logits"], {"images": x})[0], "openvino_int8": openvino_int8(x)[0]}
+    assert set(found["int8"]) == set(answers)
+    for name, int8 in found["int8"].items():
+        assert int8["written"] is True and int8["file"] == found["runtimes"][name]["file"]
+        assert (int8["calibration_images"], int8["validation_images"]) == (256, 359)
+        assert int8["top1_float32"] == pytest.approx(100 * reported, abs=1e-3)
+        assert int8["top1_int8"] >= int8["top1_float32"] - 1.0 and int8["top1_agreement"] >= 99, (name, int8)
+        assert 100 * np.mean(answers[name].argmax(1) == y) == pytest.approx(int8["top1_int8"], abs=1e-3)
+        assert (f"export: {int8['file']}: int8 top-1 {int8['top1_int8']:.2f}% against float32's "
+                f"{int8['top1_float32']:.2f}% on 359 held-out images (the test split of digits)") in proc.stdout
+        served = serving.Version(str(version), name)
+        np.testing.assert_allclose(served.run(x[:4])["logits"], answers[name][:4], rtol=1e-4, atol=1e-4)
+    assert os.path.getsize(version / "model_int8.onnx") < 0.4 * os.path.getsize(version / "model.onnx")
+    assert os.path.getsize(version / "model_int8.bin") < 0.4 * os.path.getsize(version / "model.bin")
+    proc = cli("training.validate", f"--model_dir={version}", "--runtime=openvino_int8",
+               f"--results_csv={tmp_path / 'v.csv'}", "--confusion_png=")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = (tmp_path / "v.csv").read_text().splitlines()[1].split(",")
+    assert row[1] == f"{version} (openvino_int8)" and float(row[5]) == pytest.approx(
+        found["int8"]["openvino_int8"]["top1_int8"], abs=1e-3)
+    damaged = tmp_path / "damaged" / "1"
+    shutil.copytree(version, damaged)
+    for name, file in [("onnx_int8", "model_int8.onnx"), ("openvino_int8", "model_int8.bin")]:
+        (damaged / file).write_bytes((damaged / file).read_bytes()[:1000])
+        with pytest.raises(ValueError, match="cannot be loaded, its files are damaged"):
+            serving.Version(str(damaged), name)
 
     black = tmp_path / "black"
     for label in range(10):
@@ -272,15 +304,19 @@ def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_t
     with pytest.raises(export.ExportError) as refused:  # main() prints it as one line and exits with its code
         export.export(str(model_dir), str(tmp_path), int8=export.Int8Options(calibration_data=str(black)))
     version = tmp_path / "resnet20_digits" / "2"
-    assert refused.value.code == 2 and str(refused.value).endswith(
-        "over --max_accuracy_drop=1; model_int8.onnx not written, the float32 export is in " + str(version))
+    assert refused.value.code == 2 and "over --max_accuracy_drop=1, not written" in str(refused.value)
+    assert str(refused.value).endswith("; the float32 export is in " + str(version))
     found = json.loads((version / "metadata.json").read_text())
-    assert found["formats"] == ["saved_model", "onnx"] and found["int8"]["written"] is False
-    assert found["int8"]["calibration"] == str(black) and found["int8"]["calibration_images"] == 30
-    assert sorted(p.name for p in version.iterdir()) == ["assets", "fingerprint.pb", "metadata.json", "model.onnx",
-                                                         "saved_model.pb", "variables"]
+    assert found["formats"] == ["saved_model", "onnx", "openvino"]
+    for name in ("onnx_int8", "openvino_int8"):
+        assert found["int8"][name]["written"] is False and found["int8"][name]["calibration"] == str(black)
+        assert found["int8"][name]["calibration_images"] == 30 and name not in found["runtimes"]
+    assert sorted(p.name for p in version.iterdir()) == ["assets", "fingerprint.pb", "metadata.json", "model.bin",
+                                                         "model.onnx", "model.xml", "saved_model.pb", "variables"]
     with pytest.raises(ValueError, match=r"has no model_int8.onnx \(export it with --quantize=int8"):
         serving.Version(str(version), "onnx_int8")
+    with pytest.raises(ValueError, match=r"has no model_int8.xml \(export it with --quantize=int8"):
+        serving.Version(str(version), "openvino_int8")
 
 
 def test_a_keras_file_exports_as_a_run_does(run, tmp_path):
@@ -418,7 +454,7 @@ def test_bad_requests_give_one_line(run, tmp_path, usage_errors):
         ((f"--model_dir={model_dir}", "--weights=timm/resnet18.a1_in1k"), 2, "give one of --model_dir, --weights"),
         (("--weights=imagenet",), 2, "keras.applications' weights: name the model, one of densenet121"),
         ((f"--model_file={tmp_path / 'none.keras'}",), 2, "no such file"),
-        ((f"--model_dir={model_dir}", "--formats=pmml"), 2, "saved_model, onnx, tflite"),
+        ((f"--model_dir={model_dir}", "--formats=pmml"), 2, "saved_model, onnx, openvino, tflite"),
         ((f"--model_dir={model_dir}", f"--export_dir={base.parent}", "--version=1"), 2, "never overwritten"),
         ((f"--model_dir={model_dir}", "--checkpoint=final"), 2, "checkpoint"),
     ]
@@ -434,12 +470,22 @@ def test_bad_requests_give_one_line(run, tmp_path, usage_errors):
                    f"--calibration_data={tmp_path / 'none'}"), 2, "is not a folder (of class sub-folders of images)"))
     cases.append(((f"--model_dir={model_dir}", f"--export_dir={tmp_path}", "--quantize=int8",
                    f"--validation_data={tmp_path / 'unfinished'}"), 2, "has no class sub-folders"))
+    cases.append(((f"--model_dir={model_dir}", "--quantize=int8", "--max_accuracy_drop=-1"), 2,
+                  "--max_accuracy_drop"))
     said = usage_errors([(args, {}) for args, _, _ in cases], command="training.export")
     for (args, code, message), (got, stderr) in zip(cases, said):
         lines = [line for line in stderr.splitlines() if line.strip()]
         assert got == code and len(lines) == 1 and lines[0].startswith("export: error:"), (args, stderr[-1500:])
         assert message in lines[0] and "Traceback" not in stderr, args
     assert sorted(os.listdir(base))[:1] == ["1"]  # version 1 untouched by the refused export
+    without = tmp_path / "without_openvino"  # a machine where the [deploy] extra is not installed
+    without.mkdir()
+    (without / "sitecustomize.py").write_text("import sys\nsys.modules['openvino'] = None\n")
+    for args, says in [(["--formats=openvino"], "--formats=openvino needs openvino: pip install -e '.[deploy]'"),
+                       (["--quantize=int8"], "--quantize=int8 needs openvino: pip install -e '.[deploy]'")]:
+        proc = cli("training.export", f"--model_dir={model_dir}", f"--export_dir={tmp_path}", *args,
+                   PYTHONPATH=str(without))
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == f"export: error: {says}", args
 
 
 def test_metadata_describes_either_kind_of_preprocessing_layer():

@@ -553,6 +553,13 @@ def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, served):
         lines = [l for l in proc.stderr.splitlines() if l.startswith("serve: error:")]
         assert proc.returncode == code and any(says in l for l in lines), (args, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr
+    without = tmp_path / "without_openvino"  # a machine where the [serve] extra's OpenVINO is not installed
+    without.mkdir()
+    (without / "sitecustomize.py").write_text("import sys\nsys.modules['openvino'] = None\n")
+    proc = run_command("training.serve", f"--model_base_path={base}", "--runtime=openvino_int8",
+                       PYTHONPATH=str(without))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        "serve: error: --runtime=openvino_int8 needs openvino: pip install -e '.[serve]'"), proc.stderr[-2000:]
 
 
 def _kserve_object(data, klass, where):

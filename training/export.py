@@ -13,10 +13,11 @@ Writes ``saved_models/<name>/<version>/``, a SavedModel that TensorFlow Serving,
 Each returns ``logits``, ``probabilities``, ``top_k_ids``, ``top_k_scores`` and
 ``top_k_names``. The model's normalisation is its first layer, so nothing is done outside.
 ``metadata.json`` sits beside ``saved_model.pb``; ``--formats=onnx,tflite`` adds
-``model.onnx`` (tf2onnx) and ``model.tflite``, ``--formats=timm`` a ``timm/`` folder in timm's
-hub layout (``reszoo.hub.save_timm``). ``--quantize=int8`` adds ``model_int8.onnx``
-(``training.quantize``), kept only when its top-1 on held-out images is within
-``--max_accuracy_drop`` of float32's. Every file is checked against the Keras model
+``model.onnx`` (tf2onnx) and ``model.tflite``, ``--formats=openvino`` OpenVINO's float32 IR
+(``model.xml`` and ``model.bin``, converted from ``model.onnx``), ``--formats=timm`` a ``timm/``
+folder in timm's hub layout (``reszoo.hub.save_timm``). ``--quantize=int8`` adds
+``model_int8.onnx`` and ``model_int8.xml`` (``training.quantize``), each kept only when its top-1
+on held-out images is within ``--max_accuracy_drop`` of float32's. Every file is checked against the Keras model
 before the version is renamed into place; a version is never overwritten.
 """
 
@@ -33,11 +34,13 @@ import sys
 from absl import app, flags, logging
 
 from training import errors  # (training.files imports Keras: used lazily, so --help is instant)
+from training import engines, runtimes
 from training.flags import EXPORT_FORMATS
+from training.runtimes import RUNTIMES
 
 FORMATS = EXPORT_FORMATS
 METADATA = "metadata.json"  # beside saved_model.pb: what the export is (training.predict, validate, serve read it)
-TF_FORMATS = ("onnx", "tflite")  # made from TensorFlow's graph
+TF_FORMATS = ("onnx", "openvino", "tflite")  # made from TensorFlow's graph
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)  # logits, float32 model vs exported graph; atol in max |logit| (>= 1)
 
 
@@ -68,11 +71,13 @@ def define_flags():
     flags.DEFINE_string("export_dir", "saved_models", "base folder: the export goes to EXPORT_DIR/NAME/VERSION")
     flags.DEFINE_string("name", None, "model name under export_dir (default MODEL_DATASET)")
     flags.DEFINE_integer("version", 0, "version number (0: one more than the highest there)", lower_bound=0)
-    flags.DEFINE_list("formats", ["saved_model"], f"any of {', '.join(FORMATS)} (saved_model is always written)")
+    flags.DEFINE_list("formats", ["saved_model"], f"any of {', '.join(FORMATS)} (saved_model is always written; "
+                      "openvino converts model.onnx, so it writes that too)")
     flags.DEFINE_integer("top_k", 5, "classes in the top-k outputs (at most the number of classes)", lower_bound=1)
-    flags.DEFINE_enum("quantize", "none", ["none", "int8"], "int8: also model_int8.onnx (ONNX Runtime's static "
-                      "quantization, per-channel int8 weights), written only if its top-1 on held-out images is "
-                      "within --max_accuracy_drop of float32's; implies --formats=onnx")
+    flags.DEFINE_enum("quantize", "none", ["none", "int8"], "int8: also model_int8.onnx (ONNX Runtime) and "
+                      "model_int8.xml (OpenVINO, NNCF), static quantization with per-channel int8 weights, each written "
+                      "only if its top-1 on held-out images is within --max_accuracy_drop of float32's; implies "
+                      "--formats=onnx,openvino")
     flags.DEFINE_integer("calibration_images", 256, "--quantize: images to calibrate on", lower_bound=1)
     flags.DEFINE_string("calibration_data", None, "--quantize: a folder of class sub-folders of images to calibrate "
                         "on (default: the run's training split)")
@@ -257,7 +262,7 @@ def _export_onnx(core_dir, out):
         import onnxruntime  # noqa: F401
         import tf2onnx  # noqa: F401
     except ImportError:
-        raise ExportError("--formats=onnx needs tf2onnx and onnxruntime: pip install -e '.[export]'", 2) from None
+        raise ExportError("--formats=onnx needs tf2onnx and onnxruntime: pip install -e '.[deploy]'", 2) from None
     proc = subprocess.run(
         [sys.executable, "-m", "tf2onnx.convert", "--saved-model", core_dir, "--signature_def", "serve",
          "--output", out, "--opset", "17", "--rename-inputs", "images", "--rename-outputs", "logits"],
@@ -267,11 +272,14 @@ def _export_onnx(core_dir, out):
         raise ExportError(f"tf2onnx failed: {tail[0]}")
 
 
-def _run_onnx(path, x):
-    import onnxruntime as ort
+def export_openvino(folder):
+    """OpenVINO's float32 IR (``model.xml``, ``model.bin``) converted from the folder's
+    ``model.onnx`` (OpenVINO reads tf2onnx's graph as it is; weights kept in float32, not the
+    float16 its ``save_model`` writes by default)."""
+    import openvino as ov
 
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    return session.run(["logits"], {"images": x})[0]
+    ov.save_model(ov.convert_model(os.path.join(folder, RUNTIMES["onnx"].file)),
+                  os.path.join(folder, RUNTIMES["openvino"].file), compress_to_fp16=False)
 
 
 def _export_tflite(tf, core_dir, out):
@@ -298,14 +306,17 @@ def export(model_dir=None, export_dir="saved_models", name=None, version=0, form
            checkpoint="last", top_k=5, int8=None, weights=None, model_name=None, model_file=None):
     """Export a run (``model_dir``), published weights (``weights``, with ``model_name`` for
     "imagenet") or a ``.keras`` file (``model_file``); returns the version folder. ``int8``
-    (an ``Int8Options``) also writes ``model_int8.onnx``; where it loses too much accuracy the
-    version is written without it and an ExportError (code 2) says so after. Raises
+    (an ``Int8Options``) also writes the int8 files; one that loses too much accuracy is left
+    out of the version, and an ExportError (code 2) says so after. Raises
     ExportError with a one-line message."""
     from training import files
 
-    if int8 is not None and "onnx" not in formats:
+    if int8 is not None:
+        formats = (*formats, "openvino")
+    if "openvino" in formats:
         formats = (*formats, "onnx")
-    _check_formats(formats)
+    formats = tuple(dict.fromkeys(formats))
+    _check_formats(formats, int8 is not None)
     for flag in ("calibration_data", "validation_data"):
         folder = getattr(int8, flag, None)
         if folder is not None and not os.path.isdir(folder):
@@ -344,7 +355,7 @@ def export(model_dir=None, export_dir="saved_models", name=None, version=0, form
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if refused:
-        raise ExportError(f"{refused}; model_int8.onnx not written, the float32 export is in {final}", 2)
+        raise ExportError(f"{'; '.join(refused)}; the float32 export is in {final}", 2)
     return final
 
 
@@ -353,12 +364,18 @@ def _is_disk_full(err):
     return "No space left on device" in str(err) or "ENOSPC" in str(err)
 
 
-def _check_formats(formats):
+def _check_formats(formats, int8):
     import keras
 
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ExportError(f"unknown format(s) {', '.join(sorted(unknown))}: use {', '.join(FORMATS)}", 2)
+    needed = {name: f"--formats={name}" for name in ("onnx", "openvino") if name in formats}
+    needed.update({name: "--quantize=int8" for name in (runtimes.INT8 if int8 else ())})
+    for name, flag in needed.items():
+        problem = runtimes.missing_package(name, "deploy", flag)
+        if problem:
+            raise ExportError(problem, 2)
     extra = sorted(set(formats) & set(TF_FORMATS))
     if extra and keras.backend.backend() != "tensorflow":
         raise ExportError(f"--formats={','.join(extra)} needs the TensorFlow backend (tf2onnx and the "
@@ -418,7 +435,7 @@ def _version_folder(base, version):
 def _write_version(model, tmp, info, formats, top_k, version, int8=None):
     """The SavedModel (and the other formats) in ``tmp/model``, each checked against the
     Keras model; with ``int8`` (``(Int8Options, quantize.held_data(...))``) also
-    model_int8.onnx. Returns that folder, and why int8 was refused (or None)."""
+    the int8 files. Returns that folder, and why each refused int8 file was (a list)."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -444,9 +461,13 @@ def _write_version(model, tmp, info, formats, top_k, version, int8=None):
     _check("the uint8 signature", served["serving_uint8"](images=tf.constant(x.astype("uint8")))["logits"], expected)
     written = ["saved_model"]
     if "onnx" in formats:
-        _export_onnx(core_dir, os.path.join(out, "model.onnx"))
-        _check("model.onnx", _run_onnx(os.path.join(out, "model.onnx"), x), expected)
+        _export_onnx(core_dir, os.path.join(out, RUNTIMES["onnx"].file))
+        _check("model.onnx", engines.open_runtime("onnx", out)(x), expected)
         written.append("onnx")
+    if "openvino" in formats:
+        export_openvino(out)
+        _check("model.xml (OpenVINO)", engines.open_runtime("openvino", out)(x), expected)
+        written.append("openvino")
     if "tflite" in formats:
         _export_tflite(tf, core_dir, os.path.join(out, "model.tflite"))
         _check("model.tflite", _run_tflite(tf, os.path.join(out, "model.tflite"), x), expected)
@@ -458,21 +479,22 @@ def _write_version(model, tmp, info, formats, top_k, version, int8=None):
         hub.save_timm(model, os.path.join(out, "timm"), card={
             "datasets": [info["dataset"]], "metrics": {} if accuracy is None else {"top1": round(100 * accuracy, 3)}})
         written.append("timm")
-    quantized, refused = None, None
+    quantized, refused = {}, []
     if int8 is not None:
         from training import quantize
 
         (options, (calibration, held, sources)) = int8
-        quantized = {**quantize.quantize(os.path.join(out, "model.onnx"), os.path.join(out, "model_int8.onnx"),
-                                         calibration, held, options.max_accuracy_drop), **sources}
-        said = (f"int8: top-1 {quantized['top1_int8']:.2f}% against float32's {quantized['top1_float32']:.2f}% on "
-                f"{quantized['validation_images']} held-out images ({sources['validation']}), "
-                f"{quantized['top1_agreement']:.2f}% of answers the same")
-        print(f"export: {said}", flush=True)
-        if quantized["written"]:
-            written.append("onnx_int8")
-        else:
-            refused = f"{said}: over --max_accuracy_drop={options.max_accuracy_drop:g}"
+        for runtime in runtimes.INT8:
+            report = quantized[runtime] = {**quantize.quantize(runtime, out, calibration, held,
+                                                               options.max_accuracy_drop), **sources}
+            said = (f"{report['file']}: int8 top-1 {report['top1_int8']:.2f}% against float32's "
+                    f"{report['top1_float32']:.2f}% on {report['validation_images']} held-out images "
+                    f"({sources['validation']}), {report['top1_agreement']:.2f}% of answers the same")
+            print(f"export: {said}", flush=True)
+            if report["written"]:
+                written.append(runtime)
+            else:
+                refused.append(f"{said}: over --max_accuracy_drop={options.max_accuracy_drop:g}, not written")
 
     metadata = {
         "name": info["name"], "version": version, "model": info["model"], "dataset": info["dataset"],
@@ -493,7 +515,10 @@ def _write_version(model, tmp, info, formats, top_k, version, int8=None):
                      "keras_backend": keras.backend.backend(), "tensorflow": tf.__version__},
         "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    if quantized is not None:
+    metadata["runtimes"] = {name: {"file": runtime.file, "precision": runtime.precision}
+                            for name, runtime in RUNTIMES.items()
+                            if all(os.path.isfile(os.path.join(out, f)) for f in runtimes.files_of(runtime))}
+    if quantized:
         metadata["int8"] = quantized
     with open(os.path.join(out, METADATA), "w") as f:
         json.dump(metadata, f, indent=2)

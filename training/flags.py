@@ -18,7 +18,7 @@ FLAGS = flags.FLAGS
 
 AUGMENTATIONS = ("auto", "none", "crop", "crop_flip", "inception")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
-EXPORT_FORMATS = ("saved_model", "onnx", "tflite", "timm")  # reszoo-export --formats, train --export_formats
+EXPORT_FORMATS = ("saved_model", "onnx", "openvino", "tflite", "timm")  # reszoo-export --formats, train --export_formats
 KERAS_APPLICATIONS_PREFIX = "keras_applications:"  # --init_from=keras_applications:NAME
 MAX_IMAGE_SIZE = 4096
 DIAGNOSTICS_EVERY = 100  # steps between measurements for a bare --diagnostics

@@ -16,6 +16,9 @@ import sys
 
 from absl import app, flags
 
+from training import runtimes
+from training.runtimes import RUNTIMES
+
 FLAGS = flags.FLAGS
 
 
@@ -29,9 +32,9 @@ def define_flags():
     flags.DEFINE_integer("port", 8501, "REST port (TF Serving's)", lower_bound=1, upper_bound=65535)
     flags.DEFINE_integer("grpc_port", 8500, "gRPC port of the v2 protocol; 0: no gRPC", lower_bound=0,
                          upper_bound=65535)
-    flags.DEFINE_enum("runtime", "saved_model", ["saved_model", "onnx", "onnx_int8"],
-                      "run the SavedModel (TensorFlow), the export's model.onnx (ONNX Runtime), or its "
-                      "model_int8.onnx (export --quantize=int8)")
+    flags.DEFINE_enum("runtime", "saved_model", list(RUNTIMES), "the file of each version to serve: "
+                      + "; ".join(f"{name}: {r.file} ({r.package}, {r.precision}; {r.made_by})"
+                                  for name, r in RUNTIMES.items()))
     flags.DEFINE_integer("max_batch_size", 32, "concurrent requests to a model run as one batch of up to this "
                          "many images; 1: no batching", lower_bound=1)
     flags.DEFINE_float("batch_timeout_ms", 0.0, "when requests queue behind a busy model, wait this long for more "
@@ -91,11 +94,9 @@ def main(argv):
         import kserve
     except ImportError:
         _usage("reszoo-serve needs KServe's model server: pip install -e '.[serve]'")
-    if FLAGS.runtime != "saved_model":
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            _usage(f"--runtime={FLAGS.runtime} needs onnxruntime: pip install -e '.[serve]'")
+    problem = runtimes.missing_package(FLAGS.runtime, "serve")
+    if problem:
+        _usage(problem)
     from training import serving
 
     options = serving.ServeOptions(

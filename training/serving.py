@@ -5,7 +5,7 @@
 - ``ServeOptions``: the command's flags, read once;
 - ``model_folders``: the models under a base path, in TF Serving's layout (``NAME/VERSION/``);
 - ``Version``: one complete version folder loaded for a runtime, the SavedModel (TensorFlow) or
-  its ``model.onnx`` (ONNX Runtime); ``AdapterTask``: a run's residual-adapter task on a backbone
+  one of the files ``training.runtimes`` lists (ONNX Runtime, OpenVINO); ``AdapterTask``: a run's residual-adapter task on a backbone
   that ``Backbones`` loads once for all its tasks; both answer the export's five outputs;
 - ``Batcher``: concurrent requests to one model run as one batch;
 - ``ServedModel``: a ``kserve.Model`` that serves the newest complete version of one model
@@ -42,14 +42,12 @@ from kserve.model_repository import ModelRepository
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prometheus_client import Histogram
 
+from training import engines
 from training.export import METADATA, version_folders, versions
 from training.flags import MAX_IMAGE_SIZE
 from training.predict import missing
+from training.runtimes import RUNTIMES, files_of
 
-# The file each ONNX Runtime runtime serves from a version folder, and how to make it.
-ONNX_FILES = {"onnx": ("model.onnx", "export it with --formats=onnx"),
-              "onnx_int8": ("model_int8.onnx", "export it with --quantize=int8; an export whose int8 lost too much "
-                                               "accuracy has none")}
 SIGNATURES = {"serving_default": ("images", "float32"), "serving_uint8": ("images", "uint8"),
               "serving_bytes": ("image_bytes", "string")}
 OUTPUTS = ("logits", "probabilities", "top_k_ids", "top_k_scores", "top_k_names")
@@ -168,9 +166,11 @@ class Version(Servable):
         meta_file = os.path.join(folder, METADATA)
         if problem is None and not os.path.isfile(meta_file):
             problem = "has no metadata.json (it is not a reszoo export)"
-        onnx_file, how = ONNX_FILES.get(runtime, (None, None))
-        if problem is None and onnx_file and not os.path.isfile(os.path.join(folder, onnx_file)):
-            problem = f"has no {onnx_file} ({how}, or serve with --runtime=saved_model)"
+        spec = RUNTIMES[runtime]
+        absent = [f for f in files_of(spec) if not os.path.isfile(os.path.join(folder, f))]
+        if problem is None and absent and runtime != "saved_model":
+            held = "; an export whose int8 lost too much accuracy has none" if spec.precision == "int8" else ""
+            problem = f"has no {absent[0]} (export it with {spec.made_by}{held}, or serve with --runtime=saved_model)"
         if problem:
             raise ValueError(problem)
         try:
@@ -190,11 +190,8 @@ class Version(Servable):
             raise ValueError(f"cannot be loaded, its files are damaged ({type(err).__name__}: {line})") from None
 
     def _load(self):
-        if self.runtime in ONNX_FILES:
-            import onnxruntime as ort
-
-            self._session = ort.InferenceSession(os.path.join(self.folder, ONNX_FILES[self.runtime][0]),
-                                                 providers=["CPUExecutionProvider"])
+        if self.runtime != "saved_model":
+            self._logits = engines.open_runtime(self.runtime, self.folder)
             return
         import tensorflow as tf
 
@@ -207,7 +204,7 @@ class Version(Servable):
             out = {k: v.numpy() for k, v in out.items()}
             out["top_k_names"] = out["top_k_names"].astype(str)
             return out
-        return self.outputs(self._session.run(["logits"], {"images": pixels})[0])
+        return self.outputs(self._logits(pixels))
 
 
 class AdapterTask(Servable):
@@ -479,7 +476,8 @@ class ServedModel(Model):
                     continue
                 self.failed.pop(number, None)
                 self.current, self.ready = version, True
-                self.say(f"serving {self.name} version {number} ({self.options.runtime})")
+                self.say(f"serving {self.name} version {number} ({self.options.runtime}, "
+                         f"{RUNTIMES[self.options.runtime].precision})")
                 return True
             if removed:
                 self.current, self.ready = None, False

@@ -2,7 +2,8 @@
 
 Prints top-1, top-5, the loss and per-class accuracy of a training run (its last.keras), a
 ``.keras`` file, an exported SavedModel or published weights (``--weights=timm/ARCH.TAG``) on
-a dataset (by default the run's own held-out split), appends a row to a results CSV (timm's
+a dataset (by default the run's own held-out split; an export's ONNX, OpenVINO or int8 file with
+``--runtime``), appends a row to a results CSV (timm's
 validate.py columns) and draws the confusion matrix. The eval transform is the one the weights
 prescribe: resize to ``test_size / crop_pct``, then a central ``test_size`` crop. As timm's
 validate.py, ``--test_pool`` adds test-time pooling above the tested size, and ``--average=N``
@@ -20,8 +21,10 @@ import sys
 from absl import app, flags, logging
 
 from training import flags as run_flags
+from training import runtimes
 from training.errors import CommandError
 from training.export import METADATA
+from training.runtimes import RUNTIMES
 
 FLAGS = flags.FLAGS
 COLUMNS = ("model", "source", "dataset", "split", "images", "top1", "top1_err", "top5", "top5_err", "loss",
@@ -52,6 +55,8 @@ def define_flags():
                          "generations (timm's avg_checkpoints.py; train with --checkpoint_hist=N or more to keep "
                          "them; 0: off)", lower_bound=0)
     flags.DEFINE_string("save_average", None, "--average: also write the averaged model to this new .keras file")
+    flags.DEFINE_enum("runtime", "saved_model", list(RUNTIMES), "an export: the file to measure (" + ", ".join(
+        f"{name}: {r.file}" for name, r in RUNTIMES.items()) + ")")
     flags.DEFINE_integer("batch_size", 64, "images per batch", lower_bound=1)
     flags.DEFINE_string("results_csv", None, "append a row here (default: validate.csv in the run folder, else in "
                         "the current folder)")
@@ -128,9 +133,9 @@ def test_pooled(source, side, say=print):
     return pooled, True
 
 
-def load_source(model_dir, checkpoint, weights, average=0, save_average=None):
+def load_source(model_dir, checkpoint, weights, average=0, save_average=None, runtime="saved_model"):
     """The ``Source`` of --model_dir or --weights (a run's ``average`` last checkpoints
-    averaged), or a ``CommandError``."""
+    averaged; an export's file for ``runtime``), or a ``CommandError``."""
     from training import files
     from training.run_folder import FLAGS_FILE
 
@@ -138,6 +143,9 @@ def load_source(model_dir, checkpoint, weights, average=0, save_average=None):
         raise CommandError(f"--average={average} averages a run's checkpoints: give --model_dir=RUN_FOLDER", 2)
     if save_average and not average:
         raise CommandError("--save_average writes the model --average=N makes: give --average too", 2)
+    if runtime != "saved_model" and (weights or not model_dir or os.path.isfile(model_dir)
+                                     or os.path.isfile(os.path.join(model_dir, FLAGS_FILE))):
+        raise CommandError(f"--runtime={runtime} measures a file of an export: give --model_dir=EXPORT_VERSION", 2)
     if weights:
         return _weights_source(weights)
     if not model_dir:
@@ -155,7 +163,7 @@ def load_source(model_dir, checkpoint, weights, average=0, save_average=None):
         else:
             model, where = files.load_model(os.path.join(path, f"{checkpoint}.keras"), "--model_dir"), path
         return keras_source(model, run.get("model") or os.path.basename(path), run, where=where)
-    return _saved_model_source(path)
+    return _saved_model_source(path, runtime)
 
 
 def average_checkpoints(path, count, save_to=None):
@@ -204,10 +212,10 @@ def average_checkpoints(path, count, save_to=None):
     return model, (f"epochs {epochs[0]}-{epochs[-1]}" if count > 1 else f"epoch {epochs[0]}")
 
 
-def _saved_model_source(path):
+def _saved_model_source(path, runtime="saved_model"):
     import numpy as np
 
-    from training import predict
+    from training import engines, predict
 
     try:
         version = predict.resolve(path)
@@ -215,6 +223,12 @@ def _saved_model_source(path):
         raise CommandError(f"--model_dir={path} is neither a run folder (flags.json), a .keras file, nor a "
                            "SavedModel", 2) from None
     import tensorflow as tf
+
+    problem = runtimes.missing_package(runtime, "deploy")
+    absent = [f for f in runtimes.files_of(RUNTIMES[runtime]) if not os.path.isfile(os.path.join(version, f))]
+    if problem or (absent and runtime != "saved_model"):
+        raise CommandError(problem or f"--runtime={runtime}: {version} has no {absent[0]} (export it with "
+                           f"{RUNTIMES[runtime].made_by})", 2)
 
     serve = predict.load(version, "serving_default")
     try:
@@ -224,9 +238,17 @@ def _saved_model_source(path):
         metadata = {}
     shape = serve.structured_input_signature[1]["images"].shape
     run = metadata.get("source", {}).get("flags") or {}
+    predict_logits = lambda x: np.asarray(serve(images=tf.constant(x, tf.float32))["logits"])  # noqa: E731
+    if runtime != "saved_model":
+        try:
+            predict_logits = engines.open_runtime(runtime, version)
+        except Exception as err:  # ONNX Runtime and OpenVINO raise many kinds for damaged files
+            raise CommandError(f"--runtime={runtime}: {version}/{RUNTIMES[runtime].file} cannot be loaded "
+                               f"({type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]})") from None
     return Source(metadata.get("model") or os.path.basename(os.path.dirname(version)),
-                  lambda x: np.asarray(serve(images=tf.constant(x, tf.float32))["logits"]), int(shape[1]),
-                  int(shape[-1]), metadata.get("params", 0), run, where=version)
+                  lambda x: np.asarray(predict_logits(np.asarray(x, "float32")), "float32"), int(shape[1]),
+                  int(shape[-1]), metadata.get("params", 0), run,
+                  where=version if runtime == "saved_model" else f"{version} ({runtime})")
 
 
 def _weights_source(weights):
@@ -485,7 +507,8 @@ def main(argv):
         if FLAGS.average and FLAGS["checkpoint"].present:
             raise CommandError(f"--average={FLAGS.average} measures the run's last checkpoints averaged, "
                                f"--checkpoint={FLAGS.checkpoint} one model: give one", 2)
-        source = load_source(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.weights, FLAGS.average, FLAGS.save_average)
+        source = load_source(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.weights, FLAGS.average, FLAGS.save_average,
+                             FLAGS.runtime)
         folder = source.where if source.where and os.path.isfile(os.path.join(source.where, FLAGS_FILE)) else "."
         results_csv = FLAGS.results_csv if FLAGS.results_csv is not None else os.path.join(folder, "validate.csv")
         png = FLAGS.confusion_png
