@@ -18,7 +18,7 @@ setup(
     extras_require={
         "tf": ["tensorflow>=2.21,<2.22", "tensorflow-datasets>=4.9", "tensorboard", "absl-py"],
         # reszoo-export's ONNX, OpenVINO and int8 files (and reszoo-validate's --runtime).
-        "deploy": ["tf2onnx>=1.17", "onnxruntime>=1.20", "openvino>=2026.4", "nncf>=3.4"],
+        "deploy": ["tf2onnx>=1.17", "onnxruntime>=1.20", "openvino>=2026.4"],
         # reszoo-serve: KServe's model server; the SavedModel runtime needs [tf] too.
         "serve": ["kserve>=0.21,<0.22", "onnxruntime>=1.20", "openvino>=2026.4", "pillow>=10"],
         "lab": ["matplotlib>=3.7"],
@@ -36,7 +36,6 @@ setup(
             "tf2onnx>=1.17",
             "onnxruntime>=1.20",
             "openvino>=2026.4",
-            "nncf>=3.4",
             "kserve>=0.21,<0.22",
             "pillow>=10",
             "matplotlib>=3.7",

@@ -48,8 +48,7 @@ def main():
         export.export_openvino(tmp)
         held = x[args.calibration:]
         labels = engines.logits(engines.open_runtime("onnx", tmp), held).argmax(1)  # top-1 against float32
-        for name in runtimes.INT8:
-            quantize.quantize(name, tmp, x[:args.calibration], (held, labels), 100.0)
+        quantize.quantize(tmp, x[:args.calibration], (held, labels), 100.0)
         saved = tf.saved_model.load(core).signatures["serve"]
         runners = {"saved_model": lambda b: saved(tf.constant(b))}
         runners.update({name: engines.open_runtime(name, tmp) for name in LABELS if name != "saved_model"})

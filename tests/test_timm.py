@@ -50,7 +50,7 @@ RESZOO_SIDE = r'''
 import json, os, sys
 import numpy as np
 import keras, reszoo
-from reszoo import hub, weights
+from reszoo import factory, hub, weights
 root, numeric, shapes, sizes = sys.argv[1], sys.argv[2].split(","), sys.argv[3].split(","), [int(s) for s in sys.argv[4].split(",")]
 rel = lambda a, b: float(np.linalg.norm(np.asarray(a, "float64") - b) / np.linalg.norm(b))
 infer = lambda m, x: keras.tree.map_structure(keras.ops.convert_to_numpy, m(x, training=False))
@@ -80,7 +80,8 @@ if keras.backend.backend() == "tensorflow":
     for arch in shapes:
         state = {k: np.zeros(v, "float32") for k, v in timm_shapes[arch].items()}
         values, origin = hub.convert(state, arch)
-        model = reszoo.create_model(arch, padding="symmetric")
+        with factory.weights_to_come():  # every tensor is assigned next: no random kernels drawn
+            model = reszoo.create_model(arch, padding="symmetric")
         result["macs"][arch] = reszoo.model_card(model)["macs"]
         result["shapes"][arch] = [weights.assign_values(model, values, arch, origin=origin).loaded,
                                   len([layer for layer in model.layers if layer.weights])]

@@ -74,10 +74,10 @@ def define_flags():
     flags.DEFINE_list("formats", ["saved_model"], f"any of {', '.join(FORMATS)} (saved_model is always written; "
                       "openvino converts model.onnx, so it writes that too)")
     flags.DEFINE_integer("top_k", 5, "classes in the top-k outputs (at most the number of classes)", lower_bound=1)
-    flags.DEFINE_enum("quantize", "none", ["none", "int8"], "int8: also model_int8.onnx (ONNX Runtime) and "
-                      "model_int8.xml (OpenVINO, NNCF), static quantization with per-channel int8 weights, each written "
-                      "only if its top-1 on held-out images is within --max_accuracy_drop of float32's; implies "
-                      "--formats=onnx,openvino")
+    flags.DEFINE_enum("quantize", "none", ["none", "int8"], "int8: also model_int8.onnx (ONNX Runtime's static "
+                      "quantization, per-channel int8 weights) and model_int8.xml (the same in OpenVINO), each "
+                      "written only if its top-1 on held-out images is within --max_accuracy_drop of float32's; "
+                      "implies --formats=onnx,openvino")
     flags.DEFINE_integer("calibration_images", 256, "--quantize: images to calibrate on", lower_bound=1)
     flags.DEFINE_string("calibration_data", None, "--quantize: a folder of class sub-folders of images to calibrate "
                         "on (default: the run's training split)")
@@ -484,9 +484,9 @@ def _write_version(model, tmp, info, formats, top_k, version, int8=None):
         from training import quantize
 
         (options, (calibration, held, sources)) = int8
-        for runtime in runtimes.INT8:
-            report = quantized[runtime] = {**quantize.quantize(runtime, out, calibration, held,
-                                                               options.max_accuracy_drop), **sources}
+        quantized = quantize.quantize(out, calibration, held, options.max_accuracy_drop)
+        for runtime, report in quantized.items():
+            report.update(sources)
             said = (f"{report['file']}: int8 top-1 {report['top1_int8']:.2f}% against float32's "
                     f"{report['top1_float32']:.2f}% on {report['validation_images']} held-out images "
                     f"({sources['validation']}), {report['top1_agreement']:.2f}% of answers the same")
