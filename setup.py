@@ -18,9 +18,10 @@ setup(
     extras_require={
         "tf": ["tensorflow>=2.21,<2.22", "tensorflow-datasets>=4.9", "tensorboard", "absl-py"],
         # reszoo-export's ONNX, OpenVINO and int8 files (and reszoo-validate's --runtime).
-        "deploy": ["tf2onnx>=1.17", "onnxruntime>=1.20", "openvino>=2026.4"],
-        # reszoo-serve: KServe's model server; the SavedModel runtime needs [tf] too.
-        "serve": ["kserve>=0.21,<0.22", "onnxruntime>=1.20", "openvino>=2026.4", "pillow>=10"],
+        "deploy": ["tf2onnx>=1.17", "onnxruntime>=1.20", "openvino>=2026.4", "ai-edge-litert>=2.3"],
+        # reszoo-serve: KServe's model server; TF Serving's protos (which bring TensorFlow) for its metadata.
+        "serve": ["kserve>=0.21,<0.22", "onnxruntime>=1.20", "openvino>=2026.4", "ai-edge-litert>=2.3",
+                  "pillow>=10", "tensorflow-serving-api>=2.21,<2.22"],
         "lab": ["matplotlib>=3.7"],
         "hub": ["keras-hub>=0.32"],
         # PyTorch peers: the GPU benchmark's torchvision contenders (and timm checkpoints).
@@ -36,7 +37,9 @@ setup(
             "tf2onnx>=1.17",
             "onnxruntime>=1.20",
             "openvino>=2026.4",
+            "ai-edge-litert>=2.3",
             "kserve>=0.21,<0.22",
+            "tensorflow-serving-api>=2.21,<2.22",
             "pillow>=10",
             "matplotlib>=3.7",
             "keras-hub>=0.32",

@@ -1,16 +1,20 @@
 """int8 and bf16 beside float32 on the CPU: median latency of ResNet-50 (random weights with
 BatchNorm statistics, 224 px) at batch 1 and 32 in every runtime an export can be served with
 (``training.runtimes``: the float32 SavedModel in TensorFlow, ONNX Runtime float32 and int8,
-OpenVINO float32, bf16 and int8, the int8 files made as ``reszoo-export --quantize=int8`` makes
+OpenVINO float32, bf16 and int8, LiteRT int8, the int8 files made as ``reszoo-export --quantize=int8`` makes
 them), in one run, with each file's size and each reduced precision's top-1 agreement with
-float32 on held-out random images; and the CPU flags that decide (avx512_vnni, avx512_bf16,
-amx_int8, amx_bf16).
+float32 on held-out random images; beside them torchvision's net of the same name in PyTorch
+eager (where torchvision has one); and the CPU flags that decide (avx512_vnni, avx512_bf16,
+amx_int8, amx_bf16). ``--model=densenet121`` or ``resnext50_32x4d`` measure those.
 
     python -m benchmarks.int8 [--model=resnet50 --size=224 --runs=10 --calibration=32 --batches=1,32]
 """
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 
 from benchmarks.common import emit, latency_ms, machine, randomized
@@ -18,7 +22,37 @@ from training.runtimes import cpu_flags
 
 LABELS = {"saved_model": "SavedModel float32 (TensorFlow)", "onnx": "ONNX Runtime float32",
           "onnx_int8": "ONNX Runtime int8", "openvino": "OpenVINO float32", "openvino_bf16": "OpenVINO bf16",
-          "openvino_int8": "OpenVINO int8"}
+          "openvino_int8": "OpenVINO int8", "litert_int8": "LiteRT int8",
+          "torch_eager": "PyTorch eager float32 (torchvision's net, own process)"}
+
+# PyTorch eager float32, torchvision's net of the same name, in a process of its own (PyTorch
+# beside TensorFlow in one process crashes): median ms per batch size, as latency_ms measures.
+TORCH_EAGER = r"""
+import json, statistics, sys, time, torch, torchvision
+name, size, batches, runs = sys.argv[1], int(sys.argv[2]), [int(b) for b in sys.argv[3].split(",")], int(sys.argv[4])
+model = getattr(torchvision.models, name)().eval().to(memory_format=torch.channels_last)
+found = {}
+with torch.inference_mode():
+    for batch in batches:
+        x = torch.rand(batch, 3, size, size).to(memory_format=torch.channels_last)
+        model(x)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+        found[batch] = statistics.median(times) * 1000
+print("RESULT" + json.dumps(found))
+"""
+
+
+def torch_eager(name, size, batches, runs):
+    """``{batch: ms}`` of torchvision's ``name`` in PyTorch eager, or None where torchvision has
+    no such net (or PyTorch is not installed)."""
+    proc = subprocess.run([sys.executable, "-c", TORCH_EAGER, name, str(size), ",".join(map(str, batches)),
+                           str(runs)], capture_output=True, text=True)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT")), None)
+    return None if line is None else {int(b): t for b, t in json.loads(line[len("RESULT"):]).items()}
 
 
 def main():
@@ -48,10 +82,10 @@ def main():
         export.export_openvino(tmp)
         held = x[args.calibration:]
         labels = engines.logits(engines.open_runtime("onnx", tmp), held).argmax(1)  # top-1 against float32
-        quantize.quantize(tmp, x[:args.calibration], (held, labels), 100.0)
+        quantize.quantize(tmp, core, x[:args.calibration], (held, labels), 100.0)
         saved = tf.saved_model.load(core).signatures["serve"]
         runners = {"saved_model": lambda b: saved(tf.constant(b))}
-        runners.update({name: engines.open_runtime(name, tmp) for name in LABELS if name != "saved_model"})
+        runners.update({name: engines.open_runtime(name, tmp) for name in runtimes.RUNTIMES if name != "saved_model"})
         size_mb = {name: sum(os.path.getsize(os.path.join(tmp, f)) for f in runtimes.files_of(runtimes.RUNTIMES[name]))
                    / 2 ** 20 for name in runners if name != "saved_model"}
         size_mb["saved_model"] = sum(os.path.getsize(os.path.join(root, f)) for root, _, fs in os.walk(core)
@@ -62,18 +96,22 @@ def main():
         print("| runtime | " + " | ".join(f"batch {b}: ms, images/s" for b in args.batches.split(","))
               + " | file MB | top-1 agreement with float32 | vs SavedModel at the largest batch |")
         print("|---|" + "---:|" * (len(args.batches.split(",")) + 3))
-        times = {name: {batch: latency_ms(run, x[:batch], args.runs) for batch in map(int, args.batches.split(","))}
+        batches = [int(b) for b in args.batches.split(",")]
+        times = {name: {batch: latency_ms(run, x[:batch], args.runs) for batch in batches}
                  for name, run in runners.items()}
-        last = int(args.batches.split(",")[-1])
+        eager = torch_eager(args.model, args.size, batches, args.runs)
+        if eager is not None:
+            times["torch_eager"] = eager
+        last = batches[-1]
         for name, by_batch in times.items():
             cells = [f"{t:.1f} ms, {1000 * b / t:.0f}" for b, t in by_batch.items()]
-            shown = "-" if name in ("saved_model", "onnx", "openvino") else f"{agreement[name]:.1f}%"
+            shown = f"{agreement[name]:.1f}%" if name in runtimes.INT8 or name == "openvino_bf16" else "-"
             speedup = times["saved_model"][last] / by_batch[last]
-            print(f"| {LABELS[name]} | " + " | ".join(cells) + f" | {size_mb[name]:.1f} | {shown} | {speedup:.2f}x |",
-                  flush=True)
-            emit(benchmark="int8", model=args.model, size=args.size, runtime=name, size_mb=round(size_mb[name], 2),
-                 agreement=agreement.get(name), speedup=speedup, **{f"batch_{b}_ms": round(t, 3)
-                                                                     for b, t in by_batch.items()})
+            mb = f"{size_mb[name]:.1f}" if name in size_mb else "-"
+            print(f"| {LABELS[name]} | " + " | ".join(cells) + f" | {mb} | {shown} | {speedup:.2f}x |", flush=True)
+            emit(benchmark="int8", model=args.model, size=args.size, runtime=name,
+                 size_mb=round(size_mb[name], 2) if name in size_mb else None, agreement=agreement.get(name),
+                 speedup=speedup, **{f"batch_{b}_ms": round(t, 3) for b, t in by_batch.items()})
 
 
 if __name__ == "__main__":

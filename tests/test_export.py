@@ -240,14 +240,15 @@ def test_onnx_openvino_and_tflite_are_verified_against_the_keras_model(run, tmp_
 
 
 def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_too_much(run, tmp_path):
-    """--quantize=int8: model_int8.onnx (ONNX Runtime) and model_int8.xml (OpenVINO) beside the
-    float32 files, each one's top-1 and agreement on the run's test split printed and in the
+    """--quantize=int8: model_int8.onnx (ONNX Runtime), model_int8.xml (OpenVINO) and
+    model_int8.tflite (LiteRT, full-integer) beside the float32 files, each one's top-1 and agreement on the run's test split printed and in the
     metadata (the float32 top-1 is training's own), at least 99% of answers as float32's; a
     calibration on black images wrecks them, and the export keeps everything but those files,
     saying so in one line with exit 2. reszoo-serve's int8 runtimes answer with them, and
     reszoo-validate measures them."""
     import onnxruntime as ort
     import openvino as ov
+    from ai_edge_litert.interpreter import Interpreter
     from PIL import Image
 
     from reszoo.datasets import load_digits
@@ -258,16 +259,24 @@ def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_t
     assert proc.returncode == 0, proc.stderr[-2000:]
     version = tmp_path / "resnet20_digits" / "1"
     found = json.loads((version / "metadata.json").read_text())
-    assert found["formats"] == ["saved_model", "onnx", "openvino", "onnx_int8", "openvino_int8"]
+    assert found["formats"] == ["saved_model", "onnx", "openvino", "onnx_int8", "openvino_int8", "litert_int8"]
     assert {name: r["precision"] for name, r in found["runtimes"].items()} == {
         "saved_model": "float32", "onnx": "float32", "onnx_int8": "int8", "openvino": "float32",
-        "openvino_bf16": "bfloat16", "openvino_int8": "int8"}
+        "openvino_bf16": "bfloat16", "openvino_int8": "int8", "litert_int8": "int8"}
     reported = json.loads((model_dir / "results.json").read_text())["test_accuracy"]
     (_, _), (x, y), _ = load_digits()
     x = x.astype("float32")
     onnx_int8 = ort.InferenceSession(str(version / "model_int8.onnx"), providers=["CPUExecutionProvider"])
     openvino_int8 = ov.Core().compile_model(str(version / "model_int8.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    answers = {"onnx_int8": onnx_int8.run(["logits"], {"images": x})[0], "openvino_int8": openvino_int8(x)[0]}
+    litert = Interpreter(model_path=str(version / "model_int8.tflite"))
+    litert.resize_tensor_input(litert.get_input_details()[0]["index"], x.shape)
+    litert.allocate_tensors()
+    litert.set_tensor(litert.get_input_details()[0]["index"], x)
+    litert.invoke()
+    floats = [d["index"] for d in litert.get_tensor_details() if d["dtype"] == np.float32]
+    assert sorted(floats) == sorted([litert.get_input_details()[0]["index"], litert.get_output_details()[0]["index"]])
+    answers = {"onnx_int8": onnx_int8.run(["logits"], {"images": x})[0], "openvino_int8": openvino_int8(x)[0],
+               "litert_int8": litert.get_tensor(litert.get_output_details()[0]["index"])}
     assert set(found["int8"]) == set(answers)
     for name, int8 in found["int8"].items():
         assert int8["written"] is True and int8["file"] == found["runtimes"][name]["file"]
@@ -281,11 +290,11 @@ def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_t
         np.testing.assert_allclose(served.run(x[:4])["logits"], answers[name][:4], rtol=1e-4, atol=1e-4)
     assert os.path.getsize(version / "model_int8.onnx") < 0.4 * os.path.getsize(version / "model.onnx")
     assert os.path.getsize(version / "model_int8.bin") < 0.4 * os.path.getsize(version / "model.bin")
-    proc = cli("training.validate", f"--model_dir={version}", "--runtime=openvino_int8",
-               f"--results_csv={tmp_path / 'v.csv'}", "--confusion_png=")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    row = (tmp_path / "v.csv").read_text().splitlines()[1].split(",")
-    assert row[1] == f"{version} (openvino_int8)" and float(row[5]) == pytest.approx(
+    from training import validate  # reszoo-validate --runtime=openvino_int8, in this process
+
+    row = validate.run(validate.load_source(str(version), "last", None, runtime="openvino_int8"),
+                       results_csv=str(tmp_path / "v.csv"), confusion="", say=lambda *_: None)
+    assert row["source"] == f"{version} (openvino_int8)" and float(row["top1"]) == pytest.approx(
         found["int8"]["openvino_int8"]["top1_int8"], abs=1e-3)
     damaged = tmp_path / "damaged" / "1"
     shutil.copytree(version, damaged)
@@ -308,7 +317,7 @@ def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_t
     assert str(refused.value).endswith("; the float32 export is in " + str(version))
     found = json.loads((version / "metadata.json").read_text())
     assert found["formats"] == ["saved_model", "onnx", "openvino"]
-    for name in ("onnx_int8", "openvino_int8"):
+    for name in ("onnx_int8", "openvino_int8", "litert_int8"):
         assert found["int8"][name]["written"] is False and found["int8"][name]["calibration"] == str(black)
         assert found["int8"][name]["calibration_images"] == 30 and name not in found["runtimes"]
     assert sorted(p.name for p in version.iterdir()) == ["assets", "fingerprint.pb", "metadata.json", "model.bin",

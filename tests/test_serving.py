@@ -173,6 +173,7 @@ def test_answers_are_the_exports_own_in_every_request_form(served, tmp_path):
     assert _close(one["predictions"][0]["logits"], expected["logits"][0])
     assert requests.get(f"{server.url}/v1/models/{MODEL}").json() == {"model_version_status": [
         {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    _check_metadata(server, base / MODEL / "1", "saved_model", "float32")
 
     v2 = {"inputs": [{"name": "images", "shape": [3, 8, 8, 1], "datatype": "FP32", "data": pixels.ravel().tolist()}]}
     answer = requests.post(f"{server.url}/v2/models/{MODEL}/infer", json=v2, timeout=60).json()
@@ -180,6 +181,31 @@ def test_answers_are_the_exports_own_in_every_request_form(served, tmp_path):
     assert _close(outputs["logits"], expected["logits"])
     assert outputs["top_k_names"].tolist() == expected["top_k_names"].astype(str).tolist()
     assert _close(_grpc_logits(server.grpc_port, pixels), expected["logits"].ravel())
+
+
+def _check_metadata(server, version, runtime, precision):
+    """TF Serving's GET .../metadata: its JSON parses into TF Serving's own SignatureDefMap, and
+    each signature's inputs and outputs are the SavedModel's (as TensorFlow loads them)."""
+    import tensorflow as tf
+    from google.protobuf import json_format
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    answer = requests.get(f"{server.url}/v1/models/{MODEL}/metadata", timeout=30).json()
+    assert answer == requests.get(f"{server.url}/v1/models/{MODEL}/versions/{version.name}/metadata").json()
+    assert answer["model_spec"] == {"name": MODEL, "signature_name": "", "version": version.name}
+    assert answer["metadata"]["reszoo"] == {"runtime": runtime, "precision": precision}
+    signatures = json_format.ParseDict(answer["metadata"]["signature_def"], get_model_metadata_pb2.SignatureDefMap())
+    loaded = tf.saved_model.load(str(version)).signatures
+    assert set(signatures.signature_def) == set(loaded) == {"serving_default", "serving_uint8", "serving_bytes"}
+    for name, signature in signatures.signature_def.items():
+        assert signature.method_name == "tensorflow/serving/predict"
+        (spec,) = loaded[name].structured_input_signature[1].values()
+        (given,) = signature.inputs.values()
+        assert tf.dtypes.as_dtype(given.dtype) == spec.dtype
+        assert [d.size for d in given.tensor_shape.dim] == [-1 if d is None else d for d in spec.shape]
+        assert set(signature.outputs) == set(loaded[name].structured_outputs)
+    missing = requests.get(f"{server.url}/v1/models/{MODEL}/versions/99/metadata", timeout=30)
+    assert missing.status_code == 404 and "version 99 is not served" in missing.json()["error"]
 
 
 def _grpc_logits(port, pixels):
@@ -516,6 +542,7 @@ def test_the_onnx_runtime_answers_as_the_saved_model_and_sigterm_drains_its_work
         pixels = _images(64, seed=100)
         status, answer = onnx.predict({"instances": pixels.tolist()})
         version = requests.get(f"{onnx.url}/v1/models/{MODEL}").json()["model_version_status"][0]["version"]
+        _check_metadata(onnx, base / MODEL / version, "onnx", "float32")
         expected = _expected(base / MODEL / version, pixels)
         assert status == 200
         assert _close([p["logits"] for p in answer["predictions"]], expected["logits"], 1e-4)

@@ -2,7 +2,7 @@
 logits out: ``model.onnx`` / ``model_int8.onnx`` in ONNX Runtime, ``model.xml`` /
 ``model_int8.xml`` in OpenVINO (float32 with ``INFERENCE_PRECISION_HINT=f32``, since on a CPU
 with AMX OpenVINO would otherwise run a float32 IR in bf16; ``openvino_bf16`` asks for that on
-purpose). The package of each is imported when a file of its runtime is opened, so that only
+purpose), ``model_int8.tflite`` in LiteRT. The package of each is imported when a file of its runtime is opened, so that only
 the runtimes used need to be installed (``training.runtimes`` names their extras)."""
 
 import os
@@ -32,6 +32,27 @@ def openvino(path, hint="f32"):
     return run
 
 
+def litert(path):
+    """A LiteRT flatbuffer in ``ai_edge_litert``'s interpreter (``tf.lite.Interpreter`` is
+    deprecated), its input resized to each batch."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path)
+    (given,), (taken,) = interpreter.get_input_details(), interpreter.get_output_details()
+    lock = threading.Lock()
+
+    def run(pixels):
+        with lock:
+            if tuple(interpreter.get_input_details()[0]["shape"]) != pixels.shape:
+                interpreter.resize_tensor_input(given["index"], pixels.shape)
+                interpreter.allocate_tensors()
+            interpreter.set_tensor(given["index"], np.ascontiguousarray(pixels, "float32"))
+            interpreter.invoke()
+            return interpreter.get_tensor(taken["index"])
+    interpreter.allocate_tensors()
+    return run
+
+
 def open_runtime(name, folder):
     """``name``'s file in the version folder ``folder`` as ``pixels -> logits``."""
     runtime = RUNTIMES[name]
@@ -40,6 +61,8 @@ def open_runtime(name, folder):
         return onnx(path)
     if runtime.package == "openvino":
         return openvino(path, runtime.hint)
+    if runtime.package == "ai_edge_litert":
+        return litert(path)
     raise ValueError(f"{name} is not a runtime of an export's extra files")
 
 

@@ -16,8 +16,9 @@ Each returns ``logits``, ``probabilities``, ``top_k_ids``, ``top_k_scores`` and
 ``model.onnx`` (tf2onnx) and ``model.tflite``, ``--formats=openvino`` OpenVINO's float32 IR
 (``model.xml`` and ``model.bin``, converted from ``model.onnx``), ``--formats=timm`` a ``timm/``
 folder in timm's hub layout (``reszoo.hub.save_timm``). ``--quantize=int8`` adds
-``model_int8.onnx`` and ``model_int8.xml`` (``training.quantize``), each kept only when its top-1
-on held-out images is within ``--max_accuracy_drop`` of float32's. Every file is checked against the Keras model
+``model_int8.onnx``, ``model_int8.xml`` and ``model_int8.tflite`` (``training.quantize``), each
+kept only when its top-1 on held-out images is within ``--max_accuracy_drop`` of float32's.
+Every file is checked against the Keras model
 before the version is renamed into place; a version is never overwritten.
 """
 
@@ -75,7 +76,8 @@ def define_flags():
                       "openvino converts model.onnx, so it writes that too)")
     flags.DEFINE_integer("top_k", 5, "classes in the top-k outputs (at most the number of classes)", lower_bound=1)
     flags.DEFINE_enum("quantize", "none", ["none", "int8"], "int8: also model_int8.onnx (ONNX Runtime's static "
-                      "quantization, per-channel int8 weights) and model_int8.xml (the same in OpenVINO), each "
+                      "quantization, per-channel int8 weights), model_int8.xml (the same in OpenVINO) and "
+                      "model_int8.tflite (LiteRT, full-integer), each "
                       "written only if its top-1 on held-out images is within --max_accuracy_drop of float32's; "
                       "implies --formats=onnx,openvino")
     flags.DEFINE_integer("calibration_images", 256, "--quantize: images to calibrate on", lower_bound=1)
@@ -370,8 +372,10 @@ def _check_formats(formats, int8):
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ExportError(f"unknown format(s) {', '.join(sorted(unknown))}: use {', '.join(FORMATS)}", 2)
-    needed = {name: f"--formats={name}" for name in ("onnx", "openvino") if name in formats}
-    needed.update({name: "--quantize=int8" for name in (runtimes.INT8 if int8 else ())})
+    needed = {name: "--quantize=int8" for name in (runtimes.INT8 if int8 else ())}  # it implies the formats
+    for name in ("onnx", "openvino"):
+        if name in formats:
+            needed.setdefault(name, f"--formats={name}")
     for name, flag in needed.items():
         problem = runtimes.missing_package(name, "deploy", flag)
         if problem:
@@ -484,7 +488,7 @@ def _write_version(model, tmp, info, formats, top_k, version, int8=None):
         from training import quantize
 
         (options, (calibration, held, sources)) = int8
-        quantized = quantize.quantize(out, calibration, held, options.max_accuracy_drop)
+        quantized = quantize.quantize(out, core_dir, calibration, held, options.max_accuracy_drop)
         for runtime, report in quantized.items():
             report.update(sources)
             said = (f"{report['file']}: int8 top-1 {report['top1_int8']:.2f}% against float32's "

@@ -1,7 +1,8 @@
 """int8 that proves its accuracy: static post-training quantization of an export's
-``model.onnx`` for ONNX Runtime (``model_int8.onnx``) and OpenVINO (``model_int8.xml``),
-calibrated on images like those the model was trained on, each file kept only when its
-top-1 on held-out images is within ``max_accuracy_drop`` points of float32's.
+``model.onnx`` for ONNX Runtime (``model_int8.onnx``) and OpenVINO (``model_int8.xml``), and of
+its TensorFlow graph for LiteRT (``model_int8.tflite``, full-integer), calibrated on images like
+those the model was trained on, each file kept only when its top-1 on held-out images is within
+``max_accuracy_drop`` points of float32's.
 
 What is done to a residual net, and why (docs/serving.md has the numbers). ONNX Runtime:
 
@@ -110,15 +111,31 @@ class _Reader(CalibrationDataReader):
 METHODS = {"onnx_int8": ("ONNX Runtime static quantization, QDQ: per-channel int8 weights, uint8 activations, "
                          "MinMax calibration, BatchNorm folded into the convolutions first"),
            "openvino_int8": ("model_int8.onnx's quantization read by OpenVINO (its QDQ pairs become FakeQuantize "
-                             "nodes) and run with OpenVINO's int8 kernels")}
+                             "nodes) and run with OpenVINO's int8 kernels"),
+           "litert_int8": ("TensorFlow's LiteRT converter, full-integer (TFLITE_BUILTINS_INT8, per-channel int8 "
+                           "weights), the calibration images as its representative dataset; float32 in and out")}
 
 
-def quantize(folder, calibration, held, max_drop):
+def _litert(graph, out_path, calibration):
+    """TensorFlow's converter, full-integer: every op int8 (``TFLITE_BUILTINS_INT8``), calibrated
+    on ``calibration`` as the representative dataset; float32 pixels in and logits out, the
+    quantize and dequantize at the edges."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(graph, signature_keys=["serve"])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([calibration[i:i + 1]] for i in range(len(calibration)))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    with open(out_path, "wb") as f:
+        f.write(converter.convert())
+
+
+def quantize(folder, graph, calibration, held, max_drop):
     """The float32 ``model.onnx`` of the version folder ``folder`` quantized once (ONNX
     Runtime's QDQ, ``model_int8.onnx``) and converted for OpenVINO (``model_int8.xml``, whose
-    FakeQuantize nodes OpenVINO runs with its int8 kernels), then each file measured in its own
-    runtime on ``held`` (images, labels) against float32: ``{runtime: report}`` with both top-1
-    and their agreement. A file that loses more than ``max_drop`` points is removed again."""
+    FakeQuantize nodes OpenVINO runs with its int8 kernels); the TensorFlow SavedModel ``graph``
+    (its ``serve`` signature: pixels to logits) converted to LiteRT's full-integer model
+    (``model_int8.tflite``). Each file is measured in its own runtime on ``held`` (images,
+    labels) against float32: ``{runtime: report}`` with both top-1 and their agreement. A file
+    that loses more than ``max_drop`` points is removed again."""
     path = {name: os.path.join(folder, RUNTIMES[name].file) for name in ("onnx", *INT8)}
     with tempfile.TemporaryDirectory() as tmp:
         prepared = os.path.join(tmp, "prepared.onnx")
@@ -126,6 +143,7 @@ def quantize(folder, calibration, held, max_drop):
         quantize_static(prepared, path["onnx_int8"], _Reader(calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     ov.save_model(ov.convert_model(path["onnx_int8"]), path["openvino_int8"])
+    _litert(graph, path["litert_int8"], calibration)
     images, labels = held
     float_logits = engines.logits(engines.open_runtime("onnx", folder), images)
     float_top1 = 100 * float(np.mean(float_logits.argmax(1) == labels))

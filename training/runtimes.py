@@ -24,6 +24,7 @@ RUNTIMES = {runtime.name: runtime for runtime in (
     Runtime("openvino", "model.xml", "openvino", "float32", "--formats=openvino", hint="f32"),
     Runtime("openvino_bf16", "model.xml", "openvino", "bfloat16", "--formats=openvino", hint="bf16"),
     Runtime("openvino_int8", "model_int8.xml", "openvino", "int8", "--quantize=int8", hint="f32"),
+    Runtime("litert_int8", "model_int8.tflite", "ai_edge_litert", "int8", "--quantize=int8"),
 )}
 INT8 = tuple(name for name, runtime in RUNTIMES.items() if runtime.precision == "int8")
 

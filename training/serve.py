@@ -3,7 +3,8 @@
 Serves every model under the base path (or the one model folder given) at its newest complete
 version, as TensorFlow Serving does, on KServe's Python model server: TF Serving's REST API
 (``POST /v1/models/NAME:predict`` with ``instances`` or ``inputs``, ``{"b64": ...}`` images,
-``signature_name``; ``GET /v1/models/NAME`` for the version status) on ``--port``, the Open
+``signature_name``; ``GET /v1/models/NAME`` for the version status, ``.../metadata`` for its
+signature defs) on ``--port``, the Open
 Inference Protocol (v2) on the same port and over gRPC on ``--grpc_port``, and ``/metrics``.
 A version exported while it runs is served from the next poll on; a ``.tmp-*`` folder never is.
 Residual-adapter tasks (``--adapter_tasks``) share their backbone in memory; ``--workers`` runs

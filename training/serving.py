@@ -22,6 +22,7 @@ import binascii
 import collections
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -95,6 +96,11 @@ class Servable:
     pixels ``[n, H, W, C]``, ``decode(images)`` turns encoded images into such pixels."""
 
     number, image_shape, class_names, top_k, transform = 1, None, None, 5, None
+    runtime, precision = "keras", "float32"
+
+    def signature_defs(self):
+        """TF Serving's ``signature_def`` metadata (a ``SignatureDefMap`` in its JSON form)."""
+        raise NotServed("an adapter task runs on Keras and has no SavedModel signature defs")
 
     def outputs(self, logits):
         """The export's outputs from logits, as its graph computes them (softmax, top-k with
@@ -160,7 +166,7 @@ class Version(Servable):
     """One version folder of an export, loaded for ``runtime``."""
 
     def __init__(self, folder, runtime):
-        self.folder, self.runtime = folder, runtime
+        self.folder, self.runtime, self.precision = folder, runtime, RUNTIMES[runtime].precision
         self.number = int(os.path.basename(os.path.normpath(folder)))
         problem = missing(folder)
         meta_file = os.path.join(folder, METADATA)
@@ -188,6 +194,24 @@ class Version(Servable):
         except Exception as err:  # TF and ONNX Runtime raise many kinds for damaged files
             line = (str(err).strip().splitlines() or [""])[0][:200]
             raise ValueError(f"cannot be loaded, its files are damaged ({type(err).__name__}: {line})") from None
+
+    @functools.cached_property
+    def _signature_map(self):
+        from google.protobuf import json_format
+        from tensorflow.core.protobuf import saved_model_pb2  # TF Serving's own protos
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        with open(os.path.join(self.folder, RUNTIMES["saved_model"].file), "rb") as f:
+            saved = saved_model_pb2.SavedModel.FromString(f.read())
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        for name, signature in saved.meta_graphs[0].signature_def.items():
+            if name in SIGNATURES:  # the export's three (TF's own __saved_model_init_op aside)
+                signatures.signature_def[name].CopyFrom(signature)
+        return json_format.MessageToDict(signatures, preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True)
+
+    def signature_defs(self):
+        return self._signature_map
 
     def _load(self):
         if self.runtime != "saved_model":
@@ -489,6 +513,15 @@ class ServedModel(Model):
         return {"model_version_status": [{"version": str(current.number), "state": "AVAILABLE",
                                           "status": {"error_code": "OK", "error_message": ""}}]}
 
+    def model_metadata(self, version=None):
+        """TF Serving's model metadata answer (``GET /v1/models/NAME[/versions/N]/metadata``):
+        the served version's signature defs in TF Serving's JSON form, and, beside them, the
+        runtime and precision it runs in."""
+        current = self._version(version)
+        return {"model_spec": {"name": self.name, "signature_name": "", "version": str(current.number)},
+                "metadata": {"signature_def": current.signature_defs(),
+                             "reszoo": {"runtime": current.runtime, "precision": current.precision}}}
+
     def _version(self, version=None):
         current = self.current
         if current is None:
@@ -618,7 +651,7 @@ class Quiet(logging.Filter):
 
 def add_routes(app, max_request_bytes):
     """TF Serving's routes that KServe's v1 lacks, before KServe's own (the first match wins):
-    model and version status, a version's ``:predict``; and the request size limit."""
+    model and version status and metadata, a version's ``:predict``; and the request size limit."""
 
     def served(name):
         model = SERVED.get(name)
@@ -645,6 +678,9 @@ def add_routes(app, max_request_bytes):
     app.add_api_route("/v1/models/{name}", lambda name: served(name).status(), methods=["GET"])
     app.add_api_route("/v1/models/{name}/versions/{version}",
                       lambda name, version: served(name).status(version), methods=["GET"])
+    app.add_api_route("/v1/models/{name}/metadata", lambda name: served(name).model_metadata(), methods=["GET"])
+    app.add_api_route("/v1/models/{name}/versions/{version}/metadata",
+                      lambda name, version: served(name).model_metadata(version), methods=["GET"])
 
     async def predict_version(name: str, version: str, request: Request):
         return await served(name).answer_v1(await request.body(), version)
