@@ -20,6 +20,8 @@ import tempfile
 from benchmarks.common import emit, latency_ms, machine, randomized
 from training.runtimes import cpu_flags
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 LABELS = {"saved_model": "SavedModel float32 (TensorFlow)", "onnx": "ONNX Runtime float32",
           "onnx_int8": "ONNX Runtime int8", "openvino": "OpenVINO float32", "openvino_bf16": "OpenVINO bf16",
           "openvino_int8": "OpenVINO int8", "litert_int8": "LiteRT int8",
@@ -28,20 +30,13 @@ LABELS = {"saved_model": "SavedModel float32 (TensorFlow)", "onnx": "ONNX Runtim
 # PyTorch eager float32, torchvision's net of the same name, in a process of its own (PyTorch
 # beside TensorFlow in one process crashes): median ms per batch size, as latency_ms measures.
 TORCH_EAGER = r"""
-import json, statistics, sys, time, torch, torchvision
+import json, sys, torch, torchvision
+from benchmarks.common import latency_ms
 name, size, batches, runs = sys.argv[1], int(sys.argv[2]), [int(b) for b in sys.argv[3].split(",")], int(sys.argv[4])
 model = getattr(torchvision.models, name)().eval().to(memory_format=torch.channels_last)
-found = {}
 with torch.inference_mode():
-    for batch in batches:
-        x = torch.rand(batch, 3, size, size).to(memory_format=torch.channels_last)
-        model(x)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-        found[batch] = statistics.median(times) * 1000
+    found = {batch: latency_ms(model, torch.rand(batch, 3, size, size).to(memory_format=torch.channels_last), runs)
+             for batch in batches}
 print("RESULT" + json.dumps(found))
 """
 
@@ -50,7 +45,7 @@ def torch_eager(name, size, batches, runs):
     """``{batch: ms}`` of torchvision's ``name`` in PyTorch eager, or None where torchvision has
     no such net (or PyTorch is not installed)."""
     proc = subprocess.run([sys.executable, "-c", TORCH_EAGER, name, str(size), ",".join(map(str, batches)),
-                           str(runs)], capture_output=True, text=True)
+                           str(runs)], capture_output=True, text=True, cwd=ROOT)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT")), None)
     return None if line is None else {int(b): t for b, t in json.loads(line[len("RESULT"):]).items()}
 
