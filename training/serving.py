@@ -5,8 +5,9 @@
 - ``ServeOptions``: the command's flags, read once;
 - ``model_folders``: the models under a base path, in TF Serving's layout (``NAME/VERSION/``);
 - ``Version``: one complete version folder loaded for a runtime, the SavedModel (TensorFlow) or
-  one of the files ``training.runtimes`` lists (ONNX Runtime, OpenVINO); ``AdapterTask``: a run's residual-adapter task on a backbone
-  that ``Backbones`` loads once for all its tasks; both answer the export's five outputs;
+  one of the files ``training.runtimes`` lists (ONNX Runtime, OpenVINO, LiteRT); ``AdapterTask``:
+  a run's residual-adapter task on a backbone that ``Backbones`` loads once for all its tasks;
+  both answer the export's five outputs;
 - ``Batcher``: concurrent requests to one model run as one batch;
 - ``ServedModel``: a ``kserve.Model`` that serves the newest complete version of one model
   folder, takes TF Serving's v1 requests (``instances`` / ``inputs``, ``{"b64": ...}``,
