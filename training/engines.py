@@ -2,8 +2,8 @@
 logits out: ``model.onnx`` / ``model_int8.onnx`` in ONNX Runtime, ``model.xml`` /
 ``model_int8.xml`` in OpenVINO (float32 with ``INFERENCE_PRECISION_HINT=f32``, since on a CPU
 with AMX OpenVINO would otherwise run a float32 IR in bf16; ``openvino_bf16`` asks for that on
-purpose), ``model_int8.tflite`` in LiteRT. The package of each is imported when a file of its runtime is opened, so that only
-the runtimes used need to be installed (``training.runtimes`` names their extras)."""
+purpose), ``model_int8.tflite`` in LiteRT. Each package is imported when a file of its runtime
+is opened: they are optional extras, and only the runtime used need be installed."""
 
 import os
 import threading

@@ -5,6 +5,7 @@ runtime's package in the ``[serve]`` extra, the export and ``reszoo-validate`` i
 
 import dataclasses
 import importlib.util
+import os
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,17 @@ def weights_file(runtime):
 
 def files_of(runtime):
     return [f for f in (runtime.file, weights_file(runtime)) if f]
+
+
+def missing_file(name, folder):
+    """Why the version folder ``folder`` cannot run with ``name``: its first absent file and the
+    export flag that writes it; None when all are there."""
+    runtime = RUNTIMES[name]
+    absent = [f for f in files_of(runtime) if not os.path.isfile(os.path.join(folder, f))]
+    if not absent or name == "saved_model":  # a SavedModel's own checks say more
+        return None
+    held = "; an export whose int8 lost too much accuracy has none" if runtime.precision == "int8" else ""
+    return f"has no {absent[0]} (export it with {runtime.made_by}{held})"
 
 
 def missing_package(name, extra, asked_by=None):

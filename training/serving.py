@@ -48,7 +48,7 @@ from training import engines
 from training.export import METADATA, version_folders, versions
 from training.flags import MAX_IMAGE_SIZE
 from training.predict import missing
-from training.runtimes import RUNTIMES, files_of
+from training.runtimes import RUNTIMES, missing_file
 
 SIGNATURES = {"serving_default": ("images", "float32"), "serving_uint8": ("images", "uint8"),
               "serving_bytes": ("image_bytes", "string")}
@@ -173,11 +173,9 @@ class Version(Servable):
         meta_file = os.path.join(folder, METADATA)
         if problem is None and not os.path.isfile(meta_file):
             problem = "has no metadata.json (it is not a reszoo export)"
-        spec = RUNTIMES[runtime]
-        absent = [f for f in files_of(spec) if not os.path.isfile(os.path.join(folder, f))]
-        if problem is None and absent and runtime != "saved_model":
-            held = "; an export whose int8 lost too much accuracy has none" if spec.precision == "int8" else ""
-            problem = f"has no {absent[0]} (export it with {spec.made_by}{held}, or serve with --runtime=saved_model)"
+        absent = missing_file(runtime, folder)
+        if problem is None and absent:
+            problem = f"{absent}; or serve it with --runtime=saved_model"
         if problem:
             raise ValueError(problem)
         try:

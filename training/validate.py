@@ -225,10 +225,10 @@ def _saved_model_source(path, runtime="saved_model"):
     import tensorflow as tf
 
     problem = runtimes.missing_package(runtime, "deploy")
-    absent = [f for f in runtimes.files_of(RUNTIMES[runtime]) if not os.path.isfile(os.path.join(version, f))]
-    if problem or (absent and runtime != "saved_model"):
-        raise CommandError(problem or f"--runtime={runtime}: {version} has no {absent[0]} (export it with "
-                           f"{RUNTIMES[runtime].made_by})", 2)
+    absent = runtimes.missing_file(runtime, version)
+    problem = problem or (absent and f"--runtime={runtime}: {version} {absent}")
+    if problem:
+        raise CommandError(problem, 2)
 
     serve = predict.load(version, "serving_default")
     try:
