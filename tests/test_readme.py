@@ -84,9 +84,11 @@ def test_the_fine_tuning_example_runs_as_written(tmp_path):
     accuracy = (digits.predict(x_test.astype("float32"), verbose=0).argmax(1) == y_test).mean()
     assert accuracy == pytest.approx(results["test_accuracy"], abs=1e-6)
     results = json.loads((tmp_path / "runs" / "resnet20-my_images" / "results.json").read_text())
-    assert results["class_names"] == [f"digit{d}" for d in range(5)] and np.isfinite(results["test_loss"])
+    assert results["class_names"] == [f"digit{d}" for d in range(5)]
+    assert results["test_accuracy"] >= 0.6  # 73% measured, 20% by chance (and before re-standardising)
+    assert "standardisation: this dataset's mean" in printed[1]
     tuned = keras.saving.load_model(tmp_path / "runs" / "resnet20-my_images" / "last.keras", compile=False)
-    assert tuned.input_shape == (None, 64, 64, 1) and tuned.output_shape == (None, 5)
+    assert tuned.input_shape == (None, 8, 8, 1) and tuned.output_shape == (None, 5)
     for layer in digits.layers[1:-1]:  # --freeze=backbone: every weight as the digits model has it
         for a, b in zip(layer.get_weights(), tuned.get_layer(layer.name).get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)

@@ -9,6 +9,8 @@ The flags are read once, by ``main``; ``run(options)`` is the same from Python:
 """
 
 import math
+
+import numpy as np
 import os
 import signal
 import sys
@@ -152,20 +154,32 @@ def keras_applications_model(init_from, weights_path, image_shape):
         raise CommandError(f"--weights_path: {err}", 2) from None
 
 
-def resized(model, image_shape, source):
-    """``model``, or, for another image size, a copy of it (same weights) on an input of
-    ``image_shape``, which a fully convolutional net up to its pooling allows."""
+def resized(model, image_shape, source, standardisation=None):
+    """``model``, or a copy of it (same weights) on an input of ``image_shape``, which a fully
+    convolutional net up to its pooling allows; with ``standardisation`` (mean, std), its
+    per-channel standardisation (a ``preprocess`` Normalization) takes those statistics."""
     import keras
 
+    from reszoo import naming
+
     expected = tuple(model.input_shape[1:])
-    if expected == tuple(image_shape):
-        return model
     if expected[-1] != image_shape[-1]:
         raise CommandError(f"--init_from: {source} takes images of {expected[-1]} channel(s), the dataset has "
                            f"{image_shape[-1]}", 2)
+    if expected == tuple(image_shape) and standardisation is None:
+        return model
+
+    def clone(layer):
+        if standardisation is not None and layer.name == naming.PREPROCESS:
+            mean, std = (np.asarray(v, "float64").tolist() for v in standardisation)
+            return keras.layers.Normalization(axis=layer.axis, mean=mean, variance=[s * s for s in std],
+                                              name=naming.PREPROCESS)
+        return layer.__class__.from_config(layer.get_config())
+
     image = keras.Input(image_shape, name=model.inputs[0].name)
     try:
-        copy = keras.models.clone_model(model, input_tensors=[image] if isinstance(model.input, list) else image)
+        copy = keras.models.clone_model(model, input_tensors=[image] if isinstance(model.input, list) else image,
+                                        clone_function=clone)
     except Exception as err:  # a layer that needs its trained size (Flatten + Dense, ...)
         raise CommandError(f"--init_from: {source} takes images of {expected[:2]} and cannot take "
                            f"{tuple(image_shape[:2])} ({errors.first_line(err)}); set --image_size={expected[0]}", 2) from None
@@ -174,12 +188,38 @@ def resized(model, image_shape, source):
     return copy
 
 
+def run_standardisation(model, data):
+    """A run's model standardises pixels with its training set's statistics (``new_model``);
+    fine-tuned on other data it takes that data's, so its frozen layers see what they were
+    trained on: the digits' 4-bit pixels and a folder's 8-bit ones differ 16-fold. None when
+    the model has no such layer or the statistics are already these."""
+    import keras
+
+    from reszoo import naming
+
+    layer = next((l for l in model.layers if l.name == naming.PREPROCESS), None)
+    if not isinstance(layer, keras.layers.Normalization):
+        return None
+    mean = np.ravel(keras.ops.convert_to_numpy(layer.mean))
+    std = np.sqrt(np.ravel(keras.ops.convert_to_numpy(layer.variance)))
+    if np.allclose(mean, data.mean, rtol=1e-3) and np.allclose(std, data.std, rtol=1e-3):
+        return None
+    print(f"standardisation: this dataset's mean {_channels(data.mean)} and std {_channels(data.std)} replace "
+          f"--init_from's ({_channels(mean)}, {_channels(std)})", flush=True)
+    return data.mean, data.std
+
+
+def _channels(values):
+    return "/".join(f"{v:.3g}" for v in np.ravel(values))
+
+
 def fine_tune_model(old, data, opts):
     """``old`` (the model of --init_from) with a new classifier for this dataset's classes,
     and residual adapters with --adapters."""
     from reszoo import naming, transfer
 
     source = opts.init_from
+    standardisation = run_standardisation(old, data) if old is not None else None  # a .keras file or run folder
     if old is None and not opts.init_from.startswith(KERAS_APPLICATIONS_PREFIX):  # timm's weights
         old = timm_model(opts.init_from, data.image_shape)
     elif old is None:
@@ -189,7 +229,7 @@ def fine_tune_model(old, data, opts):
         raise CommandError(f"--init_from: {source} has no {naming.AVG_POOL!r} + {naming.CLASSIFIER!r} head to "
                            "replace (layers end with "
                            f"{[layer.name for layer in old.layers][-3:]})", 2)
-    old = resized(old, data.image_shape, source)
+    old = resized(old, data.image_shape, source, standardisation)
     try:
         if opts.adapters != "none":
             model = transfer.add_adapters(old, opts.adapters, num_classes=data.num_classes)
