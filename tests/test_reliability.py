@@ -5,6 +5,7 @@ recovers, and resumed runs end with exactly the weights of an uninterrupted one.
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,6 +78,20 @@ def straight(tmp_path_factory, train):
     return folder
 
 
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory, train):
+    """A finished two-epoch run (not deterministic), copied by the tests that change it."""
+    folder = tmp_path_factory.mktemp("two_epochs") / "run"
+    proc = train(*RUN[:2], "--epochs=2", f"--model_dir={folder}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return folder
+
+
+def copy_of(run, folder):
+    shutil.copytree(run, folder, symlinks=True)
+    return folder
+
+
 def assert_resumed_exactly(folder, straight):
     assert_same_weights(folder / "last.keras", straight / "last.keras")
     assert_same_weights(folder / "best.keras", straight / "best.keras")
@@ -129,15 +144,14 @@ def test_a_recipe_run_killed_and_resumed_ends_bit_exact(tmp_path, train):
     proc = start(tmp_path / "log", *RECIPE_RUN, f"--model_dir={folder}", RESZOO_TEST_PAUSE="rename:epoch-000002")
     paused(proc, folder, "epoch-000002")
     stop(proc, signal.SIGKILL)
-    # Then at random instants once training has resumed: mid-step, mid-epoch, mid-write (the
-    # pause points of every write are the basic run's test, above).
+    # Then at a random instant once training has resumed: mid-step, mid-epoch, mid-write (the
+    # pause points of every write, and SIGINT and SIGTERM, are the basic run's test, above).
     seed = int(time.time())
-    for delay, sig in zip(np.random.default_rng(seed).uniform(0.0, 2.5, 2), (signal.SIGKILL, signal.SIGTERM)):
-        proc = start(tmp_path / "log", *RECIPE_RUN, f"--model_dir={folder}")
-        wait_for(proc, lambda: "resuming" in (tmp_path / "log").read_text())
-        time.sleep(delay)
-        if proc.poll() is None:
-            stop(proc, sig)
+    proc = start(tmp_path / "log", *RECIPE_RUN, f"--model_dir={folder}")
+    wait_for(proc, lambda: "resuming" in (tmp_path / "log").read_text())
+    time.sleep(np.random.default_rng(seed).uniform(0.0, 2.5))
+    if proc.poll() is None:
+        stop(proc, signal.SIGKILL)
     final = train(*RECIPE_RUN, f"--model_dir={folder}")
     assert final.returncode == 0, (seed, final.stderr[-2000:])
     assert "resuming" in final.stdout
@@ -225,19 +239,18 @@ def test_a_second_training_in_the_same_folder_is_refused_while_the_first_runs(tm
     assert (folder / "history.csv").read_text().count("\n") == 1 + 4
 
 
-def test_best_model_and_its_score_survive_a_resume(tmp_path, train):
+def test_best_model_and_its_score_survive_a_resume(tmp_path, two_epochs, train):
     """After a resume the best score is the checkpoint's, so a worse epoch does not replace
     best.keras (it used to start again from nothing)."""
     from training import files, run_folder
 
-    folder = tmp_path / "run"
-    assert train(*RUN[:-3], "--epochs=2", f"--model_dir={folder}").returncode == 0
+    folder = copy_of(two_epochs, tmp_path / "run")
     checkpoint = folder / "backup" / "epoch-000002" / "state.json"
     saved = json.loads(checkpoint.read_text())
     best_bytes = (folder / "best.keras").read_bytes()
     saved["state"]["best"] = 2.0  # no accuracy beats it
     files.write_json(str(checkpoint), saved)
-    resumed = train(*RUN[:-3], "--epochs=3", "--allow_flag_changes", f"--model_dir={folder}")
+    resumed = train(*RUN[:2], "--epochs=3", "--allow_flag_changes", f"--model_dir={folder}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (folder / "best.keras").read_bytes() == best_bytes
     state = run_folder.Checkpoints.read_state(str(folder / "backup" / "epoch-000003"))[0]
@@ -396,20 +409,18 @@ def test_a_truncated_init_from_model_says_so(tmp_path, straight, train):
                                         f"({len(data) // 2:,} bytes, no zip directory)"]
 
 
-def test_a_moved_run_folder_spelled_with_a_slash_resumes(tmp_path, train):
-    first = tmp_path / "first"
-    assert train(*RUN[:2], "--epochs=1", f"--model_dir={first}").returncode == 0
+def test_a_moved_run_folder_spelled_with_a_slash_resumes(tmp_path, two_epochs, train):
+    first = copy_of(two_epochs, tmp_path / "first")
     moved = tmp_path / "elsewhere" / "run"
     moved.parent.mkdir()
     os.rename(first, moved)
-    proc = train(*RUN[:2], "--epochs=1", f"--model_dir={moved}/")
+    proc = train(*RUN[:2], "--epochs=2", f"--model_dir={moved}/")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"resuming {moved} from epoch 1" in proc.stdout
+    assert f"resuming {moved} from epoch 2" in proc.stdout
 
 
-def test_overwrite_with_another_architecture_starts_again(tmp_path, train):
-    folder = tmp_path / "run"
-    assert train(*RUN[:2], "--epochs=2", f"--model_dir={folder}").returncode == 0
+def test_overwrite_with_another_architecture_starts_again(tmp_path, two_epochs, train):
+    folder = copy_of(two_epochs, tmp_path / "run")
     refused = train("--model_args=base_width=4", "--epochs=1", f"--model_dir={folder}")
     assert "holds a run with other flags (--epochs, --model_args); use another --model_dir, pass --overwrite" in \
         _usage_error(refused.returncode, refused.stderr)

@@ -4,10 +4,8 @@ import json
 import os
 import pathlib
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
@@ -20,37 +18,6 @@ SMALL = ["--model_args=base_width=8", "--batch_size=64"]
 
 def _error_lines(proc):
     return [l for l in proc.stderr.splitlines() if l.startswith("train: error:")]
-
-
-def _weights(path):
-    return keras.saving.load_model(path, compile=False).get_weights()
-
-
-def test_resume_after_kill_gives_the_weights_of_an_uninterrupted_run(tmp_path, train):
-    flags = [*SMALL, "--epochs=4", "--deterministic", "--seed=3"]
-    straight = train(*flags, f"--model_dir={tmp_path / 'a'}")
-    assert straight.returncode == 0, straight.stderr[-2000:]
-
-    run_dir = tmp_path / "b"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen([sys.executable, "-m", "training.train", *flags, f"--model_dir={run_dir}"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    second = run_dir / "backup" / "epoch-000002"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not second.exists():
-        time.sleep(0.05)
-    assert proc.poll() is None, "run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (run_dir / "results.json").exists()
-
-    resumed = train(*flags, f"--model_dir={run_dir}")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming" in resumed.stdout
-    for a, b in zip(_weights(tmp_path / "a" / "last.keras"), _weights(run_dir / "last.keras")):
-        np.testing.assert_array_equal(a, b)
-    history = (run_dir / "history.csv").read_text().splitlines()
-    assert [int(l.split(",")[0]) for l in history[1:]][-1] == 3
 
 
 def test_nan_loss_stops_with_a_message_whose_advice_works(tmp_path, train):
