@@ -219,7 +219,9 @@ def fine_tune_model(old, data, opts):
     from reszoo import naming, transfer
 
     source = opts.init_from
-    standardisation = run_standardisation(old, data) if old is not None else None  # a .keras file or run folder
+    # A .keras file or run folder; adapter tasks keep the backbone's (their own BN layers learn
+    # the new data's scale, and the tasks of one backbone share its layers in the server).
+    standardisation = run_standardisation(old, data) if old is not None and opts.adapters == "none" else None
     if old is None and not opts.init_from.startswith(KERAS_APPLICATIONS_PREFIX):  # timm's weights
         old = timm_model(opts.init_from, data.image_shape)
     elif old is None:
