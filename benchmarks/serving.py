@@ -123,7 +123,8 @@ def _serve(base, runtime, max_batch_size):
 
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "training.serve", f"--model_base_path={base}", f"--port={port}",
-                             "--grpc_port=0", f"--runtime={runtime}", f"--max_batch_size={max_batch_size}"],
+                             "--grpc_port=0", "--v2_grpc_port=0", f"--runtime={runtime}",
+                             f"--max_batch_size={max_batch_size}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     name = os.path.basename(base)

@@ -48,12 +48,13 @@ class Server:
     """``python -m training.serve ARGS`` on free ports, up when its model answers."""
 
     def __init__(self, tmp, base, *args, ready=MODEL):
-        self.port, self.grpc_port = _free_port(), _free_port()
+        self.port, self.grpc_port, self.v2_grpc_port = _free_port(), _free_port(), _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(tmp / f"serve-{self.port}.log", "w+")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "training.serve", *[f"--model_base_path={base}"] * (base is not None),
-             f"--port={self.port}", f"--grpc_port={self.grpc_port}", "--poll_seconds=0.2", *args],
+             f"--port={self.port}", f"--grpc_port={self.grpc_port}", f"--v2_grpc_port={self.v2_grpc_port}",
+             "--poll_seconds=0.2", *args],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         deadline = time.time() + 180
         while time.time() < deadline:
@@ -180,7 +181,7 @@ def test_answers_are_the_exports_own_in_every_request_form(served, tmp_path):
     outputs = {o["name"]: np.reshape(o["data"], o["shape"]) for o in answer["outputs"]}
     assert _close(outputs["logits"], expected["logits"])
     assert outputs["top_k_names"].tolist() == expected["top_k_names"].astype(str).tolist()
-    assert _close(_grpc_logits(server.grpc_port, pixels), expected["logits"].ravel())
+    assert _close(_grpc_logits(server.v2_grpc_port, pixels), expected["logits"].ravel())
 
 
 def _check_metadata(server, version, runtime, precision):
@@ -221,6 +222,106 @@ def _grpc_logits(port, pixels):
         return {o.name: o.as_numpy() for o in answer.outputs}["logits"].ravel().tolist()
 
     return asyncio.run(call())
+
+
+def test_tf_serving_s_grpc_client_stubs_get_the_rest_answers_and_its_status_codes(served, tmp_path):
+    """TF Serving's PredictionService and ModelService on --grpc_port, called through
+    tensorflow-serving-api's own stubs: Predict in each signature, Classify, GetModelMetadata
+    and GetModelStatus answer what REST answers; bad requests get TF Serving's status codes and
+    the REST route's one line."""
+    import grpc
+    import tensorflow as tf
+    from google.protobuf import json_format
+    from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
+                                         model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc,
+                                         regression_pb2)
+
+    _, base, server = served
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    pixels = _images(3)
+    pngs = [_png(image) for image in pixels]
+    rest = server.predict({"instances": pixels.tolist()})[1]["predictions"]
+
+    def predict(name=MODEL, signature="", version=None, label=None, **inputs):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name, request.model_spec.signature_name = name, signature
+        if version is not None:
+            request.model_spec.version.value = version
+        if label is not None:
+            request.model_spec.version_label = label
+        for key, value in inputs.items():
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+        return request
+
+    answers = [stub.Predict(predict(images=pixels), timeout=60),
+               stub.Predict(predict(signature="serving_uint8", images=pixels.astype("uint8")), timeout=60),
+               stub.Predict(predict(signature="serving_bytes", version=1, image_bytes=np.array(pngs, object)),
+                            timeout=60)]
+    for answer in answers:
+        out = {k: tf.make_ndarray(v) for k, v in answer.outputs.items()}
+        assert set(out) == {"logits", "probabilities", "top_k_ids", "top_k_scores", "top_k_names"}
+        assert _close(out["logits"], [r["logits"] for r in rest])
+        assert out["top_k_names"].astype(str).tolist() == [r["top_k_names"] for r in rest]
+        assert (answer.model_spec.name, answer.model_spec.version.value) == (MODEL, 1)
+    assert answers[1].model_spec.signature_name == "serving_uint8"
+    only = predict(images=pixels)
+    only.output_filter.append("top_k_ids")
+    assert list(stub.Predict(only, timeout=60).outputs) == ["top_k_ids"]
+
+    classify = classification_pb2.ClassificationRequest()
+    classify.model_spec.name = MODEL
+    for png in pngs:
+        classify.input.example_list.examples.add().features.feature["image_bytes"].bytes_list.value.append(png)
+    classes = stub.Classify(classify, timeout=60).result.classifications
+    assert [[c.label for c in each.classes] for each in classes] == [r["top_k_names"] for r in rest]
+    assert _close([[c.score for c in each.classes] for each in classes], [r["top_k_scores"] for r in rest])
+
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest()
+    metadata.model_spec.name = MODEL
+    metadata.metadata_field.append("signature_def")
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    assert stub.GetModelMetadata(metadata, timeout=60).metadata["signature_def"].Unpack(signatures)
+    rest_metadata = requests.get(f"{server.url}/v1/models/{MODEL}/metadata", timeout=30).json()
+    assert signatures == json_format.ParseDict(rest_metadata["metadata"]["signature_def"],
+                                               get_model_metadata_pb2.SignatureDefMap())
+    status = get_model_status_pb2.GetModelStatusRequest()
+    status.model_spec.name = MODEL
+    answer = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status, timeout=60)
+    assert json_format.MessageToDict(answer, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True) == requests.get(
+        f"{server.url}/v1/models/{MODEL}").json()
+
+    wrong_image = predict(signature="serving_bytes", image_bytes=np.array([b"GIF8?"], object))
+    no_field = get_model_metadata_pb2.GetModelMetadataRequest()
+    no_field.model_spec.name = MODEL
+    regress = regression_pb2.RegressionRequest()
+    regress.model_spec.name = MODEL
+    bad = [(stub.Predict, predict(name="nope", images=pixels), grpc.StatusCode.NOT_FOUND, "model 'nope' is not served"),
+           (stub.Predict, predict(version=7, images=pixels), grpc.StatusCode.NOT_FOUND,
+            "version 7 is not served (it serves version 1"),
+           (stub.Predict, predict(label="canary", images=pixels), grpc.StatusCode.NOT_FOUND, "no version label 'canary'"),
+           (stub.Predict, predict(signature="serving_float16", images=pixels), grpc.StatusCode.FAILED_PRECONDITION,
+            'Serving signature key "serving_float16" not found'),
+           (stub.Predict, predict(pixels=pixels), grpc.StatusCode.INVALID_ARGUMENT, "takes one input, 'images'"),
+           (stub.Predict, predict(images=pixels[:, :4]), grpc.StatusCode.INVALID_ARGUMENT,
+            "shape [3, 4, 8, 1], expected [batch, 8, 8, 1]"),
+           (stub.Predict, predict(images=np.full((1, 8, 8, 1), np.nan, "float32")), grpc.StatusCode.INVALID_ARGUMENT,
+            "finite float32"),
+           (stub.Predict, predict(signature="serving_uint8", images=np.full((1, 8, 8, 1), 300)),
+            grpc.StatusCode.INVALID_ARGUMENT, "0..255"),
+           (stub.Predict, wrong_image, grpc.StatusCode.INVALID_ARGUMENT, "image 0 cannot be decoded"),
+           (stub.Classify, classification_pb2.ClassificationRequest(model_spec=classify.model_spec),
+            grpc.StatusCode.INVALID_ARGUMENT, "tf.Examples"),
+           (stub.GetModelMetadata, no_field, grpc.StatusCode.INVALID_ARGUMENT, "at least one metadata_field"),
+           (stub.Regress, regress, grpc.StatusCode.UNIMPLEMENTED, "the exports are classifiers")]
+    for call, request, code, says in bad:
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request, timeout=60)
+        assert caught.value.code() == code and says in caught.value.details(), (code, caught.value.details())
+        assert "\n" not in caught.value.details()
+    assert stub.Predict(predict(images=pixels[:1]), timeout=60).outputs["logits"].tensor_shape.dim[0].size == 1
+    assert "Traceback" not in server.output()
 
 
 def test_damaged_empty_and_half_written_models_are_reported_and_not_served(served):
@@ -347,7 +448,7 @@ def _hostile(server, model, grpc_port):
 
 def test_hostile_requests_over_every_protocol_get_a_4xx_with_one_line(served):
     _, _, server = served
-    _hostile(server, MODEL, server.grpc_port)
+    _hostile(server, MODEL, server.v2_grpc_port)
 
 
 def _rss_mb(pid):
@@ -538,7 +639,7 @@ def test_the_onnx_runtime_answers_as_the_saved_model_and_sigterm_drains_its_work
     tmp, base, server = served
     onnx = Server(tmp, base / MODEL, "--runtime=onnx", "--max_batch_size=1", "--workers=2")
     try:
-        _hostile(onnx, MODEL, onnx.grpc_port)
+        _hostile(onnx, MODEL, onnx.v2_grpc_port)
         pixels = _images(64, seed=100)
         status, answer = onnx.predict({"instances": pixels.tolist()})
         version = requests.get(f"{onnx.url}/v1/models/{MODEL}").json()["model_version_status"][0]["version"]
@@ -571,9 +672,10 @@ def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, served):
     cases = [([], 2, "--model_base_path is required"),
              ([f"--model_base_path={tmp_path / 'nowhere'}"], 2, "is not a folder"),
              ([f"--model_base_path={tmp_path}/only_broken/broken", f"--port={server.port}"], 2, "the port is in use"),
-             ([f"--model_base_path={base}", "--port=8123", "--grpc_port=8123"], 2, "must differ"),
+             ([f"--model_base_path={base}", "--port=8123", "--grpc_port=8123"], 2, "--grpc_port must differ from --port"),
              ([f"--model_base_path={base}", "--runtime=tflite"], 2, "--runtime"),
-             ([f"--model_base_path={tmp_path / 'only_broken'}", f"--port={_free_port()}", "--grpc_port=0"], 1,
+             ([f"--model_base_path={tmp_path / 'only_broken'}", f"--port={_free_port()}", "--grpc_port=0",
+               "--v2_grpc_port=0"], 1,
               "nothing to serve")]
     for args, code, says in cases:
         proc = run_command("training.serve", *args)
@@ -636,7 +738,8 @@ def test_the_kserve_manifests_are_kserve_objects_and_run_reszoo_serve_with_its_o
     command = json.loads(re.search(r"^CMD (.*)$", dockerfile, re.M).group(1))
     for args in (container.args, command):  # every flag is reszoo-serve's: it gets as far as the missing folder
         args = [a.replace("{{.Name}}", "resnet20-digits").replace("/mnt/models", str(tmp_path / "mnt")) for a in args]
-        proc = run_command("training.serve", *args, f"--port={_free_port()}", "--grpc_port=0")
+        proc = run_command("training.serve", *args, f"--port={_free_port()}", "--grpc_port=0",
+                           "--v2_grpc_port=0")
         assert proc.returncode == 2 and f"serve: error: --model_base_path: '{tmp_path / 'mnt'}' is not a folder" in \
             proc.stderr, (args, proc.stderr[-1500:])
 
@@ -674,7 +777,7 @@ def test_adapter_tasks_share_one_backbone_and_answer_as_their_models(served):
              for task in tasks.values()]
     assert len(convs[0]) == 18 and all(a is b for a, b in zip(*convs))  # one backbone's convolutions in memory
     pixels = _images(4)
-    server = Server(tmp, None, "--grpc_port=0", f"--adapter_tasks={tmp / 'task_a'},{tmp / 'task_b'}",
+    server = Server(tmp, None, "--grpc_port=0", "--v2_grpc_port=0", f"--adapter_tasks={tmp / 'task_a'},{tmp / 'task_b'}",
                     ready="task_a")
     try:
         for name, model in adapted.items():

@@ -4,8 +4,9 @@ Serves every model under the base path (or the one model folder given) at its ne
 version, as TensorFlow Serving does, on KServe's Python model server: TF Serving's REST API
 (``POST /v1/models/NAME:predict`` with ``instances`` or ``inputs``, ``{"b64": ...}`` images,
 ``signature_name``; ``GET /v1/models/NAME`` for the version status, ``.../metadata`` for its
-signature defs) on ``--port``, the Open
-Inference Protocol (v2) on the same port and over gRPC on ``--grpc_port``, and ``/metrics``.
+signature defs) on ``--port``, TF Serving's gRPC API (PredictionService, ModelService) on
+``--grpc_port``, the Open Inference Protocol (v2) on ``--port`` and over gRPC on
+``--v2_grpc_port``, and ``/metrics``.
 A version exported while it runs is served from the next poll on; a ``.tmp-*`` folder never is.
 Residual-adapter tasks (``--adapter_tasks``) share their backbone in memory; ``--workers`` runs
 the REST API in several processes.
@@ -21,6 +22,7 @@ from training import runtimes
 from training.runtimes import RUNTIMES
 
 FLAGS = flags.FLAGS
+PORT_FLAGS = ("port", "grpc_port", "v2_grpc_port")
 
 
 def define_flags():
@@ -31,8 +33,10 @@ def define_flags():
     flags.DEFINE_string("model_name", None, "the model's name when --model_base_path is one model folder (default: "
                         "the folder's name; TF Serving's flag, which KServe's runtimes pass)")
     flags.DEFINE_integer("port", 8501, "REST port (TF Serving's)", lower_bound=1, upper_bound=65535)
-    flags.DEFINE_integer("grpc_port", 8500, "gRPC port of the v2 protocol; 0: no gRPC", lower_bound=0,
-                         upper_bound=65535)
+    flags.DEFINE_integer("grpc_port", 8500, "gRPC port of TF Serving's API (PredictionService, ModelService; TF "
+                         "Serving's); 0: none", lower_bound=0, upper_bound=65535)
+    flags.DEFINE_integer("v2_grpc_port", 8081, "gRPC port of the Open Inference Protocol (v2; KServe's); 0: none",
+                         lower_bound=0, upper_bound=65535)
     flags.DEFINE_enum("runtime", "saved_model", list(RUNTIMES), "the file of each version to serve: "
                       + "; ".join(f"{name}: {r.file} ({r.package}, {r.precision}; {r.made_by})"
                                   for name, r in RUNTIMES.items()))
@@ -117,12 +121,13 @@ def main(argv):
     for run in options.adapter_tasks:
         if not os.path.isdir(run):
             _usage(f"--adapter_tasks: {run!r} is not a run folder")
-    for flag in ("port", "grpc_port"):
-        port = getattr(FLAGS, flag)
-        if port and not _port_free(port):
+    ports = {flag: getattr(FLAGS, flag) for flag in PORT_FLAGS if getattr(FLAGS, flag)}
+    for i, (flag, port) in enumerate(ports.items()):
+        same = [other for other in list(ports)[:i] if ports[other] == port]
+        if same:
+            _usage(f"--{flag} must differ from --{same[0]} (both {port})")
+        if not _port_free(port):
             _usage(f"--{flag}={port}: the port is in use (another server is running there?)")
-    if FLAGS.grpc_port and FLAGS.grpc_port == FLAGS.port:
-        _usage("--grpc_port must differ from --port")
 
     models = [serving.served_model(name, folder, options, _say) for name, folder in folders.items()]
     for model in models:
@@ -134,11 +139,15 @@ def main(argv):
         _say("serve: error: nothing to serve")
         sys.exit(1)
     serving.set_up_process(options, _say)
-    server = kserve.ModelServer(http_port=FLAGS.port, grpc_port=FLAGS.grpc_port or 8081,
-                                enable_grpc=bool(FLAGS.grpc_port), registered_models=serving.Repository(),
-                                enable_latency_logging=False, workers=FLAGS.workers)
+    from training import tf_serving_grpc
+
+    tf_serving = tf_serving_grpc.Server(FLAGS.grpc_port, options.max_request_bytes) if FLAGS.grpc_port else None
+    server = tf_serving_grpc.ModelServer(
+        tf_serving, http_port=FLAGS.port, grpc_port=FLAGS.v2_grpc_port or 8081, enable_grpc=bool(FLAGS.v2_grpc_port),
+        registered_models=serving.Repository(), enable_latency_logging=False, workers=FLAGS.workers)
     _say(f"serving REST on port {FLAGS.port}" + (f" ({FLAGS.workers} worker processes)" if FLAGS.workers > 1 else "")
-         + (f", gRPC on port {FLAGS.grpc_port}" if FLAGS.grpc_port else ""))
+         + (f", TF Serving's gRPC on port {FLAGS.grpc_port}" if FLAGS.grpc_port else "")
+         + (f", v2 gRPC on port {FLAGS.v2_grpc_port}" if FLAGS.v2_grpc_port else ""))
     server.start(ready)
 
 

@@ -99,9 +99,14 @@ class Servable:
     number, image_shape, class_names, top_k, transform = 1, None, None, 5, None
     runtime, precision = "keras", "float32"
 
-    def signature_defs(self):
-        """TF Serving's ``signature_def`` metadata (a ``SignatureDefMap`` in its JSON form)."""
+    @property
+    def signature_def_map(self):
+        """TF Serving's ``signature_def`` metadata, a ``SignatureDefMap``."""
         raise NotServed("an adapter task runs on Keras and has no SavedModel signature defs")
+
+    def signature_defs(self):
+        """The ``signature_def`` metadata in TF Serving's JSON form."""
+        return self.signature_def_map
 
     def outputs(self, logits):
         """The export's outputs from logits, as its graph computes them (softmax, top-k with
@@ -195,8 +200,9 @@ class Version(Servable):
             raise ValueError(f"cannot be loaded, its files are damaged ({type(err).__name__}: {line})") from None
 
     @functools.cached_property
-    def _signature_map(self):
-        from google.protobuf import json_format
+    def signature_def_map(self):
+        """The export's three signature defs as TF Serving's ``SignatureDefMap`` (its protos),
+        read from ``saved_model.pb``."""
         from tensorflow.core.protobuf import saved_model_pb2  # TF Serving's own protos
         from tensorflow_serving.apis import get_model_metadata_pb2
 
@@ -206,11 +212,13 @@ class Version(Servable):
         for name, signature in saved.meta_graphs[0].signature_def.items():
             if name in SIGNATURES:  # the export's three (TF's own __saved_model_init_op aside)
                 signatures.signature_def[name].CopyFrom(signature)
-        return json_format.MessageToDict(signatures, preserving_proto_field_name=True,
-                                         always_print_fields_with_no_presence=True)
+        return signatures
 
     def signature_defs(self):
-        return self._signature_map
+        from google.protobuf import json_format
+
+        return json_format.MessageToDict(self.signature_def_map, preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True)
 
     def _load(self):
         if self.runtime != "saved_model":
@@ -370,7 +378,7 @@ def _b64(value, where):
         raise InvalidInput(f"{where}: the b64 string is not valid base64") from None
 
 
-def _pixels(value, dtype, image_shape, where):
+def request_pixels(value, dtype, image_shape, where):
     """A request's pixels as float32 ``[n, H, W, C]``, at least one image, every pixel a
     finite float32; InvalidInput says what is wrong."""
     try:
@@ -444,7 +452,7 @@ def parse_v1(body, image_shape):
             raise InvalidInput("no images in the request")
         where = "instances" if row else "inputs"
         return signature, row, [_b64(item, f"{where}[{i}]") for i, item in enumerate(items)]
-    return signature, row, _pixels(items, dtype, image_shape, '"instances"' if row else '"inputs"')
+    return signature, row, request_pixels(items, dtype, image_shape, '"instances"' if row else '"inputs"')
 
 
 def as_json(out, row):
@@ -508,7 +516,7 @@ class ServedModel(Model):
 
     def status(self, version=None):
         """TF Serving's model status answer (``GET /v1/models/NAME[/versions/N]``)."""
-        current = self._version(version)
+        current = self.version_served(version)
         return {"model_version_status": [{"version": str(current.number), "state": "AVAILABLE",
                                           "status": {"error_code": "OK", "error_message": ""}}]}
 
@@ -516,12 +524,12 @@ class ServedModel(Model):
         """TF Serving's model metadata answer (``GET /v1/models/NAME[/versions/N]/metadata``):
         the served version's signature defs in TF Serving's JSON form, and, beside them, the
         runtime and precision it runs in."""
-        current = self._version(version)
+        current = self.version_served(version)
         return {"model_spec": {"name": self.name, "signature_name": "", "version": str(current.number)},
                 "metadata": {"signature_def": current.signature_defs(),
                              "reszoo": {"runtime": current.runtime, "precision": current.precision}}}
 
-    def _version(self, version=None):
+    def version_served(self, version=None):
         current = self.current
         if current is None:
             raise NotServed(f"model {self.name!r} has no version that can be served yet")
@@ -531,7 +539,7 @@ class ServedModel(Model):
         return current
 
     async def answer_v1(self, body, version=None):
-        current = self._version(version)
+        current = self.version_served(version)
         signature, row, inputs = parse_v1(body, current.image_shape)
         if signature == "serving_bytes":
             inputs = await asyncio.get_running_loop().run_in_executor(None, current.decode, inputs)
@@ -543,7 +551,7 @@ class ServedModel(Model):
         return await self.answer_v1(payload)
 
     async def _answer_v2(self, request):
-        current = self._version(request.model_version or None)
+        current = self.version_served(request.model_version or None)
         if len(request.inputs) != 1:
             raise InvalidInput("the request needs one input: images (FP32 or UINT8) or image_bytes (BYTES)")
         tensor = request.inputs[0]
@@ -554,7 +562,7 @@ class ServedModel(Model):
             pixels = await asyncio.get_running_loop().run_in_executor(None, current.decode, images)
         elif tensor.name == "images" and tensor.datatype in ("FP32", "UINT8"):
             dtype = "uint8" if tensor.datatype == "UINT8" else "float32"
-            pixels = _pixels(_tensor(tensor), dtype, current.image_shape, "images")
+            pixels = request_pixels(_tensor(tensor), dtype, current.image_shape, "images")
         else:
             raise InvalidInput(f"input {tensor.name!r} ({tensor.datatype}) is not served; send images (FP32 or "
                                "UINT8) or image_bytes (BYTES)")
@@ -648,15 +656,17 @@ class Quiet(logging.Filter):
         return False
 
 
+def served(name):
+    """The served model ``name``; NotServed names those that are."""
+    model = SERVED.get(name)
+    if model is None:
+        raise NotServed(f"model {name!r} is not served (served: {', '.join(SERVED) or 'none'})")
+    return model
+
+
 def add_routes(app, max_request_bytes):
     """TF Serving's routes that KServe's v1 lacks, before KServe's own (the first match wins):
     model and version status and metadata, a version's ``:predict``; and the request size limit."""
-
-    def served(name):
-        model = SERVED.get(name)
-        if model is None:
-            raise NotServed(f"model {name!r} is not served (served: {', '.join(SERVED) or 'none'})")
-        return model
 
     app.add_middleware(SizeLimit, max_bytes=max_request_bytes)
 
