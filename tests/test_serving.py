@@ -324,6 +324,57 @@ def test_tf_serving_s_grpc_client_stubs_get_the_rest_answers_and_its_status_code
     assert "Traceback" not in server.output()
 
 
+def _tf_serving_metrics(server):
+    """TF Serving's Prometheus names at its path, each sample as written (Prometheus' parser
+    must read the text too, but it renames a counter's samples ``..._total``): {(name,
+    labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    answer = requests.get(f"{server.url}/monitoring/prometheus/metrics", timeout=30)
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    assert list(text_string_to_metric_families(answer.text))
+    samples = {}
+    for line in answer.text.splitlines():
+        if line and not line.startswith("#"):
+            name, labels, value = re.fullmatch(r"([^{\s]+)(?:\{(.*)\})? (\S+)", line).groups()
+            samples[name, tuple(sorted(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels or "")))] = float(value)
+    return samples
+
+
+def test_tf_serving_s_metric_names_move_with_each_request(served):
+    """:tensorflow:serving:request_count, request_latency, runtime_latency and the batching
+    queue's latency, under TF Serving's names and labels, each moved by a request (REST and
+    gRPC), a refused one counted under its status code; KServe's own stay at /metrics."""
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    _, _, server = served
+    before = _tf_serving_metrics(server)
+    assert server.predict({"instances": _images(2).tolist()})[0] == 200
+    assert server.predict({"instances": [[1, 2]]})[0] == 400
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto(_images(1)))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+    stub.Predict(request, timeout=60)
+    after = _tf_serving_metrics(server)
+
+    def moved(name, **labels):
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    prefix = ":tensorflow:serving:"
+    assert moved(prefix + "request_count", model_name=MODEL, status="OK") == 2
+    assert moved(prefix + "request_count", model_name=MODEL, status="INVALID_ARGUMENT") == 1
+    assert moved(prefix + "request_latency_count", model_name=MODEL, API="Predict", entrypoint="REST") == 2
+    assert moved(prefix + "request_latency_count", model_name=MODEL, API="Predict", entrypoint="GRPC") == 1
+    assert moved(prefix + "request_latency_sum", model_name=MODEL, API="Predict", entrypoint="GRPC") > 0  # microseconds
+    assert moved(prefix + "runtime_latency_count", model_name=MODEL, API="Predict", runtime="saved_model") == 2
+    assert moved(prefix + "batching_session:queuing_latency_count", thread_pool_name=MODEL) == 2
+    assert "request_predict_seconds_count" in requests.get(f"{server.url}/metrics", timeout=30).text
+
+
 def test_damaged_empty_and_half_written_models_are_reported_and_not_served(served):
     _, _, server = served
     log = server.output()

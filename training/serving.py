@@ -36,7 +36,7 @@ import zlib
 
 import numpy as np
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from kserve import Model, model_server
 from kserve import logging as kserve_logging
 from kserve.errors import InvalidInput, ModelNotFound, generic_exception_handler
@@ -44,7 +44,7 @@ from kserve.model_repository import ModelRepository
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prometheus_client import Histogram
 
-from training import engines
+from training import engines, tf_serving_metrics as tfs_metrics
 from training.export import METADATA, version_folders, versions
 from training.flags import MAX_IMAGE_SIZE
 from training.predict import missing
@@ -320,17 +320,24 @@ class Batcher:
         if self.max_batch_size <= 1 or not self._busy:
             return await self._alone(loop, version, pixels)
         answer = loop.create_future()
-        self._pending.append((version, pixels, answer))
+        self._pending.append((version, pixels, answer, time.perf_counter()))
         return await answer
+
+    def _timed(self, version, pixels):
+        start = time.perf_counter()
+        out = version.run(pixels)
+        tfs_metrics.runtime(self.name, version.runtime, time.perf_counter() - start)
+        return out
 
     async def _alone(self, loop, version, pixels):
         """The fast path: the model is idle (or batching is off), so this request runs by itself."""
         BATCH_SIZES.labels(self.name).observe(len(pixels))
+        tfs_metrics.queued(self.name, 0.0)
         if self.max_batch_size <= 1:
-            return await loop.run_in_executor(None, version.run, pixels)
+            return await loop.run_in_executor(None, self._timed, version, pixels)
         self._busy = True
         try:
-            return await loop.run_in_executor(None, version.run, pixels)
+            return await loop.run_in_executor(None, self._timed, version, pixels)
         finally:
             if self._pending:
                 loop.create_task(self._drain(loop))
@@ -355,15 +362,18 @@ class Batcher:
         version = group[0][0]
         pixels = group[0][1] if len(group) == 1 else np.concatenate([item[1] for item in group])
         BATCH_SIZES.labels(self.name).observe(rows)
+        now = time.perf_counter()
+        for *_, queued_at in group:
+            tfs_metrics.queued(self.name, now - queued_at)
         try:
-            out = await loop.run_in_executor(None, version.run, pixels)
+            out = await loop.run_in_executor(None, self._timed, version, pixels)
         except Exception as err:  # every waiting request hears of it; the batcher goes on
-            for _, _, answer in group:
+            for _, _, answer, _ in group:
                 if not answer.done():
                     answer.set_exception(err)
             return
         start = 0
-        for _, part, answer in group:
+        for _, part, answer, _ in group:
             if not answer.done():
                 answer.set_result({k: v[start:start + len(part)] for k, v in out.items()})
             start += len(part)
@@ -539,11 +549,12 @@ class ServedModel(Model):
         return current
 
     async def answer_v1(self, body, version=None):
-        current = self.version_served(version)
-        signature, row, inputs = parse_v1(body, current.image_shape)
-        if signature == "serving_bytes":
-            inputs = await asyncio.get_running_loop().run_in_executor(None, current.decode, inputs)
-        return as_json(await self.batcher.run(current, inputs), row)
+        with tfs_metrics.request(self.name, "Predict", "REST"):
+            current = self.version_served(version)
+            signature, row, inputs = parse_v1(body, current.image_shape)
+            if signature == "serving_bytes":
+                inputs = await asyncio.get_running_loop().run_in_executor(None, current.decode, inputs)
+            return as_json(await self.batcher.run(current, inputs), row)
 
     async def predict(self, payload, headers=None, response_headers=None):
         if isinstance(payload, InferRequest):
@@ -695,6 +706,8 @@ def add_routes(app, max_request_bytes):
         return await served(name).answer_v1(await request.body(), version)
 
     app.add_api_route("/v1/models/{name}/versions/{version}:predict", predict_version, methods=["POST"])
+    app.add_api_route(tfs_metrics.PATH, lambda: Response(tfs_metrics.exposition(), media_type=tfs_metrics.CONTENT_TYPE),
+                      methods=["GET"])
 
 
 _BACKBONES = Backbones()

@@ -22,7 +22,7 @@ from kserve.errors import InvalidInput
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 
-from training import serving
+from training import serving, tf_serving_metrics as tfs_metrics
 
 SIGNATURE_DEF = "signature_def"
 
@@ -82,7 +82,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """TF Serving's ``tensorflow.serving.PredictionService``."""
 
     async def Predict(self, request, context):
-        return await _handle(context, self._predict, request)
+        return await _handle(context, self._predict, request, "Predict")
 
     async def _predict(self, request):
         model, current = _model(request.model_spec)
@@ -108,7 +108,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     async def Classify(self, request, context):
-        return await _handle(context, self._classify, request)
+        return await _handle(context, self._classify, request, "Classify")
 
     async def _classify(self, request):
         model, current = _model(request.model_spec)
@@ -183,9 +183,14 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "models are read from --model_base_path's folders")
 
 
-async def _handle(context, method, request):
+async def _handle(context, method, request, api=None):
+    """``method(request)``; its failure aborts the call with its status code and one line.
+    With ``api``, the request is counted and timed in TF Serving's metrics."""
     try:
-        return await method(request)
+        if api is None:
+            return await method(request)
+        with tfs_metrics.request(request.model_spec.name, api, "GRPC"):
+            return await method(request)
     except Failed as err:
         await context.abort(err.code, str(err))
     except InvalidInput as err:
