@@ -375,6 +375,50 @@ def test_tf_serving_s_metric_names_move_with_each_request(served):
     assert "request_predict_seconds_count" in requests.get(f"{server.url}/metrics", timeout=30).text
 
 
+def test_not_ready_until_every_model_is_available_and_a_late_answer_is_a_504(served, tmp_path):
+    """/v2/health/ready is 503 (naming the model) while a model folder has no version AVAILABLE,
+    200 once it has; a request past --request_timeout_ms gets 504 over REST and
+    DEADLINE_EXCEEDED over gRPC, counted under that status, and the server answers after."""
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    _, base, _ = served
+    shutil.copytree(base / MODEL / "1", tmp_path / "base" / MODEL / "1")
+    (tmp_path / "base" / "later").mkdir()
+    server = Server(tmp_path, tmp_path / "base", "--request_timeout_ms=300")
+    try:
+        answer = requests.get(f"{server.url}/v2/health/ready", timeout=30)
+        assert answer.status_code == 503 and "no version AVAILABLE yet for later" in answer.json()["error"]
+        many = np.zeros((30_000, 8, 8, 1), "uint8")
+        begin = time.time()
+        status, said = server.predict({"signature_name": "serving_uint8", "inputs": many.tolist()})
+        assert status == 504 and said["error"] == ("the request was not answered within the server's "
+                                                   "--request_timeout_ms=300"), said
+        assert time.time() - begin < 10
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = MODEL
+        request.inputs["images"].CopyFrom(tf.make_tensor_proto(many.astype("float32")))
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Predict(request, timeout=60)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "300" in caught.value.details()
+        counted = _tf_serving_metrics(server)[":tensorflow:serving:request_count", (("model_name", MODEL),
+                                                                                    ("status", "DEADLINE_EXCEEDED"))]
+        assert counted == 2
+        shutil.copytree(base / MODEL / "1", tmp_path / "base" / "later" / "1")
+        deadline = time.time() + 60
+        while requests.get(f"{server.url}/v2/health/ready", timeout=30).status_code != 200:
+            assert time.time() < deadline, server.output()[-2000:]
+            time.sleep(0.2)
+        while server.predict({"instances": _images(1).tolist()})[0] != 200:  # once the long calls are done
+            assert time.time() < deadline, server.output()[-2000:]
+            time.sleep(0.2)
+        assert "Traceback" not in server.output()
+    finally:
+        server.stop()
+
+
 def test_damaged_empty_and_half_written_models_are_reported_and_not_served(served):
     _, _, server = served
     log = server.output()

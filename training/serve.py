@@ -48,6 +48,9 @@ def define_flags():
     flags.DEFINE_float("poll_seconds", 1.0, "how often to look for new versions and models (TF Serving's "
                        "--file_system_poll_wait_seconds)", lower_bound=0.05)
     flags.DEFINE_float("max_request_mb", 16.0, "larger request bodies are refused (413)", lower_bound=0.001)
+    flags.DEFINE_float("request_timeout_ms", 30000.0, "a request not answered by then gets 504 (gRPC: "
+                       "DEADLINE_EXCEEDED) and gives up its place in the batch queue (TF Serving's "
+                       "--rest_api_timeout_in_ms)", lower_bound=1.0)
     flags.DEFINE_integer("workers", 1, "REST server processes (KServe's multi-process server), each with its own copy "
                          "of the models; gRPC stays in the main process", lower_bound=1)
     flags.DEFINE_bool("log_requests", False, "log a line per request (uvicorn's access log, KServe's timings)")
@@ -108,6 +111,7 @@ def main(argv):
         base_path=FLAGS.model_base_path, model_name=FLAGS.model_name, adapter_tasks=tuple(FLAGS.adapter_tasks),
         runtime=FLAGS.runtime, max_batch_size=FLAGS.max_batch_size, batch_timeout_s=FLAGS.batch_timeout_ms / 1000,
         poll_seconds=FLAGS.poll_seconds, max_request_bytes=int(FLAGS.max_request_mb * 2 ** 20),
+        request_timeout_s=FLAGS.request_timeout_ms / 1000,
         log_requests=FLAGS.log_requests)
     folders = {}
     if options.base_path is not None:
@@ -141,7 +145,7 @@ def main(argv):
     serving.set_up_process(options, _say)
     from training import tf_serving_grpc
 
-    tf_serving = tf_serving_grpc.Server(FLAGS.grpc_port, options.max_request_bytes) if FLAGS.grpc_port else None
+    tf_serving = tf_serving_grpc.Server(FLAGS.grpc_port, options) if FLAGS.grpc_port else None
     server = tf_serving_grpc.ModelServer(
         tf_serving, http_port=FLAGS.port, grpc_port=FLAGS.v2_grpc_port or 8081, enable_grpc=bool(FLAGS.v2_grpc_port),
         registered_models=serving.Repository(), enable_latency_logging=False, workers=FLAGS.workers)

@@ -69,6 +69,7 @@ class ServeOptions:
     batch_timeout_s: float = 0.0
     poll_seconds: float = 1.0
     max_request_bytes: int = 16 * 2 ** 20
+    request_timeout_s: float = 30.0
     log_requests: bool = False
 
 
@@ -78,6 +79,22 @@ _KNOWN = {}  # every model folder found, by name, served or waiting for a versio
 
 class NotServed(LookupError):
     """A model, version or route that is not served: HTTP 404."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """A request not answered within ``--request_timeout_ms``: HTTP 504, gRPC DEADLINE_EXCEEDED."""
+
+    code_name = "DEADLINE_EXCEEDED"
+
+
+async def within_deadline(answer, timeout_s):
+    """``await answer`` within ``timeout_s`` (TF Serving's ``--rest_api_timeout_in_ms``): past it
+    the request is answered DeadlineExceeded and its place in the batcher's queue is given up."""
+    try:
+        return await asyncio.wait_for(answer, timeout_s)
+    except asyncio.TimeoutError:
+        raise DeadlineExceeded(f"the request was not answered within the server's --request_timeout_ms="
+                               f"{timeout_s * 1000:g}") from None
 
 
 def model_folders(base, name=None):
@@ -349,6 +366,10 @@ class Batcher:
             while self._pending:
                 if self.timeout_s and sum(len(item[1]) for item in self._pending) < self.max_batch_size:
                     await asyncio.sleep(self.timeout_s)
+                while self._pending and self._pending[0][2].done():  # given up (past its deadline)
+                    self._pending.popleft()
+                if not self._pending:
+                    break
                 version, group, rows = self._pending[0][0], [], 0
                 while self._pending and self._pending[0][0] is version and (
                         not group or rows + len(self._pending[0][1]) <= self.max_batch_size):
@@ -550,11 +571,14 @@ class ServedModel(Model):
 
     async def answer_v1(self, body, version=None):
         with tfs_metrics.request(self.name, "Predict", "REST"):
-            current = self.version_served(version)
-            signature, row, inputs = parse_v1(body, current.image_shape)
-            if signature == "serving_bytes":
-                inputs = await asyncio.get_running_loop().run_in_executor(None, current.decode, inputs)
-            return as_json(await self.batcher.run(current, inputs), row)
+            return await within_deadline(self._answer_v1(body, version), self.options.request_timeout_s)
+
+    async def _answer_v1(self, body, version):
+        current = self.version_served(version)
+        signature, row, inputs = parse_v1(body, current.image_shape)
+        if signature == "serving_bytes":
+            inputs = await asyncio.get_running_loop().run_in_executor(None, current.decode, inputs)
+        return as_json(await self.batcher.run(current, inputs), row)
 
     async def predict(self, payload, headers=None, response_headers=None):
         if isinstance(payload, InferRequest):
@@ -667,6 +691,15 @@ class Quiet(logging.Filter):
         return False
 
 
+def not_ready():
+    """Why this server is not ready (KServe's readiness route, ``/v2/health/ready``), or None:
+    a model it was given has no version AVAILABLE yet."""
+    waiting = sorted(name for name, model in _KNOWN.items() if not model.ready)
+    if waiting:
+        return f"no version AVAILABLE yet for {', '.join(waiting)}"
+    return None
+
+
 def served(name):
     """The served model ``name``; NotServed names those that are."""
     model = SERVED.get(name)
@@ -685,6 +718,19 @@ def add_routes(app, max_request_bytes):
         return JSONResponse({"error": str(err)}, status_code=404)
 
     app.add_exception_handler(NotServed, not_served)
+
+    async def past_deadline(_, err):
+        return JSONResponse({"error": str(err)}, status_code=504)
+
+    app.add_exception_handler(DeadlineExceeded, past_deadline)
+
+    def ready():
+        waiting = not_ready()
+        if waiting:
+            return JSONResponse({"ready": False, "error": waiting}, status_code=503)
+        return {"ready": True}
+
+    app.add_api_route("/v2/health/ready", ready, methods=["GET"])
 
     async def undecodable(request, err):
         """KServe decodes a v2 binary body (its binary extension) before any model sees it: a

@@ -79,10 +79,14 @@ async def _outputs(model, current, signature, inputs, where):
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """TF Serving's ``tensorflow.serving.PredictionService``."""
+    """TF Serving's ``tensorflow.serving.PredictionService``; Predict and Classify answer within
+    ``timeout_s`` (the server's --request_timeout_ms) or DEADLINE_EXCEEDED."""
+
+    def __init__(self, timeout_s):
+        self.timeout_s = timeout_s
 
     async def Predict(self, request, context):
-        return await _handle(context, self._predict, request, "Predict")
+        return await _handle(context, self._predict, request, "Predict", self.timeout_s)
 
     async def _predict(self, request):
         model, current = _model(request.model_spec)
@@ -108,7 +112,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     async def Classify(self, request, context):
-        return await _handle(context, self._classify, request, "Classify")
+        return await _handle(context, self._classify, request, "Classify", self.timeout_s)
 
     async def _classify(self, request):
         model, current = _model(request.model_spec)
@@ -183,31 +187,35 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "models are read from --model_base_path's folders")
 
 
-async def _handle(context, method, request, api=None):
+async def _handle(context, method, request, api=None, timeout_s=None):
     """``method(request)``; its failure aborts the call with its status code and one line.
-    With ``api``, the request is counted and timed in TF Serving's metrics."""
+    With ``api``, the request is counted and timed in TF Serving's metrics, and answered within
+    ``timeout_s``."""
     try:
         if api is None:
             return await method(request)
         with tfs_metrics.request(request.model_spec.name, api, "GRPC"):
-            return await method(request)
+            return await serving.within_deadline(method(request), timeout_s)
     except Failed as err:
         await context.abort(err.code, str(err))
     except InvalidInput as err:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, err.reason)
+    except serving.DeadlineExceeded as err:
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(err))
 
 
 class Server:
-    """The two services on ``port``, in the model server's event loop."""
+    """The two services on ``port``, in the model server's event loop (``options``: the
+    server's ``serving.ServeOptions``)."""
 
-    def __init__(self, port, max_message_bytes):
-        self.port, self.max_message_bytes = port, max_message_bytes
+    def __init__(self, port, options):
+        self.port, self.options = port, options
         self._server = None
 
     async def serve(self):
-        options = [("grpc.max_receive_message_length", self.max_message_bytes)]
-        self._server = aio.server(options=options)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(), self._server)
+        self._server = aio.server(options=[("grpc.max_receive_message_length", self.options.max_request_bytes)])
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionService(self.options.request_timeout_s), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(), self._server)
         self._server.add_insecure_port(f"[::]:{self.port}")
         await self._server.start()

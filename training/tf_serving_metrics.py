@@ -62,6 +62,8 @@ def status_name(err):
     code = getattr(err, "code", None)
     if hasattr(code, "name"):  # a gRPC status code
         return code.name
+    if hasattr(err, "code_name"):
+        return err.code_name
     if isinstance(err, InvalidInput):
         return "INVALID_ARGUMENT"
     if isinstance(err, LookupError):
