@@ -16,7 +16,9 @@ setup(
                                       "reszoo-validate=reszoo_cli:validate"]},
     install_requires=["keras>=3.15.1,<4", "numpy"],
     extras_require={
-        "tf": ["tensorflow>=2.21,<2.22", "tensorflow-datasets>=4.9", "tensorboard", "absl-py"],
+        # Training and export; TF Serving's protos write an export's warm-up requests.
+        "tf": ["tensorflow>=2.21,<2.22", "tensorflow-datasets>=4.9", "tensorboard", "absl-py",
+               "tensorflow-serving-api>=2.21,<2.22"],
         # reszoo-export's ONNX, OpenVINO and int8 files (and reszoo-validate's --runtime).
         "deploy": ["tf2onnx>=1.17", "onnxruntime>=1.20", "openvino>=2026.4", "ai-edge-litert>=2.3"],
         # reszoo-serve: KServe's model server; TF Serving's protos (which bring TensorFlow) for its metadata.

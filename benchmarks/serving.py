@@ -16,6 +16,7 @@ import concurrent.futures
 import io
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -175,6 +176,39 @@ def _load(url, body, clients, requests_each):
     return [(end - start) * 1000 for start, end in spans], wall
 
 
+def _copy(base, to, warm_up):
+    """A copy of model folder ``base`` named as it is, with or without the export's warm-up
+    requests."""
+    from training.export import WARMUP
+
+    target = os.path.join(to, os.path.basename(base))
+    shutil.copytree(base, target)
+    if not warm_up:
+        for version in os.listdir(target):
+            os.remove(os.path.join(target, version, WARMUP))
+    return target
+
+
+def _first(url, body, count):
+    """Latencies (ms) of the first ``count`` requests to a server that has answered none."""
+    import http.client
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        connection.request("POST", parts.path, body.encode(), {"Content-Type": "application/json"})
+        answer = connection.getresponse()
+        answer.read()
+        if answer.status != 200:
+            raise RuntimeError(f"HTTP {answer.status}")
+        times.append((time.perf_counter() - start) * 1000)
+    connection.close()
+    return times
+
+
 def _percentile(values, q):
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
@@ -234,6 +268,17 @@ def main():
                  p50_ms=round(statistics.median(floor), 3), p99_ms=round(_percentile(floor, 99), 3),
                  offline_images_per_s=round(offline, 1), offline_batch=len(batch))
             del version
+            for warm in (False, True):  # the first requests to a fresh server, without and with warm-up
+                first_base = _copy(base, os.path.join(tmp, f"first-{runtime}-{warm}"), warm)
+                proc, url = _serve(first_base, runtime, args.max_batch_size)
+                try:
+                    times = _first(url, body, 10)
+                    emit(bench="serving", model=model_name, runtime=runtime, path="reszoo-serve, first requests",
+                         warm_up_requests=warm, first_ms=round(times[0], 3), tenth_ms=round(times[9], 3),
+                         median_2_to_10_ms=round(statistics.median(times[1:]), 3))
+                finally:
+                    proc.terminate()
+                    proc.wait(60)
             proc, url = _serve(base, runtime, args.max_batch_size)
             try:
                 for clients in (1, 8):

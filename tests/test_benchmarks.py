@@ -126,9 +126,11 @@ def test_the_serving_benchmark_reports_the_bare_call_beside_the_server():
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
-    assert [r["path"] for r in records] == ["bare model call, batch 1", "reszoo-serve, 1 client(s)",
-                                           "reszoo-serve, 8 client(s)"]
-    bare, one, eight = records
+    assert [r["path"] for r in records] == ["bare model call, batch 1", *["reszoo-serve, first requests"] * 2,
+                                           "reszoo-serve, 1 client(s)", "reszoo-serve, 8 client(s)"]
+    bare, cold, warm, one, eight = records
+    assert (cold["warm_up_requests"], warm["warm_up_requests"]) == (False, True)
+    assert all(r["first_ms"] > 0 and r["tenth_ms"] > 0 for r in (cold, warm))
     assert bare["p50_ms"] > 0 and bare["offline_images_per_s"] > 0
     assert one["p50_ms"] > bare["p50_ms"] and eight["requests_per_s"] > 0
     assert one["added_p50_ms"] == pytest.approx(one["p50_ms"] - bare["p50_ms"], abs=2e-3)

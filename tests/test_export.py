@@ -125,6 +125,28 @@ def test_saved_model_cli_lists_the_signatures_with_names_dtypes_and_shapes(run):
         assert "Method name is: tensorflow/serving/predict" in block
 
 
+def test_the_warm_up_requests_are_tf_serving_s_prediction_logs_that_each_signature_takes(run):
+    """assets.extra/tf_serving_warmup_requests: TFRecords of TF Serving's PredictionLog, one
+    predict request per signature, each answered by the SavedModel's signature of its name (as
+    TF Serving replays them before the version is AVAILABLE)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    _, _, base, _ = run
+    path = base / "1" / "assets.extra" / "tf_serving_warmup_requests"
+    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))]
+    requests = [log.predict_log.request for log in logs]
+    assert [r.model_spec.signature_name for r in requests] == ["serving_default", "serving_uint8", "serving_bytes"]
+    signatures = tf.saved_model.load(str(base / "1")).signatures
+    answers = []
+    for request in requests:
+        (name, tensor), = request.inputs.items()
+        answers.append(signatures[request.model_spec.signature_name](**{name: tf.constant(tf.make_ndarray(tensor))}))
+        assert answers[-1]["logits"].shape == (1, 10)
+    for answer in answers[1:]:  # the same grey image three ways
+        np.testing.assert_allclose(answer["logits"], answers[0]["logits"], rtol=1e-5, atol=1e-5)
+
+
 def _png(image):
     import tensorflow as tf
     return tf.io.encode_png(tf.constant(image, tf.uint8)).numpy()

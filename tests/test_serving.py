@@ -424,7 +424,7 @@ def test_damaged_empty_and_half_written_models_are_reported_and_not_served(serve
     log = server.output()
     assert "serve: error: broken version 1 cannot be loaded, its files are damaged" in log
     assert "serve: error: empty (" in log and "has no complete version yet" in log
-    assert f"serving {MODEL} version 1 (saved_model, float32)" in log
+    assert f"serving {MODEL} version 1 (saved_model, float32), warmed up with 3 requests" in log
     for name in ("broken", "empty", ".tmp-2-killed"):
         status, answer = server.predict({"instances": _images(1).tolist()}, path=f"/v1/models/{name}:predict")
         assert status == 404 and name in answer["error"]

@@ -41,6 +41,7 @@ from training.runtimes import RUNTIMES
 
 FORMATS = EXPORT_FORMATS
 METADATA = "metadata.json"  # beside saved_model.pb: what the export is (training.predict, validate, serve read it)
+WARMUP = os.path.join("assets.extra", "tf_serving_warmup_requests")  # TF Serving's SavedModel warm-up file
 TF_FORMATS = ("onnx", "openvino", "tflite")  # made from TensorFlow's graph
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)  # logits, float32 model vs exported graph; atol in max |logit| (>= 1)
 
@@ -458,6 +459,8 @@ def _write_version(model, tmp, info, formats, top_k, version, int8=None):
         "serving_bytes": module.serving_bytes},
         options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))  # inference only
 
+    _write_warmup(tf, out, info["name"], image_shape)
+
     x = np.random.default_rng(0).integers(0, 256, (4, *image_shape)).astype("float32")
     expected = np.asarray(model.predict(x, verbose=0), "float32")
     served = tf.saved_model.load(out).signatures
@@ -527,6 +530,29 @@ def _write_version(model, tmp, info, formats, top_k, version, int8=None):
     with open(os.path.join(out, METADATA), "w") as f:
         json.dump(metadata, f, indent=2)
     return out, refused
+
+
+def _write_warmup(tf, out, name, image_shape):
+    """TF Serving's warm-up requests (``assets.extra/tf_serving_warmup_requests``: TFRecords of
+    ``PredictionLog``, with TF Serving's protos): one request of a grey image per signature
+    (serving_bytes as a PNG, when the image has 1, 3 or 4 channels). TF Serving and
+    reszoo-serve replay them before a version is AVAILABLE, so its first request is not slow."""
+    import numpy as np
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    grey = np.full((1, *image_shape), 128, "uint8")
+    inputs = {"serving_default": grey.astype("float32"), "serving_uint8": grey}
+    if image_shape[-1] in (1, 3, 4):
+        inputs["serving_bytes"] = np.array([tf.io.encode_png(grey[0]).numpy()], object)
+    os.makedirs(os.path.dirname(os.path.join(out, WARMUP)))
+    with tf.io.TFRecordWriter(os.path.join(out, WARMUP)) as writer:
+        for signature, value in inputs.items():
+            log = prediction_log_pb2.PredictionLog()
+            request = log.predict_log.request
+            request.model_spec.name, request.model_spec.signature_name = name, signature
+            request.inputs["image_bytes" if signature == "serving_bytes" else "images"].CopyFrom(
+                tf.make_tensor_proto(value))
+            writer.write(log.SerializeToString())
 
 
 def _sha256(path):

@@ -45,7 +45,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prometheus_client import Histogram
 
 from training import engines, tf_serving_metrics as tfs_metrics
-from training.export import METADATA, version_folders, versions
+from training.export import METADATA, WARMUP, version_folders, versions
 from training.flags import MAX_IMAGE_SIZE
 from training.predict import missing
 from training.runtimes import RUNTIMES, missing_file
@@ -212,6 +212,7 @@ class Version(Servable):
             raise ValueError(f"its metadata.json is damaged ({type(err).__name__}: {err})") from None
         try:
             self._load()
+            self.warmed_up = self._warm_up()
         except Exception as err:  # TF and ONNX Runtime raise many kinds for damaged files
             line = (str(err).strip().splitlines() or [""])[0][:200]
             raise ValueError(f"cannot be loaded, its files are damaged ({type(err).__name__}: {line})") from None
@@ -245,6 +246,24 @@ class Version(Servable):
 
         self._tf = tf
         self._signature = tf.saved_model.load(self.folder).signatures["serving_default"]
+
+    def _warm_up(self):
+        """Replay the export's warm-up requests (TF Serving's ``assets.extra`` file), if it has
+        them, through this runtime; how many."""
+        path = os.path.join(self.folder, WARMUP)
+        if not os.path.isfile(path):
+            return 0
+        import tensorflow as tf
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        count = 0
+        for record in tf.data.TFRecordDataset(path):
+            request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+            name, dtype = SIGNATURES[request.model_spec.signature_name or "serving_default"]
+            array = tf.make_ndarray(request.inputs[name])
+            self.run(self.decode(list(array.ravel())) if dtype == "string" else array.astype("float32"))
+            count += 1
+        return count
 
     def run(self, pixels):
         if self.runtime == "saved_model":
@@ -539,7 +558,8 @@ class ServedModel(Model):
                 self.failed.pop(number, None)
                 self.current, self.ready = version, True
                 self.say(f"serving {self.name} version {number} ({self.options.runtime}, "
-                         f"{RUNTIMES[self.options.runtime].precision})")
+                         f"{RUNTIMES[self.options.runtime].precision})"
+                         + (f", warmed up with {version.warmed_up} requests" if version.warmed_up else ""))
                 return True
             if removed:
                 self.current, self.ready = None, False
