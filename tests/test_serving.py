@@ -419,6 +419,58 @@ def test_not_ready_until_every_model_is_available_and_a_late_answer_is_a_504(ser
         server.stop()
 
 
+CONFIG = """model_config_list {{
+  config {{
+    name: "{name}"
+    base_path: "{base}"
+    model_platform: "tensorflow"
+    model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
+    version_labels {{ key: "stable" value: 1 }}
+    version_labels {{ key: "canary" value: 2 }}
+  }}
+}}
+"""
+
+
+def test_a_model_config_file_serves_two_versions_and_their_labels(served, tmp_path):
+    """TF Serving's --model_config_file (read with its protos): a specific policy serves versions
+    1 and 2 side by side, /labels/stable and /labels/canary (REST and gRPC) reach each, the
+    status lists both, and a request that names none gets the newest."""
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    tmp, base, _ = served
+    folder = tmp_path / "models" / MODEL
+    shutil.copytree(base / MODEL / "1", folder / "1")
+    proc = run_command("training.export", f"--model_dir={tmp / 'run2'}", f"--export_dir={tmp_path / 'models'}",
+                       f"--name={MODEL}", "--version=2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (tmp_path / "models.config").write_text(CONFIG.format(name=MODEL, base=folder))
+    server = Server(tmp_path, None, f"--model_config_file={tmp_path / 'models.config'}")
+    try:
+        url = f"{server.url}/v1/models/{MODEL}"
+        assert [v["version"] for v in requests.get(url, timeout=30).json()["model_version_status"]] == ["2", "1"]
+        assert requests.get(f"{url}/labels/canary", timeout=30).json()["model_version_status"][0]["version"] == "2"
+        body = {"instances": _images(2).tolist()}
+        logits = {path: [p["logits"] for p in server.predict(body, path=f"/v1/models/{MODEL}{path}:predict")[1][
+            "predictions"]] for path in ("", "/versions/1", "/versions/2", "/labels/stable", "/labels/canary")}
+        assert logits["/labels/stable"] == logits["/versions/1"] and logits["/labels/canary"] == logits["/versions/2"]
+        assert logits[""] == logits["/versions/2"] and not _close(logits["/versions/1"], logits["/versions/2"])
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name, request.model_spec.version_label = MODEL, "stable"
+        request.inputs["images"].CopyFrom(tf.make_tensor_proto(_images(2)))
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+        answer = stub.Predict(request, timeout=60)
+        assert answer.model_spec.version.value == 1 and _close(tf.make_ndarray(answer.outputs["logits"]),
+                                                              logits["/versions/1"])
+        status, said = server.predict(body, path=f"/v1/models/{MODEL}/labels/beta:predict")
+        assert status == 404 and "no version label 'beta' (its labels: canary, stable)" in said["error"]
+        assert "Traceback" not in server.output()
+    finally:
+        server.stop()
+
+
 def test_damaged_empty_and_half_written_models_are_reported_and_not_served(served):
     _, _, server = served
     log = server.output()
@@ -769,9 +821,17 @@ def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, served):
              ([f"--model_base_path={tmp_path}/only_broken/broken", f"--port={server.port}"], 2, "the port is in use"),
              ([f"--model_base_path={base}", "--port=8123", "--grpc_port=8123"], 2, "--grpc_port must differ from --port"),
              ([f"--model_base_path={base}", "--runtime=tflite"], 2, "--runtime"),
+             ([f"--model_base_path={base}", f"--model_config_file={tmp_path / 'c'}"], 2, "not both"),
+             ([f"--model_config_file={tmp_path / 'nowhere.config'}"], 2, "cannot read"),
+             ([f"--model_config_file={tmp_path / 'garbled.config'}"], 2, "is not TF Serving's ModelServerConfig text"),
+             ([f"--model_config_file={tmp_path / 'unlabelled.config'}"], 2,
+              "label 'canary' names version 2, which its specific policy (1) does not serve"),
              ([f"--model_base_path={tmp_path / 'only_broken'}", f"--port={_free_port()}", "--grpc_port=0",
                "--v2_grpc_port=0"], 1,
               "nothing to serve")]
+    (tmp_path / "garbled.config").write_text("model_config_list { config { name: ")
+    (tmp_path / "unlabelled.config").write_text(CONFIG.format(name=MODEL, base=base / MODEL).replace(
+        "versions: 1 versions: 2", "versions: 1"))
     for args, code, says in cases:
         proc = run_command("training.serve", *args)
         lines = [l for l in proc.stderr.splitlines() if l.startswith("serve: error:")]

@@ -30,6 +30,9 @@ def define_flags():
                         "(saved_models/resnet20_digits), each holding integer version folders")
     flags.DEFINE_list("adapter_tasks", [], "run folders trained with --adapters: each served as a model named after "
                       "its folder, all tasks of one backbone sharing it in memory")
+    flags.DEFINE_string("model_config_file", None, "TF Serving's model config file (ModelServerConfig text): the "
+                        "models, their base_path, model_version_policy (latest, all, specific) and version_labels; "
+                        "instead of --model_base_path")
     flags.DEFINE_string("model_name", None, "the model's name when --model_base_path is one model folder (default: "
                         "the folder's name; TF Serving's flag, which KServe's runtimes pass)")
     flags.DEFINE_integer("port", 8501, "REST port (TF Serving's)", lower_bound=1, upper_bound=65535)
@@ -96,8 +99,11 @@ def _tasks(runs, options):
 def main(argv):
     if len(argv) > 1:
         _usage(f"unexpected arguments {argv[1:]}")
-    if FLAGS.model_base_path is None and not FLAGS.adapter_tasks:
-        _usage("--model_base_path is required (a folder of exported models, e.g. saved_models), or --adapter_tasks")
+    if FLAGS.model_base_path is None and FLAGS.model_config_file is None and not FLAGS.adapter_tasks:
+        _usage("--model_base_path is required (a folder of exported models, e.g. saved_models), or "
+               "--model_config_file, or --adapter_tasks")
+    if FLAGS.model_base_path is not None and FLAGS.model_config_file is not None:
+        _usage("give --model_base_path or --model_config_file, not both (the file names each model's base_path)")
     try:
         import kserve
     except ImportError:
@@ -105,18 +111,24 @@ def main(argv):
     problem = runtimes.missing_package(FLAGS.runtime, "serve")
     if problem:
         _usage(problem)
-    from training import serving
+    from training import model_config, serving
 
+    configs = ()
+    if FLAGS.model_config_file is not None:
+        try:
+            configs = tuple(model_config.read(FLAGS.model_config_file).values())
+        except ValueError as err:
+            _usage(str(err))
     options = serving.ServeOptions(
         base_path=FLAGS.model_base_path, model_name=FLAGS.model_name, adapter_tasks=tuple(FLAGS.adapter_tasks),
         runtime=FLAGS.runtime, max_batch_size=FLAGS.max_batch_size, batch_timeout_s=FLAGS.batch_timeout_ms / 1000,
         poll_seconds=FLAGS.poll_seconds, max_request_bytes=int(FLAGS.max_request_mb * 2 ** 20),
         request_timeout_s=FLAGS.request_timeout_ms / 1000,
-        log_requests=FLAGS.log_requests)
+        log_requests=FLAGS.log_requests, model_configs=configs)
     folders = {}
-    if options.base_path is not None:
+    if options.watched:
         try:
-            folders = serving.model_folders(options.base_path, options.model_name)
+            folders = options.folders()
         except ValueError as err:
             _usage(str(err))
         if not folders:

@@ -44,7 +44,7 @@ from kserve.model_repository import ModelRepository
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prometheus_client import Histogram
 
-from training import engines, tf_serving_metrics as tfs_metrics
+from training import engines, model_config, tf_serving_metrics as tfs_metrics
 from training.export import METADATA, WARMUP, version_folders, versions
 from training.flags import MAX_IMAGE_SIZE
 from training.predict import missing
@@ -71,6 +71,21 @@ class ServeOptions:
     max_request_bytes: int = 16 * 2 ** 20
     request_timeout_s: float = 30.0
     log_requests: bool = False
+    model_configs: tuple = ()  # model_config.ModelConfig of --model_config_file, instead of base_path
+
+    @property
+    def watched(self):
+        """Whether model folders are given (to load and watch), not only adapter tasks."""
+        return self.base_path is not None or bool(self.model_configs)
+
+    def folders(self):
+        """``{name: folder}`` of the models to serve; ValueError says why there are none."""
+        if self.model_configs:
+            return {config.name: config.base_path for config in self.model_configs}
+        return model_folders(self.base_path, self.model_name)
+
+    def config(self, name):
+        return next((config for config in self.model_configs if config.name == name), None)
 
 
 SERVED = {}  # this process's served models by name: KServe's repository and the routes read it
@@ -519,82 +534,120 @@ _V2_TYPES = {"logits": "FP32", "probabilities": "FP32", "top_k_ids": "INT32", "t
 
 
 class ServedModel(Model):
-    """The newest complete version of one model folder, behind KServe's v1 and v2 routes."""
+    """The served versions of one model folder (its newest complete one, or those its
+    ``ModelConfig`` asks for, with their labels), behind KServe's v1 and v2 routes."""
 
-    def __init__(self, name, folder, options=ServeOptions(), say=print, servable=None):
+    def __init__(self, name, folder, options=ServeOptions(), say=print, servable=None, config=None):
         super().__init__(name)
         self.folder, self.options, self.say = folder, options, say
+        self.config = config or model_config.ModelConfig(name, folder)
+        self.labels = dict(self.config.labels)
         self.batcher = Batcher(name, options.max_batch_size, options.batch_timeout_s)
-        self.current, self.task = servable, None
+        self.versions = {servable.number: servable} if servable is not None else {}
+        self.task = None
         self.ready = servable is not None
         self.failed = {}
         self._lock = threading.Lock()
 
+    @property
+    def current(self):
+        """The newest served version (what a request that names none gets), or None."""
+        versions = self.versions
+        return versions[max(versions)] if versions else None
+
     def refresh(self):
-        """Serve the newest complete version, as TF Serving's latest policy does: a newer one
-        that loads replaces the served one; a served one whose folder is removed is unloaded
-        for the newest that remains. A version that fails to load is reported and skipped
-        until its files change (a copy still going on). True when the served version changed."""
+        """Serve the versions the policy asks for, as TF Serving does: by default the newest
+        complete one (a newer one that loads replaces it; requests in flight finish on the
+        old); a served one whose folder is removed is unloaded for the newest that remains. A
+        version that fails to load is reported and skipped until its files change (a copy still
+        going on). True when the served versions changed."""
         if self.folder is None:  # a fixed servable (an adapter task): nothing to look for
             return False
         with self._lock:
-            current = self.current
-            removed = current is not None and not os.path.isdir(current.folder)
-            if removed:
-                self.say(f"serve: {self.name} version {current.number} was removed; unloaded")
-            for number, folder in reversed(version_folders(self.folder)):
-                if current is not None and not removed and number <= current.number:
-                    return False
-                mark = fingerprint(folder)
-                if number in self.failed and self.failed[number][0] == mark:
+            served, changed = dict(self.versions), False
+            for number, version in list(served.items()):
+                if not os.path.isdir(version.folder):
+                    self.say(f"serve: {self.name} version {number} was removed; unloaded")
+                    del served[number]
+                    changed = True
+            folders = dict(version_folders(self.folder))
+            candidates, count = self.config.wanted(folders)
+            kept = {}
+            for number in candidates:
+                if count is not None and len(kept) >= count:
+                    break
+                if number in served:
+                    kept[number] = served[number]
                     continue
-                try:
-                    version = Version(folder, self.options.runtime)
-                except ValueError as err:
-                    if self.failed.get(number, (None, None))[1] != str(err):
-                        self.say(f"serve: error: {self.name} version {number} {err}; not served")
-                    self.failed[number] = (mark, str(err))
-                    continue
-                self.failed.pop(number, None)
-                self.current, self.ready = version, True
-                self.say(f"serving {self.name} version {number} ({self.options.runtime}, "
-                         f"{RUNTIMES[self.options.runtime].precision})"
-                         + (f", warmed up with {version.warmed_up} requests" if version.warmed_up else ""))
-                return True
-            if removed:
-                self.current, self.ready = None, False
-            return removed
+                version = self._load(number, folders[number])
+                if version is not None:
+                    kept[number], changed = version, True
+            changed = changed or set(kept) != set(served)
+            self.versions, self.ready = kept, bool(kept)
+            return changed
 
-    def status(self, version=None):
-        """TF Serving's model status answer (``GET /v1/models/NAME[/versions/N]``)."""
-        current = self.version_served(version)
-        return {"model_version_status": [{"version": str(current.number), "state": "AVAILABLE",
-                                          "status": {"error_code": "OK", "error_message": ""}}]}
+    def _load(self, number, folder):
+        mark = fingerprint(folder)
+        if number in self.failed and self.failed[number][0] == mark:
+            return None
+        try:
+            version = Version(folder, self.options.runtime)
+        except ValueError as err:
+            if self.failed.get(number, (None, None))[1] != str(err):
+                self.say(f"serve: error: {self.name} version {number} {err}; not served")
+            self.failed[number] = (mark, str(err))
+            return None
+        self.failed.pop(number, None)
+        self.say(f"serving {self.name} version {number} ({self.options.runtime}, "
+                 f"{RUNTIMES[self.options.runtime].precision})"
+                 + (f", warmed up with {version.warmed_up} requests" if version.warmed_up else ""))
+        return version
 
-    def model_metadata(self, version=None):
-        """TF Serving's model metadata answer (``GET /v1/models/NAME[/versions/N]/metadata``):
+    def status(self, version=None, label=None):
+        """TF Serving's model status answer (``GET /v1/models/NAME[/versions/N|/labels/L]``):
+        every served version, newest first, or the one asked for."""
+        if version is None and label is None:
+            self.version_served()
+            chosen = sorted(self.versions.values(), key=lambda v: -v.number)
+        else:
+            chosen = [self.version_served(version, label)]
+        return {"model_version_status": [{"version": str(v.number), "state": "AVAILABLE",
+                                          "status": {"error_code": "OK", "error_message": ""}} for v in chosen]}
+
+    def model_metadata(self, version=None, label=None):
+        """TF Serving's model metadata answer (``GET /v1/models/NAME[/versions/N|/labels/L]/metadata``):
         the served version's signature defs in TF Serving's JSON form, and, beside them, the
         runtime and precision it runs in."""
-        current = self.version_served(version)
+        current = self.version_served(version, label)
         return {"model_spec": {"name": self.name, "signature_name": "", "version": str(current.number)},
                 "metadata": {"signature_def": current.signature_defs(),
                              "reszoo": {"runtime": current.runtime, "precision": current.precision}}}
 
-    def version_served(self, version=None):
-        current = self.current
-        if current is None:
+    def version_served(self, version=None, label=None):
+        """The served version numbered ``version``, or labelled ``label``, or the newest."""
+        versions = self.versions
+        if not versions:
             raise NotServed(f"model {self.name!r} has no version that can be served yet")
-        if version is not None and str(version) != str(current.number):
-            raise NotServed(f"model {self.name!r} version {version} is not served (it serves version "
-                            f"{current.number}, its newest complete one)")
-        return current
+        if label is not None:
+            if label not in self.labels:
+                raise NotServed(f"model {self.name!r} has no version label {label!r} (its labels: "
+                                f"{', '.join(sorted(self.labels)) or 'none; --model_config_file sets them'})")
+            version = self.labels[label]
+        if version is None:
+            return versions[max(versions)]
+        number = int(version) if str(version).isdecimal() and str(version).isascii() else None
+        if number not in versions:
+            numbers = sorted(versions)
+            raise NotServed(f"model {self.name!r} version {version} is not served (it serves version"
+                            f"{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))})")
+        return versions[number]
 
-    async def answer_v1(self, body, version=None):
+    async def answer_v1(self, body, version=None, label=None):
         with tfs_metrics.request(self.name, "Predict", "REST"):
-            return await within_deadline(self._answer_v1(body, version), self.options.request_timeout_s)
+            return await within_deadline(self._answer_v1(body, version, label), self.options.request_timeout_s)
 
-    async def _answer_v1(self, body, version):
-        current = self.version_served(version)
+    async def _answer_v1(self, body, version, label):
+        current = self.version_served(version, label)
         signature, row, inputs = parse_v1(body, current.image_shape)
         if signature == "serving_bytes":
             inputs = await asyncio.get_running_loop().run_in_executor(None, current.decode, inputs)
@@ -762,16 +815,24 @@ def add_routes(app, max_request_bytes):
 
     app.add_exception_handler(ValueError, undecodable)
     app.add_api_route("/v1/models/{name}", lambda name: served(name).status(), methods=["GET"])
-    app.add_api_route("/v1/models/{name}/versions/{version}",
-                      lambda name, version: served(name).status(version), methods=["GET"])
     app.add_api_route("/v1/models/{name}/metadata", lambda name: served(name).model_metadata(), methods=["GET"])
+    app.add_api_route("/v1/models/{name}/versions/{version}",
+                      lambda name, version: served(name).status(version=version), methods=["GET"])
+    app.add_api_route("/v1/models/{name}/labels/{label}",
+                      lambda name, label: served(name).status(label=label), methods=["GET"])
     app.add_api_route("/v1/models/{name}/versions/{version}/metadata",
-                      lambda name, version: served(name).model_metadata(version), methods=["GET"])
+                      lambda name, version: served(name).model_metadata(version=version), methods=["GET"])
+    app.add_api_route("/v1/models/{name}/labels/{label}/metadata",
+                      lambda name, label: served(name).model_metadata(label=label), methods=["GET"])
 
     async def predict_version(name: str, version: str, request: Request):
-        return await served(name).answer_v1(await request.body(), version)
+        return await served(name).answer_v1(await request.body(), version=version)
+
+    async def predict_label(name: str, label: str, request: Request):
+        return await served(name).answer_v1(await request.body(), label=label)
 
     app.add_api_route("/v1/models/{name}/versions/{version}:predict", predict_version, methods=["POST"])
+    app.add_api_route("/v1/models/{name}/labels/{label}:predict", predict_label, methods=["POST"])
     app.add_api_route(tfs_metrics.PATH, lambda: Response(tfs_metrics.exposition(), media_type=tfs_metrics.CONTENT_TYPE),
                       methods=["GET"])
 
@@ -784,7 +845,7 @@ def served_model(name, folder, options, say=print, task=None):
     """A model of ``folder`` (its newest complete version loaded, or none yet) or the adapter
     task of run folder ``task``, entered in ``SERVED``; ValueError when the task cannot load."""
     servable = AdapterTask(task, _BACKBONES) if task else None
-    model = ServedModel(name, folder, options, say, servable)
+    model = ServedModel(name, folder, options, say, servable, options.config(name))
     model.task = task
     model.refresh()
     _KNOWN[name] = model
@@ -805,7 +866,7 @@ def set_up_process(options, say=print, watching=True):
             logging.getLogger(name).addFilter(Quiet())
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")  # KServe's, on newer FastAPI
     add_routes(model_server.app, options.max_request_bytes)
-    if watching and options.base_path is not None:
+    if watching and options.watched:
         threading.Thread(target=watch, args=(options, say), daemon=True).start()
 
 
@@ -814,12 +875,12 @@ def watch(options, say=print):
     while True:
         time.sleep(options.poll_seconds)
         try:
-            found = model_folders(options.base_path, options.model_name)
+            found = options.folders()
         except (OSError, ValueError):
             continue
         for name, folder in found.items():
             if name not in _KNOWN:
-                _KNOWN[name] = ServedModel(name, folder, options, say)
+                _KNOWN[name] = ServedModel(name, folder, options, say, config=options.config(name))
             model = _KNOWN[name]
             if model.folder == folder and model.refresh():
                 SERVED.setdefault(name, model)
@@ -850,7 +911,7 @@ def _worker_repository(options, specs):
                     served_model(name, folder, options, task=task)
                 except ValueError as err:
                     print(f"serve: error: {name}: {err}; not served", flush=True)
-        if options.base_path is not None:
+        if options.watched:
             watch(options)
 
     set_up_process(options, watching=False)

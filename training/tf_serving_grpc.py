@@ -41,12 +41,10 @@ def _model(spec):
         model = serving.served(spec.name)
     except serving.NotServed as err:
         raise Failed(grpc.StatusCode.NOT_FOUND, str(err)) from None
-    if spec.WhichOneof("version_choice") == "version_label":
-        raise Failed(grpc.StatusCode.NOT_FOUND, f"model {spec.name!r} has no version label "
-                     f"{spec.version_label!r} (no --model_config_file sets labels)")
+    label = spec.version_label if spec.WhichOneof("version_choice") == "version_label" else None
     version = spec.version.value if spec.HasField("version") else None
     try:
-        return model, model.version_served(version)
+        return model, model.version_served(version, label)
     except serving.NotServed as err:
         raise Failed(grpc.StatusCode.NOT_FOUND, str(err)) from None
 
@@ -180,8 +178,11 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return await _handle(context, self._status, request)
 
     async def _status(self, request):
-        model, current = _model(request.model_spec)
-        return json_format.ParseDict(model.status(current.number), get_model_status_pb2.GetModelStatusResponse())
+        spec = request.model_spec
+        model, current = _model(spec)
+        everything = spec.WhichOneof("version_choice") is None
+        return json_format.ParseDict(model.status() if everything else model.status(current.number),
+                                     get_model_status_pb2.GetModelStatusResponse())
 
     async def HandleReloadConfigRequest(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "models are read from --model_base_path's folders")
