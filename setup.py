@@ -56,6 +56,7 @@ setup(
             "selenium>=4.20",
             "pytest>=8",
             "pytest-xdist>=3",
+            "hypothesis>=6.100",
         ],
     },
 )

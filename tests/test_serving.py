@@ -7,6 +7,7 @@ runtime against the SavedModel, and SIGTERM against a request in flight.
 """
 
 import base64
+import collections
 import concurrent.futures
 import gzip
 import io
@@ -293,6 +294,8 @@ def test_tf_serving_s_grpc_client_stubs_get_the_rest_answers_and_its_status_code
         f"{server.url}/v1/models/{MODEL}").json()
 
     wrong_image = predict(signature="serving_bytes", image_bytes=np.array([b"GIF8?"], object))
+    bomb = predict()  # one float for a tensor of 2^40 images: TensorFlow would fill it
+    bomb.inputs["images"].CopyFrom(tf.make_tensor_proto([0.0], "float32", [2 ** 40, 8, 8, 1]))
     no_field = get_model_metadata_pb2.GetModelMetadataRequest()
     no_field.model_spec.name = MODEL
     regress = regression_pb2.RegressionRequest()
@@ -311,6 +314,7 @@ def test_tf_serving_s_grpc_client_stubs_get_the_rest_answers_and_its_status_code
            (stub.Predict, predict(signature="serving_uint8", images=np.full((1, 8, 8, 1), 300)),
             grpc.StatusCode.INVALID_ARGUMENT, "0..255"),
            (stub.Predict, wrong_image, grpc.StatusCode.INVALID_ARGUMENT, "image 0 cannot be decoded"),
+           (stub.Predict, bomb, grpc.StatusCode.INVALID_ARGUMENT, "claims over the server's limit"),
            (stub.Classify, classification_pb2.ClassificationRequest(model_spec=classify.model_spec),
             grpc.StatusCode.INVALID_ARGUMENT, "tf.Examples"),
            (stub.GetModelMetadata, no_field, grpc.StatusCode.INVALID_ARGUMENT, "at least one metadata_field"),
@@ -540,6 +544,11 @@ HOSTILE_V2 = [  # (body, what the one line says)
     (_v2("images", "FP32", [-1, 8, 8, 1], [0.0] * 64), "none negative"),
     (_v2("images", "FP32", [10 ** 12, 8, 8, 1], [0.0] * 64), "cannot reshape"),
     (_v2("image_bytes", "BYTES", [2], ["x"]), "does not fit its shape [2]"),
+    (_v2("image_bytes", "BYTES", [1], [None]), "image_bytes[0]: an encoded image (bytes) is expected"),
+    (_v2("image_bytes", "BYTES", [1], ["\u20ac"]), "image_bytes[0]: an encoded image (bytes) is expected"),
+    ({"inputs": "nope"}, "does not fit the protocol's schema at inputs"),  # FastAPI's 422, echoing the body
+    ({"inputs": [{"name": "images", "datatype": "FP32", "shape": [], "data": None},  # ... as a 500 with Infinity
+                 {"name": "x", "datatype": "FP32", "shape": [1], "data": [float("inf")]}]}, "protocol's schema"),
 ]
 
 
@@ -557,7 +566,8 @@ def _hostile(server, model, grpc_port):
     status, answer = server.predict(b"[" * 50_000, path=f"/v1/models/{model}/versions/{version}:predict")
     assert status == 400 and "nested too deeply" in answer["error"]
     for body, says in HOSTILE_V2:
-        answer = requests.post(f"{server.url}/v2/models/{model}/infer", json=body, timeout=30)
+        answer = requests.post(f"{server.url}/v2/models/{model}/infer", data=json.dumps(body), timeout=30,
+                               headers={"Content-Type": "application/json"})  # json.dumps: Infinity as JS writes it
         assert answer.status_code == 400 and says in answer.json()["error"], (body, answer.text)
     header = json.dumps({"inputs": [{"name": "images", "shape": [1, 8, 8, 1], "datatype": "FP32",
                                      "parameters": {"binary_data_size": 256}}]}).encode()
@@ -596,6 +606,78 @@ def _hostile(server, model, grpc_port):
 def test_hostile_requests_over_every_protocol_get_a_4xx_with_one_line(served):
     _, _, server = served
     _hostile(server, MODEL, server.v2_grpc_port)
+
+
+def _fuzz_bodies():
+    """Hypothesis strategies for hostile request bodies: TF Serving's v1 JSON and the v2
+    protocol's, with any JSON (non-finite numbers, deep and ragged lists, wrong types) where
+    images and tensors belong, near-miss image arrays, and bytes that are not JSON."""
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() | st.text(max_size=12)
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.text(max_size=8), inner, max_size=3), max_leaves=24)
+    images = st.builds(lambda n, side, value: np.full((n, side, 8, 1), value).tolist(), st.integers(0, 3),
+                       st.sampled_from([7, 8, 9]), st.integers(-300, 300) | st.floats(width=32))
+    encoded = st.lists(st.fixed_dictionaries({"b64": st.text(max_size=40) | st.binary(max_size=60).map(
+        lambda b: base64.b64encode(b).decode())}), max_size=3)
+    signature = st.sampled_from(["serving_default", "serving_uint8", "serving_bytes", "nope"]) | values
+    v1 = st.fixed_dictionaries({}, optional={"instances": images | encoded | values, "inputs": images | values,
+                                             "signature_name": signature})
+    tensor = st.fixed_dictionaries({"name": st.sampled_from(["images", "image_bytes", "x"]),
+                                    "datatype": st.sampled_from(["FP32", "UINT8", "BYTES", "INT64", "FP16", "BOOL", "X"]),
+                                    "shape": st.lists(st.integers(-2, 10), max_size=5), "data": values | images})
+    v2 = st.fixed_dictionaries({"inputs": st.lists(tensor, max_size=2)}, optional={"id": values})
+    raw = st.binary(max_size=200)
+    return v1, v2, raw
+
+
+def test_a_fuzz_of_hostile_bodies_gets_only_4xx_and_memory_stays_flat(served):
+    """A bounded Hypothesis run (about 1,500 requests) over both protocols' bodies: no 5xx, every
+    refusal one line of JSON, the server's RSS within 10% of where it started, and it answers
+    after."""
+    from hypothesis import HealthCheck, given, settings
+
+    _, _, server = served
+    v1, v2, raw = _fuzz_bodies()
+    session = requests.Session()
+    routes = {"v1": f"/v1/models/{MODEL}:predict", "v1 version": f"/v1/models/{MODEL}/versions/1:predict",
+              "v2": f"/v2/models/{MODEL}/infer"}
+    for _ in range(100):  # the server's memory after its first requests, as a client sees it running
+        server.predict({"instances": _images(1).tolist()}, session=session)
+    start = _rss_mb(server.proc.pid)
+    seen = collections.Counter()
+
+    def send(route, data):
+        answer = session.post(server.url + routes[route], data=data, timeout=60,
+                              headers={"Content-Type": "application/json"})
+        seen[answer.status_code] += 1
+        assert answer.status_code < 500, (route, data[:300], answer.status_code, answer.text[:300])
+        if answer.status_code != 200:
+            error = answer.json()["error"]
+            assert isinstance(error, str) and "\n" not in error, (route, data[:300], answer.text[:300])
+
+    fuzz = settings(max_examples=500, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+    @fuzz
+    @given(body=v1)
+    def v1_bodies(body):
+        send("v1", json.dumps(body).encode())
+        send("v1 version", json.dumps(body).encode())
+
+    @fuzz
+    @given(body=v2, data=raw)
+    def v2_and_raw_bodies(body, data):
+        send("v2", json.dumps(body).encode())
+        send("v1", data)
+
+    v1_bodies()
+    v2_and_raw_bodies()
+    assert sum(seen.values()) >= 1500 and seen[400] > 500, seen
+    assert _rss_mb(server.proc.pid) < 1.1 * start, (start, _rss_mb(server.proc.pid), seen)
+    assert server.predict({"instances": _images(1).tolist()}, session=session)[0] == 200
+    assert "Traceback" not in server.output()
 
 
 def _rss_mb(pid):

@@ -36,6 +36,7 @@ import zlib
 
 import numpy as np
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from kserve import Model, model_server
 from kserve import logging as kserve_logging
@@ -466,6 +467,17 @@ def request_pixels(value, dtype, image_shape, where):
     return array.astype("float32")
 
 
+def _image_bytes(value, i):
+    """A v2 BYTES element as bytes (JSON carries them as latin-1 text); InvalidInput otherwise."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    try:
+        return value.encode("latin-1")
+    except (AttributeError, UnicodeEncodeError):
+        raise InvalidInput(f"image_bytes[{i}]: an encoded image (bytes) is expected, got "
+                           f"{type(value).__name__} {str(value)[:40]!r}") from None
+
+
 def _tensor(tensor):
     """A v2 input's data as numpy; InvalidInput where its data, shape and datatype disagree
     (a count or binary size that is not the shape's, a value out of the datatype's range)."""
@@ -664,7 +676,7 @@ class ServedModel(Model):
             raise InvalidInput("the request needs one input: images (FP32 or UINT8) or image_bytes (BYTES)")
         tensor = request.inputs[0]
         if tensor.name == "image_bytes" and tensor.datatype == "BYTES":
-            images = [bytes(v) if not isinstance(v, str) else v.encode("latin-1") for v in _tensor(tensor).ravel()]
+            images = [_image_bytes(v, i) for i, v in enumerate(_tensor(tensor).ravel())]
             if not images:
                 raise InvalidInput("image_bytes: no images in the request")
             pixels = await asyncio.get_running_loop().run_in_executor(None, current.decode, images)
@@ -796,6 +808,17 @@ def add_routes(app, max_request_bytes):
         return JSONResponse({"error": str(err)}, status_code=504)
 
     app.add_exception_handler(DeadlineExceeded, past_deadline)
+
+    async def off_schema(_, err):
+        """A v2 body that KServe's schema refuses: 400 with one line (FastAPI's own answer is a
+        422 that echoes the input, and a 500 when that input holds Infinity)."""
+        first = (err.errors() or [{}])[0]
+        parts = [str(part) for part in first.get("loc", ())[1:]]  # after "body"
+        where = ".".join(parts[1:] if parts and parts[0][:1].isupper() else parts) or "the body"  # not the class
+        return JSONResponse({"error": f"the request does not fit the protocol's schema at {where}: "
+                                      f"{first.get('msg', 'invalid')}"[:300]}, status_code=400)
+
+    app.add_exception_handler(RequestValidationError, off_schema)
 
     def ready():
         waiting = not_ready()

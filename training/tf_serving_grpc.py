@@ -76,12 +76,27 @@ async def _outputs(model, current, signature, inputs, where):
     return await model.batcher.run(current, pixels)
 
 
+def _ndarray(proto, key, max_values):
+    """A TensorProto as numpy; InvalidInput for one whose shape is negative or claims more than
+    ``max_values`` values (a one-value ``float_val`` fills any shape: a bomb in a few bytes),
+    or whose values do not fit its dtype and shape."""
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if proto.tensor_shape.unknown_rank or any(d < 0 for d in dims):
+        raise InvalidInput(f"input {key!r}: its shape must be known, no dimension negative")
+    if int(np.prod(dims, dtype=object)) > max_values:
+        raise InvalidInput(f"input {key!r}: shape {dims} claims over the server's limit of {max_values} values")
+    try:
+        return tf.make_ndarray(proto)
+    except (TypeError, ValueError) as err:
+        raise InvalidInput(f"input {key!r}: not a tensor its dtype and shape describe ({err})") from None
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """TF Serving's ``tensorflow.serving.PredictionService``; Predict and Classify answer within
     ``timeout_s`` (the server's --request_timeout_ms) or DEADLINE_EXCEEDED."""
 
-    def __init__(self, timeout_s):
-        self.timeout_s = timeout_s
+    def __init__(self, timeout_s, max_values):
+        self.timeout_s, self.max_values = timeout_s, max_values
 
     async def Predict(self, request, context):
         return await _handle(context, self._predict, request, "Predict", self.timeout_s)
@@ -92,10 +107,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         key = serving.SIGNATURES[signature][0]
         if set(request.inputs) != {key}:
             raise InvalidInput(f"{signature} takes one input, {key!r}; the request has {sorted(request.inputs)}")
-        try:
-            array = tf.make_ndarray(request.inputs[key])
-        except (TypeError, ValueError) as err:
-            raise InvalidInput(f"input {key!r}: not a tensor its dtype and shape describe ({err})") from None
+        array = _ndarray(request.inputs[key], key, self.max_values)
         inputs = list(array.ravel()) if signature == "serving_bytes" else array
         out = await _outputs(model, current, signature, inputs, key)
         wanted = list(request.output_filter) or list(serving.OUTPUTS)
@@ -216,7 +228,7 @@ class Server:
     async def serve(self):
         self._server = aio.server(options=[("grpc.max_receive_message_length", self.options.max_request_bytes)])
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.options.request_timeout_s), self._server)
+            PredictionService(self.options.request_timeout_s, self.options.max_request_bytes), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(), self._server)
         self._server.add_insecure_port(f"[::]:{self.port}")
         await self._server.start()
