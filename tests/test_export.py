@@ -342,8 +342,9 @@ def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_t
     for name in ("onnx_int8", "openvino_int8", "litert_int8"):
         assert found["int8"][name]["written"] is False and found["int8"][name]["calibration"] == str(black)
         assert found["int8"][name]["calibration_images"] == 30 and name not in found["runtimes"]
-    assert sorted(p.name for p in version.iterdir()) == ["assets", "fingerprint.pb", "metadata.json", "model.bin",
-                                                         "model.onnx", "model.xml", "saved_model.pb", "variables"]
+    assert sorted(p.name for p in version.iterdir()) == ["assets", "assets.extra", "fingerprint.pb", "metadata.json",
+                                                         "model.bin", "model.onnx", "model.xml", "saved_model.pb",
+                                                         "variables"]
     with pytest.raises(ValueError, match=r"has no model_int8.onnx \(export it with --quantize=int8"):
         serving.Version(str(version), "onnx_int8")
     with pytest.raises(ValueError, match=r"has no model_int8.xml \(export it with --quantize=int8"):
