@@ -82,11 +82,13 @@ class LayerFactory:
             padding = "valid"
         return self.conv_layer(filters, kernel_size, strides, name, use_bias, padding, groups, activation)(x)
 
-    def max_pool(self, x, name, size=3, strides=2):
+    def max_pool(self, x, name, size=3, strides=2, nonnegative=False):
         """``size`` x ``size`` max pool at ``strides``, padded as the convolutions are (with
-        -inf where explicit, as PyTorch pads a pool)."""
+        -inf where explicit, as PyTorch pads a pool; with 0 when ``x`` is a ReLU's output,
+        which gives the same maxima and a graph int8 can quantize: -inf makes a range of
+        infinite width)."""
         if self.padding == "symmetric":
-            x = Pad2D(size // 2, value=float("-inf"), name=naming.pad_of(name))(x)
+            x = Pad2D(size // 2, value=0.0 if nonnegative else float("-inf"), name=naming.pad_of(name))(x)
             return layers.MaxPooling2D(size, strides, padding="valid", name=name)(x)
         return layers.MaxPooling2D(size, strides, padding="same", name=name)(x)
 

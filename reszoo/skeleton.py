@@ -205,7 +205,7 @@ def imagenet_stem(x, f, filters, variant, pyramid, norm=True, conv_bias=None):
     pyramid.stride = 4
     if keras_layout:
         return layers.MaxPooling2D(3, strides=2, padding="valid", name=naming.STEM_POOL)(x)
-    return f.max_pool(x, naming.STEM_POOL)
+    return f.max_pool(x, naming.STEM_POOL, nonnegative=norm)
 
 
 def deep_stem(x, f, filters, pyramid, norm=True):
@@ -221,7 +221,7 @@ def deep_stem(x, f, filters, pyramid, norm=True):
         x = f.bn_relu(x, name=stem)
     x = pyramid.end(x, naming.STEM, 2)
     pyramid.stride = 4
-    return f.max_pool(x, naming.STEM_POOL)
+    return f.max_pool(x, naming.STEM_POOL, nonnegative=norm)
 
 
 class Pyramid:

@@ -330,3 +330,24 @@ def test_weight_tied_stage_is_the_shared_block_iterated():
     for _ in range(3):
         h = infer(block, h)
     np.testing.assert_allclose(infer(model, x), h, rtol=1e-5, atol=1e-5)
+
+
+def test_a_stem_pool_after_a_relu_pads_with_zero_and_gives_minus_inf_s_maxima():
+    """timm's symmetric padding pads a max pool explicitly: with 0 after the stem's ReLU (the
+    same maxima as PyTorch's -inf, and a graph int8 can calibrate: -inf made ONNX Runtime's
+    scales NaN and a fine-tuned ResNet-18 fell to 10%), with -inf where the stem has no ReLU."""
+    from reszoo import naming
+
+    pad = naming.pad_of(naming.STEM_POOL)
+    model = reszoo.create_model("resnet18", padding="symmetric", input_shape=(33, 33, 3))
+    assert model.get_layer(pad).value == 0.0
+    x = np.random.default_rng(0).normal(0, 1, (2, 33, 33, 3)).astype("float32")
+    before = keras.Model(model.inputs, model.get_layer(pad).input)(x)
+    pooled = keras.ops.convert_to_numpy(keras.Model(model.inputs, model.get_layer(naming.STEM_POOL).output)(x))
+    padded = np.pad(keras.ops.convert_to_numpy(before), ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))[:, ::2, ::2]
+    np.testing.assert_array_equal(pooled, windows.max(axis=(-2, -1)))
+    bare = reszoo.create_model("resnet18", padding="symmetric", norm=None, input_shape=(33, 33, 3))
+    assert bare.get_layer(pad).value == 0.0  # norm=None still ends the stem with a ReLU
+    preact = reszoo.create_model("resnetv2_50", padding="symmetric", input_shape=(33, 33, 3))
+    assert preact.get_layer(pad).value == -np.inf  # the pre-activation stem pools the conv's output

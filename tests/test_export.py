@@ -261,7 +261,7 @@ def test_onnx_openvino_and_tflite_are_verified_against_the_keras_model(run, tmp_
     np.testing.assert_allclose(next(iter(runner(**{name: x.astype("float32")}).values())), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_too_much(run, tmp_path):
+def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_too_much(run, tmp_path, monkeypatch):
     """--quantize=int8: model_int8.onnx (ONNX Runtime), model_int8.xml (OpenVINO) and
     model_int8.tflite (LiteRT, full-integer) beside the float32 files, each one's top-1 and agreement on the run's test split printed and in the
     metadata (the float32 top-1 is training's own), at least 99% of answers as float32's; a
@@ -330,12 +330,23 @@ def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_t
         (black / str(label)).mkdir(parents=True)
         for i in range(3):
             Image.fromarray(np.zeros((8, 8), "uint8"), "L").save(black / str(label) / f"{i}.png")
-    from training import export
+    from training import engines, export, quantize
 
+    opened = engines.open_runtime
+
+    def cannot_compile(runtime, folder):  # as OpenVINO refused a graph with -inf in it
+        if runtime == "openvino_int8":
+            raise RuntimeError("Exception from src/plugin.cpp:59:\ncould not append an elementwise post-op\n")
+        return opened(runtime, folder)
+
+    monkeypatch.setattr(quantize.engines, "open_runtime", cannot_compile)
     with pytest.raises(export.ExportError) as refused:  # main() prints it as one line and exits with its code
         export.export(str(model_dir), str(tmp_path), int8=export.Int8Options(calibration_data=str(black)))
+    monkeypatch.undo()
     version = tmp_path / "resnet20_digits" / "2"
     assert refused.value.code == 2 and "over --max_accuracy_drop=1, not written" in str(refused.value)
+    assert ("model_int8.xml: openvino cannot run it (could not append an elementwise post-op), not written"
+            in str(refused.value)) and "\n" not in str(refused.value)
     assert str(refused.value).endswith("; the float32 export is in " + str(version))
     found = json.loads((version / "metadata.json").read_text())
     assert found["formats"] == ["saved_model", "onnx", "openvino"]

@@ -264,6 +264,7 @@ def test_train_fine_tunes_from_timm_weights_on_grey_images(timm_side, tmp_path, 
     model = keras.saving.load_model(tmp_path / "run" / "last.keras", compile=False)
     assert model.input_shape == (None, 32, 32, 1) and model.output_shape == (None, 3)
     assert model.build_spec.weights == "timm/resnet18.tv_in1k"
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["model"] == "resnet18"  # not --model's default
     wrong = train("--dataset=folder", f"--data_dir={folder}", "--image_size=32", "--init_from=timm/resnet18.nope",
                   f"--model_dir={tmp_path / 'run2'}", HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(timm_side / "hub"))
     assert wrong.returncode == 2 and "unknown timm weights 'timm/resnet18.nope'" in wrong.stderr

@@ -411,7 +411,8 @@ def _describe(model, path, model_dir, results, run_flags, name, class_names=None
     class_names = class_names or results.get("class_names") or [str(i) for i in range(classes)]
     if len(class_names) != classes:
         raise ExportError(f"{model_dir}/results.json names {len(class_names)} classes, the model has {classes}")
-    model_name = run_flags.get("model") or results.get("model") or model.name
+    spec = getattr(model, "build_spec", None)  # the architecture trained, also one --init_from gave
+    model_name = (spec.name if spec else None) or results.get("model") or run_flags.get("model") or model.name
     dataset = dataset or results.get("dataset") or run_flags.get("dataset") or "unknown"
     name = name or f"{model_name}_{dataset}"
     if not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
@@ -494,6 +495,10 @@ def _write_version(model, tmp, info, formats, top_k, version, int8=None):
         quantized = quantize.quantize(out, core_dir, calibration, held, options.max_accuracy_drop)
         for runtime, report in quantized.items():
             report.update(sources)
+            if "error" in report:
+                refused.append(f"{report['file']}: {RUNTIMES[runtime].package} cannot run it ({report['error']}), "
+                               "not written")
+                continue
             said = (f"{report['file']}: int8 top-1 {report['top1_int8']:.2f}% against float32's "
                     f"{report['top1_float32']:.2f}% on {report['validation_images']} held-out images "
                     f"({sources['validation']}), {report['top1_agreement']:.2f}% of answers the same")

@@ -8,13 +8,13 @@ The flags are read once, by ``main``; ``run(options)`` is the same from Python:
     train.run(flags.options())   # after absl has parsed the command line
 """
 
+import dataclasses
 import math
-
-import numpy as np
 import os
 import signal
 import sys
 
+import numpy as np
 from absl import app, logging
 
 from training import errors, flags as run_flags
@@ -185,6 +185,10 @@ def resized(model, image_shape, source, standardisation=None):
                            f"{tuple(image_shape[:2])} ({errors.first_line(err)}); set --image_size={expected[0]}", 2) from None
     copy.set_weights(model.get_weights())
     copy.build_spec = getattr(model, "build_spec", None)
+    if standardisation is not None and copy.build_spec is not None:  # what create_model(weights=run) rebuilds
+        mean, std = (np.asarray(v, "float64").tolist() for v in standardisation)
+        copy.build_spec = dataclasses.replace(copy.build_spec, overrides={
+            **copy.build_spec.overrides, "preprocessing": {"mean": mean, "std": std}})
     return copy
 
 
@@ -426,7 +430,7 @@ def _train(strategy, model, data, opts, epochs, steps_per_epoch, folder, recorde
     results = {"test_" + k: float(v) for k, v in metrics.items()}
     results.update(epochs=epochs, trained_epochs=recorder.state.epoch - first_epoch,
                    params=reszoo.count_params(model), class_names=data.class_names, dataset=data.name,
-                   model=opts.model)
+                   model=getattr(reszoo.build_spec(model), "name", None) or opts.model)  # --init_from's, if given
     if chief:
         files.save_model(model, folder.file(run_folder.LAST))
         if opts.adapters != "none":
