@@ -5,14 +5,17 @@
 - ``ServeOptions``: the command's flags, read once;
 - ``model_folders``: the models under a base path, in TF Serving's layout (``NAME/VERSION/``);
 - ``Version``: one complete version folder loaded for a runtime, the SavedModel (TensorFlow) or
-  one of the files ``training.runtimes`` lists (ONNX Runtime, OpenVINO, LiteRT); ``AdapterTask``:
+  one of the files ``training.runtimes`` lists (ONNX Runtime, OpenVINO, LiteRT), its warm-up
+  requests replayed; ``AdapterTask``:
   a run's residual-adapter task on a backbone that ``Backbones`` loads once for all its tasks;
   both answer the export's five outputs;
 - ``Batcher``: concurrent requests to one model run as one batch;
 - ``ServedModel``: a ``kserve.Model`` that serves the newest complete version of one model
-  folder, takes TF Serving's v1 requests (``instances`` / ``inputs``, ``{"b64": ...}``,
-  ``signature_name``) and the Open Inference Protocol's (v2, REST and gRPC);
-- ``add_routes``: the TF Serving routes KServe lacks (model status, a version's predict);
+  folder (or the versions and labels its ``training.model_config.ModelConfig`` asks for), takes
+  TF Serving's v1 requests (``instances`` / ``inputs``, ``{"b64": ...}``, ``signature_name``)
+  and the Open Inference Protocol's (v2, REST and gRPC), each within its deadline;
+- ``add_routes``: the TF Serving routes KServe lacks (model status and metadata, a version's or
+  label's predict, TF Serving's metrics), readiness, and the request size limit;
 - ``SERVED``, ``Repository``, ``set_up_process``, ``watch``: each serving process's table of
   models, which KServe's repository reads and its worker processes rebuild, and its watcher.
 """
