@@ -58,7 +58,6 @@ def main():
     parser.add_argument("--calibration", type=int, default=32)
     parser.add_argument("--batches", default="1,32")
     args = parser.parse_args()
-    import keras
     import numpy as np
     import tensorflow as tf
 
@@ -71,8 +70,7 @@ def main():
     x = rng.uniform(0, 255, (args.calibration + 64, args.size, args.size, 3)).astype("float32")
     with tempfile.TemporaryDirectory() as tmp:
         core = os.path.join(tmp, "core")
-        spec = keras.InputSpec(shape=(None, args.size, args.size, 3), dtype="float32")
-        model.export(core, format="tf_saved_model", input_signature=[spec], verbose=False)
+        export.export_core(model, core, (args.size, args.size, 3))
         export._export_onnx(core, os.path.join(tmp, runtimes.RUNTIMES["onnx"].file))
         export.export_openvino(tmp)
         held = x[args.calibration:]

@@ -378,6 +378,25 @@ def test_a_keras_file_exports_as_a_run_does(run, tmp_path):
     np.testing.assert_allclose(served["logits"], infer(model, x.astype("float32")), **TOL)
 
 
+def test_a_resnext_exports_to_onnx_and_openvino_with_tensorflow_s_own_grouped_convolutions(tmp_path):
+    """Keras' TensorFlow backend runs a grouped convolution in an XLA-compiled tf.function, which
+    tf2onnx left as an op ONNX Runtime refused; the export traces TensorFlow's grouped Conv2D."""
+    import onnxruntime as ort
+
+    model = reszoo.create_model("resnext50_32x4d", input_shape=(32, 32, 3), num_classes=10, layers=(1, 1, 1, 1),
+                                block="bottleneck", width_per_group=1)
+    model.save(tmp_path / "resnext.keras")
+    proc = cli("training.export", f"--model_file={tmp_path / 'resnext.keras'}", f"--export_dir={tmp_path}",
+               "--formats=onnx,openvino")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    version = tmp_path / "resnext" / "1"
+    assert json.loads((version / "metadata.json").read_text())["formats"] == ["saved_model", "onnx", "openvino"]
+    assert b"_XlaMustCompile" not in (version / "saved_model.pb").read_bytes()
+    x = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(["logits"], {"images": x})[0], infer(model, x), rtol=1e-4, atol=1e-4)
+
+
 TIMM_TRANSFORM = r'''
 import sys
 import numpy as np, timm
@@ -449,6 +468,20 @@ def test_a_mismatch_is_an_error_and_writes_nothing(run, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "TOLERANCE", dict(rtol=0.0, atol=-1.0))  # nothing can pass
     with pytest.raises(export.ExportError, match="does not reproduce the Keras model"):
         export.export(str(model_dir), str(tmp_path))
+    assert os.listdir(tmp_path / "resnet20_digits") == []
+
+
+def test_a_file_its_runtime_cannot_load_is_one_line_and_writes_nothing(run, tmp_path, monkeypatch):
+    from training import engines, export
+
+    def refuse(name, folder):
+        raise RuntimeError("[ONNXRuntimeError] : 10 : INVALID_GRAPH : Load model failed\nmore detail")
+
+    _, model_dir, _, _ = run
+    monkeypatch.setattr(engines, "open_runtime", refuse)
+    with pytest.raises(export.ExportError, match=r"^model.onnx: its runtime cannot run it \(\[ONNXRuntimeError\] : 10 : "
+                                                 r"INVALID_GRAPH : Load model failed\); nothing was written$"):
+        export.export(str(model_dir), str(tmp_path), formats=("saved_model", "onnx"))
     assert os.listdir(tmp_path / "resnet20_digits") == []
 
 

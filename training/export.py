@@ -22,6 +22,7 @@ Every file is checked against the Keras model
 before the version is renamed into place; a version is never overwritten.
 """
 
+import contextlib
 import dataclasses
 import datetime
 import errno
@@ -215,6 +216,41 @@ def _preprocessing(model):
             "mean": mean, "std": std, "input_range": "raw pixels, 0..255"}
 
 
+@contextlib.contextmanager
+def _plain_grouped_convolutions():
+    """Trace grouped convolutions (ResNeXt's) as TensorFlow's own ``Conv2D``. Keras' TensorFlow
+    backend wraps them in ``tf.function(jit_compile=True)`` (``keras.src.backend.tensorflow.nn.conv``,
+    for CPUs that once lacked the kernel), a call tf2onnx leaves as an unknown op and TF Serving
+    would XLA-compile on its first request. TensorFlow 2.x runs grouped ``Conv2D`` on CPU itself."""
+    import keras
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import nn
+
+    keras_conv = nn.conv
+
+    def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
+        if ((data_format or keras.config.image_data_format()) != "channels_last" or len(inputs.shape) != 4
+                or inputs.shape[-1] == kernel.shape[-2]):
+            return keras_conv(inputs, kernel, strides, padding, data_format, dilation_rate)
+        return tf.nn.convolution(inputs, kernel, strides, padding.upper(), dilations=dilation_rate)
+
+    nn.conv = conv
+    try:
+        yield
+    finally:
+        nn.conv = keras_conv
+
+
+def export_core(model, path, image_shape):
+    """The Keras model alone as a SavedModel (``serve``: float32 pixels to logits), the graph
+    every other format is made from."""
+    import keras
+
+    spec = keras.InputSpec(shape=(None, *image_shape), dtype="float32")
+    with _plain_grouped_convolutions():
+        model.export(path, format="tf_saved_model", input_signature=[spec], verbose=False)
+
+
 def _serving_module(tf, core, image_shape, class_names, top_k, transform):
     """A tf.Module around the Keras-exported ``core`` (float32 pixels -> logits); encoded
     images go through ``transform`` (``training.data.EvalTransform``)."""
@@ -246,10 +282,15 @@ def _serving_module(tf, core, image_shape, class_names, top_k, transform):
     return module
 
 
-def _check(name, got, expected):
+def _check(name, run, x, expected):
+    """``run(x)`` (a written file's logits) equals the Keras model's ``expected`` within
+    ``TOLERANCE``; a file its runtime cannot load or run is refused in one line too."""
     import numpy as np
 
-    got = np.asarray(got, "float32")
+    try:
+        got = np.asarray(run(x), "float32")
+    except Exception as err:  # each runtime raises its own types (onnxruntime's InvalidGraph, OpenVINO's RuntimeError)
+        raise ExportError(f"{name}: its runtime cannot run it ({errors.first_line(err)}); nothing was written") from None
     atol = TOLERANCE["atol"] * max(1.0, float(np.abs(expected).max()))  # kernels' float32 error grows with it
     if got.shape != expected.shape or not (
             np.abs(got - expected) <= atol + TOLERANCE["rtol"] * np.abs(expected)).all():
@@ -450,8 +491,7 @@ def _write_version(model, tmp, info, formats, top_k, version, int8=None):
 
     image_shape, class_names = info["image_shape"], info["class_names"]
     core_dir = os.path.join(tmp, "core")
-    spec = keras.InputSpec(shape=(None, *image_shape), dtype="float32")
-    model.export(core_dir, format="tf_saved_model", input_signature=[spec], verbose=False)
+    export_core(model, core_dir, image_shape)
     core = tf.saved_model.load(core_dir)
     module = _serving_module(tf, core, image_shape, class_names, top_k, info["transform"])
     out = os.path.join(tmp, "model")
@@ -465,20 +505,21 @@ def _write_version(model, tmp, info, formats, top_k, version, int8=None):
     x = np.random.default_rng(0).integers(0, 256, (4, *image_shape)).astype("float32")
     expected = np.asarray(model.predict(x, verbose=0), "float32")
     served = tf.saved_model.load(out).signatures
-    _check("the SavedModel", served["serving_default"](images=tf.constant(x))["logits"], expected)
-    _check("the uint8 signature", served["serving_uint8"](images=tf.constant(x.astype("uint8")))["logits"], expected)
+    _check("the SavedModel", lambda x: served["serving_default"](images=tf.constant(x))["logits"], x, expected)
+    _check("the uint8 signature", lambda x: served["serving_uint8"](images=tf.constant(x.astype("uint8")))["logits"],
+           x, expected)
     written = ["saved_model"]
     if "onnx" in formats:
         _export_onnx(core_dir, os.path.join(out, RUNTIMES["onnx"].file))
-        _check("model.onnx", engines.open_runtime("onnx", out)(x), expected)
+        _check("model.onnx", lambda x: engines.open_runtime("onnx", out)(x), x, expected)
         written.append("onnx")
     if "openvino" in formats:
         export_openvino(out)
-        _check("model.xml (OpenVINO)", engines.open_runtime("openvino", out)(x), expected)
+        _check("model.xml (OpenVINO)", lambda x: engines.open_runtime("openvino", out)(x), x, expected)
         written.append("openvino")
     if "tflite" in formats:
         _export_tflite(tf, core_dir, os.path.join(out, "model.tflite"))
-        _check("model.tflite", _run_tflite(tf, os.path.join(out, "model.tflite"), x), expected)
+        _check("model.tflite", lambda x: _run_tflite(tf, os.path.join(out, "model.tflite"), x), x, expected)
         written.append("tflite")
     if "timm" in formats:
         from reszoo import hub
