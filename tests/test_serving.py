@@ -767,6 +767,72 @@ def test_bodies_over_the_limit_in_any_form_and_image_bombs_are_refused_with_flat
     assert "Traceback" not in server.output()
 
 
+def _raw_answer(conn):
+    """The status and JSON body of the one answer on ``conn``, read until the server closes it."""
+    answer = b""
+    while data := conn.recv(65536):
+        answer += data
+    head, body = answer.split(b"\r\n\r\n", 1)
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_slow_and_idle_clients_cannot_lock_out_a_normal_one_and_sigterm_drains_with_readiness_503(served, tmp_path):
+    """--host binds REST and TF Serving's gRPC there; a request whose head or body is still
+    coming after --read_timeout_ms gets 408 and its connection closes; past --max_connections,
+    the connections idle longest are closed and a normal client is answered; on SIGTERM with
+    --drain_ms the server goes on answering with /v2/health/ready at 503, then exits 0."""
+    import resource
+
+    _, base, _ = served
+    server = Server(tmp_path, base / MODEL, "--host=127.0.0.1", "--read_timeout_ms=1000", "--max_connections=50",
+                    "--drain_ms=3000")
+    try:
+        assert f"serving REST on 127.0.0.1:{server.port}" in server.output()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect(("10.255.255.255", 1))  # no packet sent: the address a route out would use
+                outside = probe.getsockname()[0]
+            except OSError:
+                outside = "127.0.0.1"
+        if not outside.startswith("127."):  # a machine with a network interface
+            for port in (server.port, server.grpc_port):
+                with pytest.raises(OSError), socket.create_connection((outside, port), timeout=2):
+                    pass
+        for partial in (b"GET /v1/models/resnet20_digits HTTP/1.1\r\nHost: x\r\n",
+                        f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{".encode()):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
+                begin = time.time()
+                conn.sendall(partial)
+                status, answer = _raw_answer(conn)
+                assert status == 408 and 0.9 < time.time() - begin < 10
+                assert answer["error"] == ("the request did not arrive whole within 1 s of its first byte "
+                                           "(--read_timeout_ms)")
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(1000)]
+        idle[-1].sendall(b"GET /v1/models/resnet20_digits HTTP/1.1\r\nHost:")  # slow header, the newest
+        pixels = _images(2)
+        assert server.predict({"instances": pixels.tolist()})[0] == 200
+        closed = 0
+        for conn in idle:
+            conn.settimeout(5)
+            closed += conn.recv(10) == b""
+            conn.close()
+        assert closed >= 1000 - 50
+        assert requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200
+        server.proc.send_signal(signal.SIGTERM)
+        begin = time.time()
+        answer = requests.get(f"{server.url}/v2/health/ready", timeout=5)
+        assert answer.status_code == 503 and answer.json()["error"].startswith("the server is shutting down (SIGTERM")
+        assert server.predict({"instances": pixels.tolist()})[0] == 200
+        assert server.proc.wait(60) == 0 and time.time() - begin > 2.5
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{server.url}/v2/health/ready", timeout=5)
+        assert "Traceback" not in server.output()
+    finally:
+        server.stop()
+
+
 def test_versions_are_read_as_tf_serving_reads_them(served, tmp_path):
     """"0010" is version 10 and "²" no version (it once killed the watcher); a version seen
     half-copied is served once its copy completes; a served version whose folder is removed is
@@ -903,6 +969,9 @@ def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, served):
              ([f"--model_base_path={tmp_path}/only_broken/broken", f"--port={server.port}"], 2, "the port is in use"),
              ([f"--model_base_path={base}", "--port=8123", "--grpc_port=8123"], 2, "--grpc_port must differ from --port"),
              ([f"--model_base_path={base}", "--runtime=tflite"], 2, "--runtime"),
+             ([f"--model_base_path={base}", "--host=no-such-host.invalid"], 2,
+              "--host=no-such-host.invalid: not an address or a name this machine resolves"),
+             ([f"--model_base_path={base}", "--host=203.0.113.7"], 2, "--host=203.0.113.7: cannot listen there"),
              ([f"--model_base_path={base}", f"--model_config_file={tmp_path / 'c'}"], 2, "not both"),
              ([f"--model_config_file={tmp_path / 'nowhere.config'}"], 2, "cannot read"),
              ([f"--model_config_file={tmp_path / 'garbled.config'}"], 2, "is not TF Serving's ModelServerConfig text"),

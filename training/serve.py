@@ -12,6 +12,7 @@ Residual-adapter tasks (``--adapter_tasks``) share their backbone in memory; ``-
 the REST API in several processes.
 """
 
+import errno
 import os
 import socket
 import sys
@@ -35,6 +36,8 @@ def define_flags():
                         "instead of --model_base_path")
     flags.DEFINE_string("model_name", None, "the model's name when --model_base_path is one model folder (default: "
                         "the folder's name; TF Serving's flag, which KServe's runtimes pass)")
+    flags.DEFINE_string("host", "0.0.0.0", "the address REST and TF Serving's gRPC listen on (127.0.0.1: this "
+                        "machine only; KServe's v2 gRPC listens on every interface)")
     flags.DEFINE_integer("port", 8501, "REST port (TF Serving's)", lower_bound=1, upper_bound=65535)
     flags.DEFINE_integer("grpc_port", 8500, "gRPC port of TF Serving's API (PredictionService, ModelService; TF "
                          "Serving's); 0: none", lower_bound=0, upper_bound=65535)
@@ -54,6 +57,13 @@ def define_flags():
     flags.DEFINE_float("request_timeout_ms", 30000.0, "a request not answered by then gets 504 (gRPC: "
                        "DEADLINE_EXCEEDED) and gives up its place in the batch queue (TF Serving's "
                        "--rest_api_timeout_in_ms)", lower_bound=1.0)
+    flags.DEFINE_float("read_timeout_ms", 30000.0, "a REST request must arrive whole (head and body) within this of "
+                       "its first byte, else 408 and its connection closes (against slow clients)", lower_bound=1.0)
+    flags.DEFINE_integer("max_connections", 1000, "open REST connections at most (per worker); past it, a new "
+                         "connection closes the one idle longest", lower_bound=1)
+    flags.DEFINE_float("drain_ms", 0.0, "on SIGTERM, go on serving this long with /v2/health/ready at 503 before "
+                       "closing the listener (Kubernetes: the readiness probe's period); requests in flight then "
+                       "finish", lower_bound=0.0)
     flags.DEFINE_integer("workers", 1, "REST server processes (KServe's multi-process server), each with its own copy "
                          "of the models; gRPC stays in the main process", lower_bound=1)
     flags.DEFINE_bool("log_requests", False, "log a line per request (uvicorn's access log, KServe's timings)")
@@ -70,14 +80,19 @@ def _usage(message):
     sys.exit(2)
 
 
-def _port_free(port):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+def _cannot_listen(flag, host, port):
+    """Why the server could not listen on ``host``:``port``, or None."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
+            s.bind((host, port))
+        except socket.gaierror:
+            return f"--host={host}: not an address or a name this machine resolves"
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return f"--{flag}={port}: the port is in use (another server is running there?)"
+            return f"--host={host}: cannot listen there ({err.strerror})"
+    return None
 
 
 def _tasks(runs, options):
@@ -142,8 +157,9 @@ def main(argv):
         same = [other for other in list(ports)[:i] if ports[other] == port]
         if same:
             _usage(f"--{flag} must differ from --{same[0]} (both {port})")
-        if not _port_free(port):
-            _usage(f"--{flag}={port}: the port is in use (another server is running there?)")
+        problem = _cannot_listen(flag, FLAGS.host, port)
+        if problem:
+            _usage(problem)
 
     models = [serving.served_model(name, folder, options, _say) for name, folder in folders.items()]
     for model in models:
@@ -155,13 +171,17 @@ def main(argv):
         _say("serve: error: nothing to serve")
         sys.exit(1)
     serving.set_up_process(options, _say)
-    from training import tf_serving_grpc
+    from training import connections, tf_serving_grpc
 
-    tf_serving = tf_serving_grpc.Server(FLAGS.grpc_port, options) if FLAGS.grpc_port else None
+    tf_serving = tf_serving_grpc.Server(FLAGS.host, FLAGS.grpc_port, options) if FLAGS.grpc_port else None
+    limits = connections.Limits(host=FLAGS.host, read_timeout_s=FLAGS.read_timeout_ms / 1000,
+                                max_connections=FLAGS.max_connections, drain_s=FLAGS.drain_ms / 1000)
     server = tf_serving_grpc.ModelServer(
-        tf_serving, http_port=FLAGS.port, grpc_port=FLAGS.v2_grpc_port or 8081, enable_grpc=bool(FLAGS.v2_grpc_port),
+        tf_serving, limits, http_port=FLAGS.port, grpc_port=FLAGS.v2_grpc_port or 8081,
+        enable_grpc=bool(FLAGS.v2_grpc_port),
         registered_models=serving.Repository(), enable_latency_logging=False, workers=FLAGS.workers)
-    _say(f"serving REST on port {FLAGS.port}" + (f" ({FLAGS.workers} worker processes)" if FLAGS.workers > 1 else "")
+    _say(f"serving REST on {connections.address(FLAGS.host, FLAGS.port)}"
+         + (f" ({FLAGS.workers} worker processes)" if FLAGS.workers > 1 else "")
          + (f", TF Serving's gRPC on port {FLAGS.grpc_port}" if FLAGS.grpc_port else "")
          + (f", v2 gRPC on port {FLAGS.v2_grpc_port}" if FLAGS.v2_grpc_port else ""))
     server.start(ready)

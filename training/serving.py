@@ -48,7 +48,7 @@ from kserve.model_repository import ModelRepository
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prometheus_client import Histogram
 
-from training import engines, model_config, tf_serving_metrics as tfs_metrics
+from training import connections, engines, model_config, tf_serving_metrics as tfs_metrics
 from training.export import METADATA, WARMUP, version_folders, versions
 from training.flags import MAX_IMAGE_SIZE
 from training.predict import missing
@@ -781,7 +781,10 @@ class Quiet(logging.Filter):
 
 def not_ready():
     """Why this server is not ready (KServe's readiness route, ``/v2/health/ready``), or None:
-    a model it was given has no version AVAILABLE yet."""
+    it is stopping, or a model it was given has no version AVAILABLE yet."""
+    stopping = connections.draining()
+    if stopping:
+        return stopping
     waiting = sorted(name for name, model in _KNOWN.items() if not model.ready)
     if waiting:
         return f"no version AVAILABLE yet for {', '.join(waiting)}"

@@ -22,7 +22,7 @@ from kserve.errors import InvalidInput
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 
-from training import serving, tf_serving_metrics as tfs_metrics
+from training import connections, serving, tf_serving_metrics as tfs_metrics
 
 SIGNATURE_DEF = "signature_def"
 
@@ -218,11 +218,11 @@ async def _handle(context, method, request, api=None, timeout_s=None):
 
 
 class Server:
-    """The two services on ``port``, in the model server's event loop (``options``: the
+    """The two services on ``host``:``port``, in the model server's event loop (``options``: the
     server's ``serving.ServeOptions``)."""
 
-    def __init__(self, port, options):
-        self.port, self.options = port, options
+    def __init__(self, host, port, options):
+        self.address, self.options = connections.address(host, port), options
         self._server = None
 
     async def serve(self):
@@ -230,7 +230,7 @@ class Server:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionService(self.options.request_timeout_s, self.options.max_request_bytes), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(), self._server)
-        self._server.add_insecure_port(f"[::]:{self.port}")
+        self._server.add_insecure_port(self.address)
         await self._server.start()
         await self._server.wait_for_termination()
 
@@ -241,13 +241,15 @@ class Server:
 
 class ModelServer(kserve.ModelServer):
     """KServe's model server with TF Serving's gRPC API (a ``Server``, or None) beside its own
-    servers, in its event loop, stopped with them."""
+    servers, in its event loop, stopped with them; its REST server under ``connections.Limits``."""
 
-    def __init__(self, tf_serving, **kwargs):
+    def __init__(self, tf_serving, limits, **kwargs):
         super().__init__(**kwargs)
-        self.tf_serving = tf_serving
+        self.tf_serving, self.limits = tf_serving, limits
 
     async def _serve(self):
+        rest = self._rest_server or self._rest_multiprocess_server._rest_server
+        connections.install(rest, self.limits)
         if self.tf_serving:
             self.servers.append(self.tf_serving.serve())
         await super()._serve()
