@@ -777,17 +777,24 @@ def _raw_answer(conn):
 
 
 def test_slow_and_idle_clients_cannot_lock_out_a_normal_one_and_sigterm_drains_with_readiness_503(served, tmp_path):
-    """--host binds REST and TF Serving's gRPC there; a request whose head or body is still
+    """--log_requests logs each request (uvicorn's access line, KServe's timings), and without it
+    nothing is; --host binds REST and TF Serving's gRPC there; a request whose head or body is still
     coming after --read_timeout_ms gets 408 and its connection closes; past --max_connections,
     the connections idle longest are closed and a normal client is answered; on SIGTERM with
     --drain_ms the server goes on answering with /v2/health/ready at 503, then exits 0."""
     import resource
 
-    _, base, _ = served
+    _, base, quiet = served
     server = Server(tmp_path, base / MODEL, "--host=127.0.0.1", "--read_timeout_ms=1000", "--max_connections=50",
-                    "--drain_ms=3000")
+                    "--drain_ms=3000", "--log_requests")
     try:
         assert f"serving REST on 127.0.0.1:{server.port}" in server.output()
+        for logged in (server, quiet):  # a line per request with --log_requests only, and KServe's timings
+            assert logged.predict({"instances": _images(1).tolist()})[0] == 200
+        time.sleep(0.5)
+        assert f'"POST /v1/models/{MODEL}:predict HTTP/1.1" 200' in server.output()
+        assert re.search(r"kserve\.io\S*predict: [0-9.e-]+ \['http_status:200'", server.output()), server.output()[-2000:]
+        assert ":predict HTTP/1.1" not in quiet.output() and "http_status:200" not in quiet.output()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             try:
                 probe.connect(("10.255.255.255", 1))  # no packet sent: the address a route out would use

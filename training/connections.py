@@ -8,6 +8,9 @@ interface, no read timeout, no connection cap). ``install`` gives a KServe REST 
 - a connection cap: past ``max_connections`` open, a new connection closes the one that has been
   idle longest (no request in progress), so clients holding idle connections cannot lock out
   the others, as uvicorn's ``limit_concurrency`` would (it answers 503 to all once it is full);
+- no per-request log work unless asked (``log_requests``): uvicorn's access log off, and
+  KServe's ``TimingMiddleware`` (whose only output is two log lines a request, which reszoo-serve
+  drops: it names each request by matching every route again) not added;
 - a drain: on the first SIGTERM the server goes on answering for ``drain_s`` with
   ``/v2/health/ready`` at 503, so a load balancer's probe sees it leave before the listener
   closes (Kubernetes keeps routing to a pod until its endpoints update); then uvicorn's graceful
@@ -15,11 +18,13 @@ interface, no read timeout, no connection cap). ``install`` gives a KServe REST 
 """
 
 import dataclasses
+import functools
 import json
 import signal
 import time
 
 import uvicorn
+from timing_asgi import TimingMiddleware
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 try:
@@ -38,6 +43,7 @@ class Limits:
     read_timeout_s: float = 30.0
     max_connections: int = 1000
     drain_s: float = 0.0
+    log_requests: bool = False
 
 
 def draining():
@@ -152,11 +158,19 @@ class Server(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def _without_timing(add_middlewares, app):
+    add_middlewares(app)
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not TimingMiddleware]
+
+
 def install(rest_server, limits):
     """``limits`` on KServe's ``RESTServer`` before it starts (in a ``--workers`` server, on the
     one its worker processes each run)."""
     config = rest_server.config
     config.host = limits.host
+    config.access_log = limits.log_requests
+    if not limits.log_requests:
+        rest_server._add_middlewares = functools.partial(_without_timing, rest_server._add_middlewares)
     config.http = GuardedHttpTools if HttpToolsProtocol is not None else GuardedH11
     config.reszoo_limits = limits
     rest_server._server = Server(config, limits.drain_s)

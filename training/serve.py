@@ -175,7 +175,8 @@ def main(argv):
 
     tf_serving = tf_serving_grpc.Server(FLAGS.host, FLAGS.grpc_port, options) if FLAGS.grpc_port else None
     limits = connections.Limits(host=FLAGS.host, read_timeout_s=FLAGS.read_timeout_ms / 1000,
-                                max_connections=FLAGS.max_connections, drain_s=FLAGS.drain_ms / 1000)
+                                max_connections=FLAGS.max_connections, drain_s=FLAGS.drain_ms / 1000,
+                                log_requests=FLAGS.log_requests)
     server = tf_serving_grpc.ModelServer(
         tf_serving, limits, http_port=FLAGS.port, grpc_port=FLAGS.v2_grpc_port or 8081,
         enable_grpc=bool(FLAGS.v2_grpc_port),

@@ -130,10 +130,12 @@ def model_folders(base, name=None):
 
 class Servable:
     """What a served model runs: ``run(pixels)`` gives the export's five outputs for float32
-    pixels ``[n, H, W, C]``, ``decode(images)`` turns encoded images into such pixels."""
+    pixels ``[n, H, W, C]``, ``decode(images)`` turns encoded images into such pixels;
+    ``last_call_s`` is how long its last call took (the batcher's, or the warm-up's)."""
 
     number, image_shape, class_names, top_k, transform = 1, None, None, 5, None
     runtime, precision = "keras", "float32"
+    last_call_s = None
 
     @property
     def signature_def_map(self):
@@ -280,7 +282,10 @@ class Version(Servable):
             request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
             name, dtype = SIGNATURES[request.model_spec.signature_name or "serving_default"]
             array = tf.make_ndarray(request.inputs[name])
-            self.run(self.decode(list(array.ravel())) if dtype == "string" else array.astype("float32"))
+            pixels = self.decode(list(array.ravel())) if dtype == "string" else array.astype("float32")
+            start = time.perf_counter()
+            self.run(pixels)
+            self.last_call_s = time.perf_counter() - start
             count += 1
         return count
 
@@ -363,7 +368,10 @@ class Batcher:
     """Runs concurrent requests to one model as one batch of at most ``max_batch_size`` images:
     a request to an idle model runs at once, and whatever queues while the model is busy goes in
     its next call; ``timeout_s`` > 0 waits that long for more first (TF Serving's
-    ``batch_timeout_micros``)."""
+    ``batch_timeout_micros``). A version whose last call took under ``INLINE_S`` runs on the
+    event loop itself: the hop to a worker thread and back would cost as much as the call."""
+
+    INLINE_S = 0.001
 
     def __init__(self, name, max_batch_size, timeout_s):
         self.name, self.max_batch_size, self.timeout_s = name, max_batch_size, timeout_s
@@ -381,18 +389,24 @@ class Batcher:
     def _timed(self, version, pixels):
         start = time.perf_counter()
         out = version.run(pixels)
-        tfs_metrics.runtime(self.name, version.runtime, time.perf_counter() - start)
+        version.last_call_s = time.perf_counter() - start
+        tfs_metrics.runtime(self.name, version.runtime, version.last_call_s)
         return out
+
+    async def _run(self, loop, version, pixels):
+        if version.last_call_s is not None and version.last_call_s < self.INLINE_S:
+            return self._timed(version, pixels)
+        return await loop.run_in_executor(None, self._timed, version, pixels)
 
     async def _alone(self, loop, version, pixels):
         """The fast path: the model is idle (or batching is off), so this request runs by itself."""
         BATCH_SIZES.labels(self.name).observe(len(pixels))
         tfs_metrics.queued(self.name, 0.0)
         if self.max_batch_size <= 1:
-            return await loop.run_in_executor(None, self._timed, version, pixels)
+            return await self._run(loop, version, pixels)
         self._busy = True
         try:
-            return await loop.run_in_executor(None, self._timed, version, pixels)
+            return await self._run(loop, version, pixels)
         finally:
             if self._pending:
                 loop.create_task(self._drain(loop))
@@ -425,7 +439,7 @@ class Batcher:
         for *_, queued_at in group:
             tfs_metrics.queued(self.name, now - queued_at)
         try:
-            out = await loop.run_in_executor(None, self._timed, version, pixels)
+            out = await self._run(loop, version, pixels)
         except Exception as err:  # every waiting request hears of it; the batcher goes on
             for _, _, answer, _ in group:
                 if not answer.done():
