@@ -136,6 +136,24 @@ def test_the_serving_benchmark_reports_the_bare_call_beside_the_server():
     assert one["added_p50_ms"] == pytest.approx(one["p50_ms"] - bare["p50_ms"], abs=2e-3)
 
 
+def test_the_serving_soak_rolls_versions_under_good_and_hostile_load_and_reports_failures_and_memory():
+    """benchmarks/serving.py --soak, shortened: two models, 8 clients, a version every 2 s."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.serving", "--soak", "--soak_s=10", "--roll_s=2",
+                           "--window_s=5", "--runtimes=onnx"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    *windows, summary = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+    assert [w["window_s"] for w in windows] == [[0, 5], [5, 10]]
+    assert all(w["good_requests"] > 0 and w["hostile_requests"] > 0 and w["p99_ms"] >= w["p50_ms"] > 0
+               for w in windows)
+    assert summary["models"] == ["resnet20_bench", "resnet56_bench"] and summary["server_alive"]
+    assert summary["failed_good_requests"] == 0, summary["failures"]
+    assert summary["hostile_not_4xx"] == 0 and set(summary["hostile_statuses"]) == {"400", "404", "413"}
+    assert summary["good_requests"] == sum(w["good_requests"] for w in windows)
+    assert summary["versions_rolled"] >= 2 and 0 < summary["version_served_after_s"][1] < 8
+    assert 0 < summary["rss_start_mb"] <= summary["rss_max_mb"] and summary["rss_end_mb"] <= summary["rss_max_mb"]
+
+
 def test_the_diagnostics_benchmark_times_fit_with_and_without_the_callback():
     proc = subprocess.run([sys.executable, "-m", "benchmarks.diagnostics", "--epochs=2", "--rounds=1", "--every=10",
                            "--lesion_every=1"], cwd=ROOT, capture_output=True, text=True, timeout=600,
