@@ -379,6 +379,47 @@ def test_tf_serving_s_metric_names_move_with_each_request(served):
     assert "request_predict_seconds_count" in requests.get(f"{server.url}/metrics", timeout=30).text
 
 
+def _kserve_stages(server):
+    """KServe's per-stage histograms at /metrics: {(stage, "count" or "sum"): value} for MODEL."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = {}
+    for family in text_string_to_metric_families(requests.get(f"{server.url}/metrics", timeout=30).text):
+        for sample in family.samples:
+            stage = re.fullmatch(r"request_(preprocess|predict|postprocess)_seconds_(count|sum)", sample.name)
+            if stage and sample.labels.get("model_name") == MODEL:
+                found[stage.groups()] = sample.value
+    return found
+
+
+def test_every_predict_route_goes_through_kserve_s_hooks_and_their_histograms(served):
+    """TF Serving's routes (plain, versioned, labelled) and v2 each run KServe's preprocess
+    (parse, decode), predict (the batcher and the model) and postprocess (the answer's form),
+    so KServe's per-stage histograms count each request once per stage; a PNG's decoding is
+    preprocess's time."""
+    _, _, server = served
+    pixels = _images(1)
+    v2 = {"inputs": [{"name": "images", "shape": list(pixels.shape), "datatype": "FP32",
+                      "data": pixels.ravel().tolist()}]}
+    for path, body in ((f"/v1/models/{MODEL}:predict", {"instances": pixels.tolist()}),
+                       (f"/v1/models/{MODEL}/versions/1:predict", {"inputs": pixels.tolist()}),
+                       (f"/v1/models/{MODEL}:predict", {"signature_name": "serving_bytes",
+                                                        "instances": [{"b64": base64.b64encode(
+                                                            _png(pixels[0])).decode()}]}),
+                       (f"/v2/models/{MODEL}/infer", v2)):
+        before = _kserve_stages(server)
+        answer = requests.post(server.url + path, json=body, timeout=60)
+        assert answer.status_code == 200, answer.text
+        after = _kserve_stages(server)
+        for stage in ("preprocess", "predict", "postprocess"):
+            assert after[stage, "count"] - before.get((stage, "count"), 0) == 1, (path, stage)
+            assert after[stage, "sum"] > before.get((stage, "sum"), 0), (path, stage)
+    before = _kserve_stages(server)
+    assert server.predict({"instances": [[1, 2]]}, path=f"/v1/models/{MODEL}/versions/1:predict")[0] == 400
+    after = _kserve_stages(server)  # refused in preprocess: no model call
+    assert after["predict", "count"] == before["predict", "count"]
+
+
 def test_not_ready_until_every_model_is_available_and_a_late_answer_is_a_504(served, tmp_path):
     """/v2/health/ready is 503 (naming the model) while a model folder has no version AVAILABLE,
     200 once it has; a request past --request_timeout_ms gets 504 over REST and

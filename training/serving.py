@@ -44,6 +44,7 @@ from fastapi.responses import JSONResponse, Response
 from kserve import Model, model_server
 from kserve import logging as kserve_logging
 from kserve.errors import InvalidInput, ModelNotFound, generic_exception_handler
+from kserve.model import InferenceVerb
 from kserve.model_repository import ModelRepository
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prometheus_client import Histogram
@@ -562,6 +563,26 @@ _V2_TYPES = {"logits": "FP32", "probabilities": "FP32", "top_k_ids": "INT32", "t
              "top_k_names": "BYTES"}
 
 
+@dataclasses.dataclass(frozen=True)
+class V1Call:
+    """A TF Serving REST predict: its body, and the version or label its route names."""
+
+    body: object
+    version: str = None
+    label: str = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A parsed request: the version that answers it, its float32 pixels, and the answer's form
+    (``row``: TF Serving's row format, False: columnar, None: a v2 request, with its id)."""
+
+    version: Servable
+    pixels: np.ndarray
+    row: bool = None
+    request_id: str = ""
+
+
 class ServedModel(Model):
     """The served versions of one model folder (its newest complete one, or those its
     ``ModelConfig`` asks for, with their labels), behind KServe's v1 and v2 routes."""
@@ -671,23 +692,31 @@ class ServedModel(Model):
                             f"{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))})")
         return versions[number]
 
-    async def answer_v1(self, body, version=None, label=None):
+    async def __call__(self, body, headers=None, verb=InferenceVerb.PREDICT):
+        """KServe's ``preprocess`` -> ``predict`` -> ``postprocess``, each timed in its histograms
+        (``request_preprocess_seconds``, ...); a v1 request also counted and timed under TF
+        Serving's names, and answered within ``--request_timeout_ms``."""
+        if isinstance(body, InferRequest):
+            return await super().__call__(body, headers, verb)
         with tfs_metrics.request(self.name, "Predict", "REST"):
-            return await within_deadline(self._answer_v1(body, version, label), self.options.request_timeout_s)
+            return await within_deadline(super().__call__(body, headers, verb), self.options.request_timeout_s)
 
-    async def _answer_v1(self, body, version, label):
-        current = self.version_served(version, label)
-        signature, row, inputs = parse_v1(body, current.image_shape)
+    def validate(self, payload):
+        return payload  # preprocess has checked it
+
+    async def preprocess(self, payload, headers=None):
+        """The request parsed: a ``Prepared`` (the version that answers, float32 pixels, encoded
+        images decoded)."""
+        if isinstance(payload, InferRequest):
+            return await self._prepare_v2(payload)
+        call = payload if isinstance(payload, V1Call) else V1Call(payload)
+        current = self.version_served(call.version, call.label)
+        signature, row, inputs = parse_v1(call.body, current.image_shape)
         if signature == "serving_bytes":
             inputs = await asyncio.get_running_loop().run_in_executor(None, current.decode, inputs)
-        return as_json(await self.batcher.run(current, inputs), row)
+        return Prepared(current, inputs, row)
 
-    async def predict(self, payload, headers=None, response_headers=None):
-        if isinstance(payload, InferRequest):
-            return await self._answer_v2(payload)
-        return await self.answer_v1(payload)
-
-    async def _answer_v2(self, request):
+    async def _prepare_v2(self, request):
         current = self.version_served(request.model_version or None)
         if len(request.inputs) != 1:
             raise InvalidInput("the request needs one input: images (FP32 or UINT8) or image_bytes (BYTES)")
@@ -703,14 +732,24 @@ class ServedModel(Model):
         else:
             raise InvalidInput(f"input {tensor.name!r} ({tensor.datatype}) is not served; send images (FP32 or "
                                "UINT8) or image_bytes (BYTES)")
-        out = await self.batcher.run(current, pixels)
+        return Prepared(current, pixels, None, request.id or "")
+
+    async def predict(self, payload, headers=None, response_headers=None):
+        """The export's five outputs for a ``Prepared`` request, through the batcher."""
+        return payload, await self.batcher.run(payload.version, payload.pixels)
+
+    def postprocess(self, result, headers=None, response_headers=None):
+        """The outputs in the request's protocol: TF Serving's JSON, or a v2 ``InferResponse``."""
+        prepared, out = result
+        if prepared.row is not None:
+            return as_json(out, prepared.row)
         outputs = []
         for key in OUTPUTS:
             value = out[key].astype(object) if key == "top_k_names" else out[key]
-            result = InferOutput(key, list(value.shape), _V2_TYPES[key])
-            result.set_data_from_numpy(value, binary_data=False)
-            outputs.append(result)
-        return InferResponse(request.id or "", self.name, outputs, model_version=str(current.number))
+            output = InferOutput(key, list(value.shape), _V2_TYPES[key])
+            output.set_data_from_numpy(value, binary_data=False)
+            outputs.append(output)
+        return InferResponse(prepared.request_id, self.name, outputs, model_version=str(prepared.version.number))
 
 
 class SizeLimit:
@@ -869,10 +908,10 @@ def add_routes(app, max_request_bytes):
                       lambda name, label: served(name).model_metadata(label=label), methods=["GET"])
 
     async def predict_version(name: str, version: str, request: Request):
-        return await served(name).answer_v1(await request.body(), version=version)
+        return (await served(name)(V1Call(await request.body(), version=version)))[0]
 
     async def predict_label(name: str, label: str, request: Request):
-        return await served(name).answer_v1(await request.body(), label=label)
+        return (await served(name)(V1Call(await request.body(), label=label)))[0]
 
     app.add_api_route("/v1/models/{name}/versions/{version}:predict", predict_version, methods=["POST"])
     app.add_api_route("/v1/models/{name}/labels/{label}:predict", predict_label, methods=["POST"])
