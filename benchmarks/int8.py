@@ -2,7 +2,8 @@
 BatchNorm statistics, 224 px) at batch 1 and 32 in every runtime an export can be served with
 (``training.runtimes``: the float32 SavedModel in TensorFlow, ONNX Runtime float32 and int8,
 OpenVINO float32, bf16 and int8, LiteRT int8, the int8 files made as ``reszoo-export --quantize=int8`` makes
-them), in one run, with each file's size and each reduced precision's top-1 agreement with
+them), and the SavedModel under TensorFlow's oneDNN bf16 rewrite (grappler's
+``auto_mixed_precision_onednn_bfloat16``, which no export option turns on), in one run, with each file's size and each reduced precision's top-1 agreement with
 float32 on held-out random images; beside them torchvision's net of the same name in PyTorch
 eager (where torchvision has one); and the CPU flags that decide (avx512_vnni, avx512_bf16,
 amx_int8, amx_bf16). ``--model=densenet121`` or ``resnext50_32x4d`` measure those.
@@ -22,7 +23,8 @@ from training.runtimes import cpu_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-LABELS = {"saved_model": "SavedModel float32 (TensorFlow)", "onnx": "ONNX Runtime float32",
+LABELS = {"saved_model": "SavedModel float32 (TensorFlow)", "saved_model_bf16": "SavedModel, TensorFlow's oneDNN bf16",
+          "onnx": "ONNX Runtime float32",
           "onnx_int8": "ONNX Runtime int8", "openvino": "OpenVINO float32", "openvino_bf16": "OpenVINO bf16",
           "openvino_int8": "OpenVINO int8", "litert_int8": "LiteRT int8",
           "torch_eager": "PyTorch eager float32 (torchvision's net, own process)"}
@@ -77,12 +79,16 @@ def main():
         labels = engines.logits(engines.open_runtime("onnx", tmp), held).argmax(1)  # top-1 against float32
         quantize.quantize(tmp, core, x[:args.calibration], (held, labels), 100.0)
         saved = tf.saved_model.load(core).signatures["serve"]
-        runners = {"saved_model": lambda b: saved(tf.constant(b))}
+        saved(tf.constant(x[:1]))  # its graph optimised as float32 before the bf16 rewrite is switched on
+        tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
+        saved_bf16 = tf.saved_model.load(core).signatures["serve"]
+        runners = {"saved_model": lambda b: saved(tf.constant(b)),
+                   "saved_model_bf16": lambda b: next(iter(saved_bf16(tf.constant(b)).values())).numpy()}
         runners.update({name: engines.open_runtime(name, tmp) for name in runtimes.RUNTIMES if name != "saved_model"})
         size_mb = {name: sum(os.path.getsize(os.path.join(tmp, f)) for f in runtimes.files_of(runtimes.RUNTIMES[name]))
-                   / 2 ** 20 for name in runners if name != "saved_model"}
-        size_mb["saved_model"] = sum(os.path.getsize(os.path.join(root, f)) for root, _, fs in os.walk(core)
-                                     for f in fs) / 2 ** 20
+                   / 2 ** 20 for name in runtimes.RUNTIMES if name != "saved_model"}
+        size_mb["saved_model"] = size_mb["saved_model_bf16"] = sum(
+            os.path.getsize(os.path.join(root, f)) for root, _, fs in os.walk(core) for f in fs) / 2 ** 20
         agreement = {name: 100 * float(np.mean(engines.logits(runners[name], held).argmax(1) == labels))
                      for name in runners if name != "saved_model"}
         print(f"{args.model}, {args.size} px; {machine()}; CPU flags: {', '.join(cpu_flags()) or 'none of note'}")
@@ -98,7 +104,7 @@ def main():
         last = batches[-1]
         for name, by_batch in times.items():
             cells = [f"{t:.1f} ms, {1000 * b / t:.0f}" for b, t in by_batch.items()]
-            shown = f"{agreement[name]:.1f}%" if name in runtimes.INT8 or name == "openvino_bf16" else "-"
+            shown = f"{agreement[name]:.1f}%" if name in runtimes.INT8 or name.endswith("_bf16") else "-"
             speedup = times["saved_model"][last] / by_batch[last]
             mb = f"{size_mb[name]:.1f}" if name in size_mb else "-"
             print(f"| {LABELS[name]} | " + " | ".join(cells) + f" | {mb} | {shown} | {speedup:.2f}x |", flush=True)

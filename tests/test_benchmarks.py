@@ -172,7 +172,7 @@ def test_the_int8_benchmark_times_every_runtime_an_export_is_served_with():
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = {r["runtime"]: r for r in (json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{"))}
-    assert set(records) == set(RUNTIMES)
+    assert set(records) == set(RUNTIMES) | {"saved_model_bf16"}  # the SavedModel under TF's oneDNN bf16 rewrite
     base = records["saved_model"]["batch_1_ms"]
     for name, record in records.items():
         assert record["batch_1_ms"] > 0 and record["size_mb"] > 0
@@ -180,3 +180,4 @@ def test_the_int8_benchmark_times_every_runtime_an_export_is_served_with():
         assert (record["agreement"] is None) == (name == "saved_model")
     assert records["onnx_int8"]["size_mb"] < 0.5 * records["onnx"]["size_mb"]
     assert "| OpenVINO int8 | " in proc.stdout and "CPU flags: " in proc.stdout
+    assert "| SavedModel, TensorFlow's oneDNN bf16 | " in proc.stdout
