@@ -8,9 +8,10 @@ interface, no read timeout, no connection cap). ``install`` gives a KServe REST 
 - a connection cap: past ``max_connections`` open, a new connection closes the one that has been
   idle longest (no request in progress), so clients holding idle connections cannot lock out
   the others, as uvicorn's ``limit_concurrency`` would (it answers 503 to all once it is full);
-- no per-request log work unless asked (``log_requests``): uvicorn's access log off, and
-  KServe's ``TimingMiddleware`` (whose only output is two log lines a request, which reszoo-serve
-  drops: it names each request by matching every route again) not added;
+- no per-request log work unless asked (``log_requests``): no access-log record (uvicorn logs
+  one whenever its logger has handlers, which KServe's logging gives it in every process), and
+  KServe's ``TimingMiddleware`` (whose only output is two log lines a request: it names each
+  request by matching every route again) not added;
 - a drain: on the first SIGTERM the server goes on answering for ``drain_s`` with
   ``/v2/health/ready`` at 503, so a load balancer's probe sees it leave before the listener
   closes (Kubernetes keeps routing to a pod until its endpoints update); then uvicorn's graceful
@@ -65,12 +66,13 @@ def _response(status, reason, message):
 
 
 class _Guarded:
-    """uvicorn's HTTP protocol with the read timeout and the connection cap (``Limits`` is the
-    uvicorn config's ``reszoo_limits``)."""
+    """uvicorn's HTTP protocol with the read timeout, the connection cap and the access log only
+    if asked (``Limits`` is the uvicorn config's ``reszoo_limits``)."""
 
     def connection_made(self, transport):
         super().connection_made(transport)
         self.limits = self.config.reszoo_limits
+        self.access_log = self.access_log and self.limits.log_requests  # uvicorn reads only its logger's handlers
         self.read_timer, self.last_active = None, self.loop.time()
         self._expect_request()
         open_ = [c for c in self.connections if isinstance(c, _Guarded) and not c.transport.is_closing()]
@@ -168,7 +170,6 @@ def install(rest_server, limits):
     one its worker processes each run)."""
     config = rest_server.config
     config.host = limits.host
-    config.access_log = limits.log_requests
     if not limits.log_requests:
         rest_server._add_middlewares = functools.partial(_without_timing, rest_server._add_middlewares)
     config.http = GuardedHttpTools if HttpToolsProtocol is not None else GuardedH11

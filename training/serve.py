@@ -139,7 +139,7 @@ def main(argv):
         runtime=FLAGS.runtime, max_batch_size=FLAGS.max_batch_size, batch_timeout_s=FLAGS.batch_timeout_ms / 1000,
         poll_seconds=FLAGS.poll_seconds, max_request_bytes=int(FLAGS.max_request_mb * 2 ** 20),
         request_timeout_s=FLAGS.request_timeout_ms / 1000,
-        log_requests=FLAGS.log_requests, model_configs=configs)
+        model_configs=configs)
     folders = {}
     if options.watched:
         try:

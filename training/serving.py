@@ -75,7 +75,6 @@ class ServeOptions:
     poll_seconds: float = 1.0
     max_request_bytes: int = 16 * 2 ** 20
     request_timeout_s: float = 30.0
-    log_requests: bool = False
     model_configs: tuple = ()  # model_config.ModelConfig of --model_config_file, instead of base_path
 
     @property
@@ -824,14 +823,6 @@ class OneLine(logging.Filter):
         return True
 
 
-class Quiet(logging.Filter):
-    """Drops every record: the per-request log lines, unless --log_requests (a filter, not a
-    level, because KServe's worker processes reset the levels when they configure logging)."""
-
-    def filter(self, record):
-        return False
-
-
 def not_ready():
     """Why this server is not ready (KServe's readiness route, ``/v2/health/ready``), or None:
     it is stopping, or a model it was given has no version AVAILABLE yet."""
@@ -938,14 +929,12 @@ def served_model(name, folder, options, say=print, task=None):
 
 def set_up_process(options, say=print, watching=True):
     """What every serving process does once: TF Serving's routes on KServe's app, one-line bad
-    requests in the log, per-request lines off, and the watcher of the base path."""
+    requests in the log, and the watcher of the base path (per-request lines are
+    ``connections.Limits.log_requests``)."""
     if _SET_UP:
         return
     _SET_UP.append(options)
     kserve_logging.logger.addFilter(OneLine())
-    if not options.log_requests:
-        for name in ("uvicorn.access", kserve_logging.KSERVE_TRACE_LOGGER_NAME):
-            logging.getLogger(name).addFilter(Quiet())
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")  # KServe's, on newer FastAPI
     add_routes(model_server.app, options.max_request_bytes)
     if watching and options.watched:
