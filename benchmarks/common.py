@@ -10,6 +10,27 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def rss_mb(pid="self"):
+    """The resident memory of process ``pid`` (this one by default), in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def png_bomb(side):
+    """A valid grey PNG of ``side`` x ``side`` zeros: side**2 bytes of pixels in a file about a
+    thousandth of that (a decompression bomb, for the servers' image-size guard)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    data = b"".join(packer.compress(b"\0" * (side + 1)) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
 def machine():
     cpu = platform.processor() or platform.machine()
     try:

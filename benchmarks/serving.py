@@ -39,9 +39,8 @@ import tempfile
 import threading
 import time
 import urllib.parse
-import zlib
 
-from benchmarks.common import emit
+from benchmarks.common import emit, png_bomb, rss_mb
 
 SHAPES = {"resnet20": (8, 8, 1), "resnet56": (8, 8, 1), "resnet50": (224, 224, 3)}
 
@@ -66,13 +65,8 @@ import gc, json, os, sys
 import numpy as np
 import keras
 import reszoo
+from benchmarks.common import rss_mb
 from training.serving import AdapterTask, Backbones
-
-
-def rss_mb():
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
-
 
 mode, n, tmp, size = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 x = np.zeros((1, size, size, 3), "float32")
@@ -245,20 +239,6 @@ def _png_bytes(image):
     return buffer.getvalue()
 
 
-def _image_bomb(side=5000):
-    """A valid grey PNG whose header claims ``side`` x ``side`` pixels (25 MB of them in some
-    25 KB): over the server's decoding limit, so refused before decoding."""
-    import struct
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    packer = zlib.compressobj(9)
-    data = b"".join(packer.compress(b"\0" * (side + 1)) for _ in range(side)) + packer.flush()
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
-
-
 def _soak_requests(names, max_request_bytes):
     """(kind, path, body, headers) for each good and each hostile request of the soak."""
     import numpy as np
@@ -266,7 +246,7 @@ def _soak_requests(names, max_request_bytes):
     pixels = np.random.default_rng(0).integers(0, 256, (1, *SHAPES["resnet20"])).astype("float32")
     json_headers = {"Content-Type": "application/json"}
     png = base64.b64encode(_png_bytes(pixels[0, :, :, 0].astype("uint8"))).decode()
-    bomb = base64.b64encode(_image_bomb()).decode()
+    bomb = base64.b64encode(png_bomb(5000)).decode()  # over the server's 4096 x 4096
     good, bad = [], []
     for name in names:
         predict = f"/v1/models/{name}:predict"
@@ -292,11 +272,6 @@ def _soak_requests(names, max_request_bytes):
                  json_headers)]
     bad.append(("/v1/models/no_such_model:predict", json.dumps({"instances": pixels.tolist()}), json_headers))
     return good, bad
-
-
-def _rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
 def _roll(base, name):
@@ -366,18 +341,18 @@ def soak(args):
 
     def monitor():
         while not stop.wait(1.0):
-            rss.append((time.perf_counter(), _rss_mb(proc.pid)))
+            rss.append((time.perf_counter(), rss_mb(proc.pid)))
 
     try:
         start = time.perf_counter()
-        rss.append((start, _rss_mb(proc.pid)))
+        rss.append((start, rss_mb(proc.pid)))
         threads = [threading.Thread(target=client, args=(i,)) for i in range(args.soak_clients)]
         threads += [threading.Thread(target=roller), threading.Thread(target=monitor)]
         [t.start() for t in threads]
         stop.wait(args.soak_s)
         stop.set()
         [t.join() for t in threads]
-        rss.append((time.perf_counter(), _rss_mb(proc.pid)))
+        rss.append((time.perf_counter(), rss_mb(proc.pid)))
         alive = proc.poll() is None
     finally:
         proc.terminate()

@@ -21,12 +21,12 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
 
 import numpy as np
 import pytest
 import requests
 
+from benchmarks.common import png_bomb, rss_mb
 from conftest import ROOT, run_command
 
 pytestmark = pytest.mark.xdist_group("serving")
@@ -686,7 +686,7 @@ def test_a_fuzz_of_hostile_bodies_gets_only_4xx_and_memory_stays_flat(served):
               "v2": f"/v2/models/{MODEL}/infer"}
     for _ in range(100):  # the server's memory after its first requests, as a client sees it running
         server.predict({"instances": _images(1).tolist()}, session=session)
-    start = _rss_mb(server.proc.pid)
+    start = rss_mb(server.proc.pid)
     seen = collections.Counter()
 
     def send(route, data):
@@ -716,14 +716,9 @@ def test_a_fuzz_of_hostile_bodies_gets_only_4xx_and_memory_stays_flat(served):
     v1_bodies()
     v2_and_raw_bodies()
     assert sum(seen.values()) >= 1500 and seen[400] > 500, seen
-    assert _rss_mb(server.proc.pid) < 1.1 * start, (start, _rss_mb(server.proc.pid), seen)
+    assert rss_mb(server.proc.pid) < 1.1 * start, (start, rss_mb(server.proc.pid), seen)
     assert server.predict({"instances": _images(1).tolist()}, session=session)[0] == 200
     assert "Traceback" not in server.output()
-
-
-def _rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return int(next(line for line in f if line.startswith("VmRSS:")).split()[1]) / 1024
 
 
 def _chunked(server, path, total, chunk=2 ** 16):
@@ -755,21 +750,6 @@ def _chunked(server, path, total, chunk=2 ** 16):
     return int(head.split()[1]), json.loads(body), sent
 
 
-def _png_bomb(side=20000):
-    """A valid grey PNG of ``side`` x ``side`` zeros: 400 MB of pixels in a file of some 400 KB."""
-    import struct
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    packer, row, parts = zlib.compressobj(9), b"\0" * (side + 1), []
-    for _ in range(side):
-        parts.append(packer.compress(row))
-    parts.append(packer.flush())
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
-
-
 def test_bodies_over_the_limit_in_any_form_and_image_bombs_are_refused_with_flat_memory(served):
     """TF Serving's open reports, tried here: a chunked body (no Content-Length) is counted as it
     comes, a gzip body is inflated with the limit on its inflated size (a bomb stops there), an
@@ -778,7 +758,7 @@ def test_bodies_over_the_limit_in_any_form_and_image_bombs_are_refused_with_flat
     _, _, server = served
     pixels = _images(2)
     plain = server.predict({"instances": pixels.tolist()})
-    before = _rss_mb(server.proc.pid)
+    before = rss_mb(server.proc.pid)
     for path in (f"/v1/models/{MODEL}:predict", f"/v1/models/{MODEL}/versions/1:predict",
                  f"/v2/models/{MODEL}/infer"):
         status, answer, sent = _chunked(server, path, 2 ** 30)  # 1 GiB offered
@@ -794,7 +774,7 @@ def test_bodies_over_the_limit_in_any_form_and_image_bombs_are_refused_with_flat
         answer = requests.post(server.url + f"/v1/models/{MODEL}:predict", data=data, timeout=60,
                                headers={"Content-Encoding": encoding, "Content-Type": "application/json"})
         assert answer.status_code == status and says in answer.json()["error"], (encoding, answer.text)
-    bomb, large = (base64.b64encode(_png_bomb(side)).decode() for side in (20000, 5000))
+    bomb, large = (base64.b64encode(png_bomb(side)).decode() for side in (20000, 5000))
     assert len(bomb) < 2 ** 20
     for path in (f"/v1/models/{MODEL}:predict", f"/v1/models/{MODEL}/versions/1:predict"):
         status, answer = server.predict({"signature_name": "serving_bytes", "instances": [{"b64": bomb}] * 3},
@@ -804,7 +784,7 @@ def test_bodies_over_the_limit_in_any_form_and_image_bombs_are_refused_with_flat
         status, answer = server.predict({"signature_name": "serving_bytes", "instances": [{"b64": large}]}, path=path)
         assert status == 400 and answer["error"].startswith("image 0 claims 5000 x 5000 pixels, over"), answer
     assert server.predict({"instances": pixels.tolist()}) == plain
-    assert _rss_mb(server.proc.pid) < before + 100
+    assert rss_mb(server.proc.pid) < before + 100
     assert "Traceback" not in server.output()
 
 
