@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["reszoo", "reszoo.*", "training", "training.*"]),
+    packages=find_packages(include=["reszoo", "reszoo.*", "training", "training.*", "serving", "serving.*"]),
     py_modules=["reszoo_cli"],
     package_data={"reszoo": ["data/*.npz", "data/*.json"]},
     entry_points={"console_scripts": ["reszoo-train=reszoo_cli:train", "reszoo-export=reszoo_cli:export",

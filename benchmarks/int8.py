@@ -1,6 +1,6 @@
 """int8 and bf16 beside float32 on the CPU: median latency of ResNet-50 (random weights with
 BatchNorm statistics, 224 px) at batch 1 and 32 in every runtime an export can be served with
-(``training.runtimes``: the float32 SavedModel in TensorFlow, ONNX Runtime float32 and int8,
+(``training.common.runtimes``: the float32 SavedModel in TensorFlow, ONNX Runtime float32 and int8,
 OpenVINO float32, bf16 and int8, LiteRT int8, the int8 files made as ``reszoo-export --quantize=int8`` makes
 them), and the SavedModel under TensorFlow's oneDNN bf16 rewrite (grappler's
 ``auto_mixed_precision_onednn_bfloat16``, which no export option turns on), in one run, with each file's size and each reduced precision's top-1 agreement with
@@ -19,7 +19,7 @@ import sys
 import tempfile
 
 from benchmarks.common import emit, latency_ms, machine, randomized
-from training.runtimes import cpu_flags
+from training.common.runtimes import cpu_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,7 +64,8 @@ def main():
     import tensorflow as tf
 
     import reszoo
-    from training import engines, export, quantize, runtimes
+    from training import export, quantize
+    from training.common import engines, runtimes
 
     rng = np.random.default_rng(0)
     model = reszoo.create_model(args.model, input_shape=(args.size, args.size, 3), preprocessing="torch")

@@ -66,7 +66,7 @@ import numpy as np
 import keras
 import reszoo
 from benchmarks.common import rss_mb
-from training.serving import AdapterTask, Backbones
+from serving.servables import AdapterTask, Backbones
 
 mode, n, tmp, size = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 x = np.zeros((1, size, size, 3), "float32")
@@ -135,7 +135,7 @@ def _serve(base, runtime, max_batch_size, *flags, names=None):
     import requests
 
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "training.serve", f"--model_base_path={base}", f"--port={port}",
+    proc = subprocess.Popen([sys.executable, "-m", "serving", f"--model_base_path={base}", f"--port={port}",
                              "--grpc_port=0", "--v2_grpc_port=0", f"--runtime={runtime}",
                              f"--max_batch_size={max_batch_size}", *flags],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -189,7 +189,7 @@ def _load(url, body, clients, requests_each):
 def _copy(base, to, warm_up):
     """A copy of model folder ``base`` named as it is, with or without the export's warm-up
     requests."""
-    from training.export import WARMUP
+    from training.common.layout import WARMUP
 
     target = os.path.join(to, os.path.basename(base))
     shutil.copytree(base, target)
@@ -402,7 +402,7 @@ def main():
         return soak(args)
     import numpy as np
 
-    from training.serving import Version
+    from serving.servables import Version
 
     tmp = tempfile.mkdtemp(prefix="reszoo-serve-bench-")
     if args.adapter_tasks:

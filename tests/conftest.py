@@ -56,12 +56,14 @@ def run_command(module, *args, cwd=ROOT, timeout=600, **env):
 USAGE_DRIVER = r"""
 import contextlib, importlib, io, json, os, sys
 from training import flags as run_flags
+from training.common.command import parser
 command = importlib.import_module(sys.argv[2])
 if command.__name__ == "training.train":
-    parse = run_flags.parser(run_flags, command.__doc__, run_flags.TRAIN_GROUPS)
+    parse = parser(run_flags, command.__doc__, run_as=command.__name__, groups=run_flags.TRAIN_GROUPS,
+                   aliases=run_flags.ALIASES)
 else:
     command.define_flags()
-    parse = run_flags.parser(command, command.__doc__)
+    parse = parser(command, command.__doc__, run_as=command.__name__)
 said = []
 for args, env in json.loads(sys.argv[1]):
     saved = dict(os.environ)

@@ -165,7 +165,7 @@ def test_the_diagnostics_benchmark_times_fit_with_and_without_the_callback():
 
 
 def test_the_int8_benchmark_times_every_runtime_an_export_is_served_with():
-    from training.runtimes import RUNTIMES
+    from training.common.runtimes import RUNTIMES
 
     proc = subprocess.run([sys.executable, "-m", "benchmarks.int8", "--model=resnet20", "--size=32", "--runs=2",
                            "--calibration=4", "--batches=1"], cwd=ROOT, capture_output=True, text=True, timeout=600,

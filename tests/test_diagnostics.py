@@ -143,9 +143,8 @@ def test_a_bare_diagnostics_flag_measures_every_100_steps_and_multi_worker_refus
     import training.train  # noqa: F401  (defines the flags, once per process)
     from training import flags as run_flags
 
-    parse = run_flags.parser(run_flags, "", {})
     try:
-        parse(["train", "--diagnostics"])
+        run_flags.parse(["train", "--diagnostics"])
         assert flags.FLAGS.diagnostics == run_flags.DIAGNOSTICS_EVERY == 100
     finally:
         flags.FLAGS.unparse_flags()

@@ -274,7 +274,7 @@ def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_t
     from PIL import Image
 
     from reszoo.datasets import load_digits
-    from training import serving
+    from serving import servables
 
     _, model_dir, _, _ = run
     proc = cli("training.export", f"--model_dir={model_dir}", f"--export_dir={tmp_path}", "--quantize=int8")
@@ -308,7 +308,7 @@ def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_t
         assert 100 * np.mean(answers[name].argmax(1) == y) == pytest.approx(int8["top1_int8"], abs=1e-3)
         assert (f"export: {int8['file']}: int8 top-1 {int8['top1_int8']:.2f}% against float32's "
                 f"{int8['top1_float32']:.2f}% on 359 held-out images (the test split of digits)") in proc.stdout
-        served = serving.Version(str(version), name)
+        served = servables.Version(str(version), name)
         np.testing.assert_allclose(served.run(x[:4])["logits"], answers[name][:4], rtol=1e-4, atol=1e-4)
     assert os.path.getsize(version / "model_int8.onnx") < 0.4 * os.path.getsize(version / "model.onnx")
     assert os.path.getsize(version / "model_int8.bin") < 0.4 * os.path.getsize(version / "model.bin")
@@ -323,14 +323,15 @@ def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_t
     for name, file in [("onnx_int8", "model_int8.onnx"), ("openvino_int8", "model_int8.bin")]:
         (damaged / file).write_bytes((damaged / file).read_bytes()[:1000])
         with pytest.raises(ValueError, match="cannot be loaded, its files are damaged"):
-            serving.Version(str(damaged), name)
+            servables.Version(str(damaged), name)
 
     black = tmp_path / "black"
     for label in range(10):
         (black / str(label)).mkdir(parents=True)
         for i in range(3):
             Image.fromarray(np.zeros((8, 8), "uint8"), "L").save(black / str(label) / f"{i}.png")
-    from training import engines, export, quantize
+    from training import export, quantize
+    from training.common import engines
 
     opened = engines.open_runtime
 
@@ -357,9 +358,9 @@ def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_t
                                                          "model.bin", "model.onnx", "model.xml", "saved_model.pb",
                                                          "variables"]
     with pytest.raises(ValueError, match=r"has no model_int8.onnx \(export it with --quantize=int8"):
-        serving.Version(str(version), "onnx_int8")
+        servables.Version(str(version), "onnx_int8")
     with pytest.raises(ValueError, match=r"has no model_int8.xml \(export it with --quantize=int8"):
-        serving.Version(str(version), "openvino_int8")
+        servables.Version(str(version), "openvino_int8")
 
 
 def test_a_keras_file_exports_as_a_run_does(run, tmp_path):
@@ -420,8 +421,9 @@ def test_published_weights_export_with_their_eval_transform_and_imagenet_s_names
     from PIL import Image
 
     from reszoo import datasets, hub
-    from training import predict, serving
-    from training.data import EvalTransform, serving_image
+    from serving import servables
+    from training import predict
+    from training.common.images import EvalTransform, serving_image
 
     synsets, names = datasets.imagenet_classes()
     assert synsets == [IMAGENET_NAMES[i][0] for i in range(1000)] and names[:3] == ["tench", "goldfish",
@@ -456,7 +458,7 @@ def test_published_weights_export_with_their_eval_transform_and_imagenet_s_names
     by_pixels = served["serving_default"](images=tf.constant(pixels[None]))
     np.testing.assert_allclose(by_bytes["logits"], by_pixels["logits"], rtol=1e-5, atol=1e-5)
     assert [n.decode() for n in by_bytes["top_k_names"].numpy()[0]] == [names[i] for i in by_bytes["top_k_ids"][0]]
-    np.testing.assert_array_equal(serving.Version(str(version), "saved_model").decode([data])[0], pixels)
+    np.testing.assert_array_equal(servables.Version(str(version), "saved_model").decode([data])[0], pixels)
     (_, top), = predict.predict(str(version), [str(tmp_path / "image.png")])  # what training.predict prints
     assert top[0][0] == by_bytes["top_k_names"].numpy()[0][0].decode() in names
 
@@ -472,7 +474,8 @@ def test_a_mismatch_is_an_error_and_writes_nothing(run, tmp_path, monkeypatch):
 
 
 def test_a_file_its_runtime_cannot_load_is_one_line_and_writes_nothing(run, tmp_path, monkeypatch):
-    from training import engines, export
+    from training import export
+    from training.common import engines
 
     def refuse(name, folder):
         raise RuntimeError("[ONNXRuntimeError] : 10 : INVALID_GRAPH : Load model failed\nmore detail")

@@ -242,7 +242,8 @@ def test_a_second_training_in_the_same_folder_is_refused_while_the_first_runs(tm
 def test_best_model_and_its_score_survive_a_resume(tmp_path, two_epochs, train):
     """After a resume the best score is the checkpoint's, so a worse epoch does not replace
     best.keras (it used to start again from nothing)."""
-    from training import files, run_folder
+    from training import run_folder
+    from training.common import files
 
     folder = copy_of(two_epochs, tmp_path / "run")
     checkpoint = folder / "backup" / "epoch-000002" / "state.json"
@@ -437,7 +438,7 @@ def test_a_checkpoint_of_another_model_is_refused_not_half_loaded(tmp_path):
     checkpoint's variable signature makes any mismatch an error naming the variable."""
     import reszoo
     from training import run_folder
-    from training.files import CommandError
+    from training.common.files import CommandError
 
     def compiled(width):
         model = reszoo.create_model("resnet20", base_width=width, input_shape=(8, 8, 1))

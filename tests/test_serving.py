@@ -46,14 +46,14 @@ def _free_port():
 
 
 class Server:
-    """``python -m training.serve ARGS`` on free ports, up when its model answers."""
+    """``python -m serving ARGS`` on free ports, up when its model answers."""
 
     def __init__(self, tmp, base, *args, ready=MODEL):
         self.port, self.grpc_port, self.v2_grpc_port = _free_port(), _free_port(), _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(tmp / f"serve-{self.port}.log", "w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "training.serve", *[f"--model_base_path={base}"] * (base is not None),
+            [sys.executable, "-m", "serving", *[f"--model_base_path={base}"] * (base is not None),
              f"--port={self.port}", f"--grpc_port={self.grpc_port}", f"--v2_grpc_port={self.v2_grpc_port}",
              "--poll_seconds=0.2", *args],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
@@ -1012,14 +1012,14 @@ def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, served):
     (tmp_path / "unlabelled.config").write_text(CONFIG.format(name=MODEL, base=base / MODEL).replace(
         "versions: 1 versions: 2", "versions: 1"))
     for args, code, says in cases:
-        proc = run_command("training.serve", *args)
+        proc = run_command("serving", *args)
         lines = [l for l in proc.stderr.splitlines() if l.startswith("serve: error:")]
         assert proc.returncode == code and any(says in l for l in lines), (args, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr
     without = tmp_path / "without_openvino"  # a machine where the [serve] extra's OpenVINO is not installed
     without.mkdir()
     (without / "sitecustomize.py").write_text("import sys\nsys.modules['openvino'] = None\n")
-    proc = run_command("training.serve", f"--model_base_path={base}", "--runtime=openvino_int8",
+    proc = run_command("serving", f"--model_base_path={base}", "--runtime=openvino_int8",
                        PYTHONPATH=str(without))
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
         "serve: error: --runtime=openvino_int8 needs openvino: pip install -e '.[serve]'"), proc.stderr[-2000:]
@@ -1072,7 +1072,7 @@ def test_the_kserve_manifests_are_kserve_objects_and_run_reszoo_serve_with_its_o
     command = json.loads(re.search(r"^CMD (.*)$", dockerfile, re.M).group(1))
     for args in (container.args, command):  # every flag is reszoo-serve's: it gets as far as the missing folder
         args = [a.replace("{{.Name}}", "resnet20-digits").replace("/mnt/models", str(tmp_path / "mnt")) for a in args]
-        proc = run_command("training.serve", *args, f"--port={_free_port()}", "--grpc_port=0",
+        proc = run_command("serving", *args, f"--port={_free_port()}", "--grpc_port=0",
                            "--v2_grpc_port=0")
         assert proc.returncode == 2 and f"serve: error: --model_base_path: '{tmp_path / 'mnt'}' is not a folder" in \
             proc.stderr, (args, proc.stderr[-1500:])
@@ -1100,7 +1100,7 @@ def _task_run(folder, backbone_run, num_classes, seed):
 
 def test_adapter_tasks_share_one_backbone_and_answer_as_their_models(served):
     from reszoo.layers import ResidualAdapter
-    from training.serving import AdapterTask, Backbones
+    from serving.servables import AdapterTask, Backbones
 
     tmp, _, _ = served
     adapted = {name: _task_run(tmp / name, tmp / "run", classes, seed)

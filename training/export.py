@@ -35,19 +35,17 @@ import sys
 
 from absl import app, flags, logging
 
-from training import errors  # (training.files imports Keras: used lazily, so --help is instant)
-from training import engines, runtimes
+from training.common import command, engines, runtimes
+from training.common.layout import METADATA, WARMUP, next_version
+from training.common.runtimes import RUNTIMES
 from training.flags import EXPORT_FORMATS
-from training.runtimes import RUNTIMES
 
 FORMATS = EXPORT_FORMATS
-METADATA = "metadata.json"  # beside saved_model.pb: what the export is (training.predict, validate, serve read it)
-WARMUP = os.path.join("assets.extra", "tf_serving_warmup_requests")  # TF Serving's SavedModel warm-up file
 TF_FORMATS = ("onnx", "openvino", "tflite")  # made from TensorFlow's graph
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)  # logits, float32 model vs exported graph; atol in max |logit| (>= 1)
 
 
-class ExportError(errors.CommandError):
+class ExportError(command.CommandError):
     """A problem with the export request; printed as one line. ``code`` 2 is a usage error."""
 
 
@@ -93,30 +91,9 @@ def define_flags():
                              f"must be a comma-separated list of {', '.join(FORMATS)}")
 
 
-def version_folders(base):
-    """``[(number, folder)]`` of the versions under a model folder of TF Serving's layout,
-    ascending: folders named with ASCII digits ("0010" is version 10, as TF Serving reads it;
-    "²" is no number), the first by name where two spell one number."""
-    if not os.path.isdir(base):
-        return []
-    found = {}
-    for name in sorted(os.listdir(base)):
-        if name.isascii() and name.isdigit() and os.path.isdir(os.path.join(base, name)):
-            found.setdefault(int(name), os.path.join(base, name))
-    return sorted(found.items())
-
-
-def versions(base):
-    """The version numbers under a model folder of TF Serving's layout, ascending."""
-    return [number for number, _ in version_folders(base)]
-
-
-def next_version(base):
-    return max(versions(base), default=0) + 1
-
-
 def _read_run(model_dir, checkpoint):
-    from training import files, run_folder
+    from training import run_folder
+    from training.common import files
 
     if not model_dir or not os.path.isdir(model_dir):
         raise ExportError(f"--model_dir: {model_dir!r} is not a training run folder", 2)
@@ -141,7 +118,7 @@ def _read_run(model_dir, checkpoint):
 
 
 def _load(path, flag="--model_dir"):
-    from training import files
+    from training.common import files
 
     try:
         return files.load_model(path, flag)
@@ -178,7 +155,7 @@ def _published(weights, model_name, name):
     import reszoo
     from reszoo import datasets, hub
     from reszoo.errors import WeightsError
-    from training.data import EvalTransform
+    from training.common.images import EvalTransform
 
     try:
         model = reszoo.create_model(model_name, weights=weights) if model_name else reszoo.create_model(weights=weights)
@@ -253,8 +230,8 @@ def export_core(model, path, image_shape):
 
 def _serving_module(tf, core, image_shape, class_names, top_k, transform):
     """A tf.Module around the Keras-exported ``core`` (float32 pixels -> logits); encoded
-    images go through ``transform`` (``training.data.EvalTransform``)."""
-    from training.data import serving_image
+    images go through ``transform`` (``training.common.images.EvalTransform``)."""
+    from training.common.images import serving_image
 
     height, width, channels = image_shape
     names = tf.constant([str(n) for n in class_names])
@@ -290,7 +267,7 @@ def _check(name, run, x, expected):
     try:
         got = np.asarray(run(x), "float32")
     except Exception as err:  # each runtime raises its own types (onnxruntime's InvalidGraph, OpenVINO's RuntimeError)
-        raise ExportError(f"{name}: its runtime cannot run it ({errors.first_line(err)}); nothing was written") from None
+        raise ExportError(f"{name}: its runtime cannot run it ({command.first_line(err)}); nothing was written") from None
     atol = TOLERANCE["atol"] * max(1.0, float(np.abs(expected).max()))  # kernels' float32 error grows with it
     if got.shape != expected.shape or not (
             np.abs(got - expected) <= atol + TOLERANCE["rtol"] * np.abs(expected)).all():
@@ -353,7 +330,7 @@ def export(model_dir=None, export_dir="saved_models", name=None, version=0, form
     (an ``Int8Options``) also writes the int8 files; one that loses too much accuracy is left
     out of the version, and an ExportError (code 2) says so after. Raises
     ExportError with a one-line message."""
-    from training import files
+    from training.common import files
 
     if int8 is not None:
         formats = (*formats, "openvino")
@@ -391,7 +368,7 @@ def export(model_dir=None, export_dir="saved_models", name=None, version=0, form
             raise ExportError(f"{final} appeared during the export; not overwritten", 2) from None
         files.fsync_dir(base)
     except OSError as err:
-        raise ExportError(errors.os_error_message(err, base) + "; nothing was exported") from None
+        raise ExportError(command.os_error_message(err, base) + "; nothing was exported") from None
     except Exception as err:
         if _is_disk_full(err):
             raise ExportError(f"no space left on the device of {base}; nothing was exported") from None
@@ -443,7 +420,7 @@ def _timm_architecture(model):
 def _describe(model, path, model_dir, results, run_flags, name, class_names=None, dataset=None):
     """What the export says about the model: input shape, class names, names, and the
     default eval transform (the resize training loads images with)."""
-    from training.data import EvalTransform
+    from training.common.images import EvalTransform
 
     image_shape = tuple(model.input_shape[1:])
     if len(image_shape) != 3 or None in image_shape:
@@ -464,7 +441,7 @@ def _describe(model, path, model_dir, results, run_flags, name, class_names=None
 
 def _version_folder(base, version):
     """The new version's folder under ``base`` (created): ``version``, or the next one."""
-    from training import files
+    from training.common import files
 
     try:
         os.makedirs(base, exist_ok=True)
@@ -622,7 +599,7 @@ def main(argv):
                            FLAGS.max_accuracy_drop) if FLAGS.quantize == "int8" else None
         final = export(FLAGS.model_dir, FLAGS.export_dir, FLAGS.name, FLAGS.version, FLAGS.formats,
                        FLAGS.checkpoint, FLAGS.top_k, int8, FLAGS.weights, FLAGS.model, FLAGS.model_file)
-    except errors.CommandError as err:
+    except command.CommandError as err:
         sys.stderr.write(f"export: error: {err}\n")
         sys.exit(err.code)
     print(f"exported {final}")
@@ -630,10 +607,8 @@ def main(argv):
 
 def cli():
     """``reszoo-export`` and ``python -m training.export``."""
-    from training import flags as run_flags
-
     define_flags()
-    app.run(main, flags_parser=run_flags.parser(sys.modules[__name__], __doc__))
+    app.run(main, flags_parser=command.parser(sys.modules[__name__], __doc__, run_as="training.export"))
 
 
 if __name__ == "__main__":

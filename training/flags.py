@@ -5,13 +5,12 @@ import ast
 import collections
 import math
 import os
-import re
 import sys
-import textwrap
 
 from absl import flags
 
-from training.errors import CommandError
+from training.common import command
+from training.common.command import KERAS_APPLICATIONS_PREFIX, MAX_IMAGE_SIZE, CommandError
 from training.recipes import RECIPES, TIED, as_flag, flags_of
 
 FLAGS = flags.FLAGS
@@ -19,8 +18,6 @@ FLAGS = flags.FLAGS
 AUGMENTATIONS = ("auto", "none", "crop", "crop_flip", "inception")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 EXPORT_FORMATS = ("saved_model", "onnx", "openvino", "tflite", "timm")  # reszoo-export --formats, train --export_formats
-KERAS_APPLICATIONS_PREFIX = "keras_applications:"  # --init_from=keras_applications:NAME
-MAX_IMAGE_SIZE = 4096
 DIAGNOSTICS_EVERY = 100  # steps between measurements for a bare --diagnostics
 
 
@@ -196,70 +193,13 @@ TRAIN_GROUPS = {
                           "worker_timeout"],
     "export at the end": ["export", "export_dir", "export_formats"],
 }
-HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
-
-
-def parser(module, doc, groups=None, args=""):
-    """absl's flags parser for a command whose flags ``module`` defines: a bad flag is one
-    line and exit code 2 (not a usage dump); ``--help`` lists the command's own flags,
-    grouped as ``groups`` says (``{title: [names]}``; the rest under "flags"), after the
-    first paragraph of ``doc``, and exits 0. absl's ``--helpfull`` still lists every flag of
-    every module. ``args`` names the positional arguments in the usage line."""
-
-    def parse(argv):
-        argv = [f"--diagnostics={DIAGNOSTICS_EVERY}" if arg == "--diagnostics" else arg for arg in argv]
-        prog = os.path.splitext(os.path.basename(argv[0]))[0] if argv else "train"
-        if any(arg in HELP_FLAGS for arg in argv[1:]):
-            usage = prog if prog.startswith("reszoo-") else f"python -m training.{prog}"
-            sys.stdout.write(help_text(f"{usage} [--flag=value ...]{args}", module, doc, groups or {}))
-            sys.exit(0)
-        try:
-            return FLAGS(argv)
-        except flags.Error as err:
-            sys.stderr.write(f"{prog}: error: {err}\n")
-            sys.exit(2)
-
-    return parse
+ALIASES = {"--diagnostics": f"--diagnostics={DIAGNOSTICS_EVERY}"}  # a bare --diagnostics: the default interval
 
 
 def parse(argv):
     """``training.train``'s flags parser, for Python callers (the command adds its summary)."""
-    return parser(sys.modules[__name__], "", TRAIN_GROUPS)(argv)
-
-
-def help_text(usage, module, doc, groups):
-    """The ``--help`` of a command: usage, the first paragraph of ``doc``, and each flag of
-    ``module`` with its default and help, in ``groups``."""
-    own = {flag.name: flag for flag in FLAGS.get_key_flags_for_module(module)}
-    placed = {name for names in groups.values() for name in names}
-    rest = sorted(name for name in own if name not in placed)
-    sections = [*groups.items(), *([("flags" if not groups else "other", rest)] if rest else [])]
-    lines = [f"usage: {usage}", ""]
-    summary = " ".join(doc.strip().split("\n\n")[0].split()).replace("``", "")
-    if summary:
-        lines += [summary, ""]
-    for title, names in sections:
-        lines.append(f"{title}:")
-        for name in names:
-            lines.append(_flag_line(own[name]))
-        lines.append("")
-    lines.append("--helpfull lists absl's own flags too.")
-    return "\n".join(lines) + "\n"
-
-
-def _flag_line(flag):
-    if flag.flag_type() == "bool":
-        usage = f"--[no]{flag.name}"
-    else:
-        usage = f"--{flag.name}=" + ("|".join(flag.parser.enum_values) if hasattr(flag.parser, "enum_values")
-                                     else flag.flag_type().split()[-1].upper())
-    text = re.sub(r"^<[^>]*>: ", "", flag.help)  # absl's enum prefix; the usage shows the values
-    default = flag.default
-    if isinstance(default, list):
-        default = ",".join(map(str, default))
-    shown = f"{text} (default: {default!r})" if default not in (None, "", []) else text
-    return f"  {usage}\n" + textwrap.fill(shown, 100, initial_indent=" " * 6, subsequent_indent=" " * 6,
-                                          break_on_hyphens=False, break_long_words=False)
+    return command.parser(sys.modules[__name__], "", run_as="training.train", groups=TRAIN_GROUPS,
+                          aliases=ALIASES)(argv)
 
 
 # Flags that say what to do with a run, or where, not what the run is: they may change on a

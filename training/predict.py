@@ -10,60 +10,18 @@ import sys
 
 from absl import app, flags, logging
 
+from training.common import command, engines
+
 flags.DEFINE_string("saved_model", None, "required: an exported version folder, or its model folder (latest version)")
 flags.DEFINE_integer("top", 5, "classes to print per image (at most the export's top_k)", lower_bound=1)
 FLAGS = flags.FLAGS
-
-
-def resolve(path):
-    """The version folder to load: ``path`` itself, or its highest integer sub-folder."""
-    from training.export import version_folders
-
-    if path and os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return path
-    found = version_folders(path) if path else []
-    if found:
-        return found[-1][1]
-    raise ValueError(f"--saved_model: {path!r} is neither a SavedModel folder nor a folder of versions")
-
-
-def missing(version):
-    """What is missing from a SavedModel folder, or None."""
-    index = os.path.join(version, "variables", "variables.index")
-    if not os.path.isfile(os.path.join(version, "saved_model.pb")):
-        return "has no saved_model.pb"
-    if not os.path.isfile(index):
-        return "has no variables/ (variables.index): it was copied or written incompletely"
-    return None
-
-
-def load(saved_model, signature="serving_bytes"):
-    """A signature of an export (``serving_bytes``, ``serving_default``...), or ValueError
-    saying why not."""
-    import tensorflow as tf
-
-    from training.errors import first_line
-
-    version = resolve(saved_model)
-    problem = missing(version)
-    if problem:
-        raise ValueError(f"{version} {problem}; export it again")
-    try:
-        loaded = tf.saved_model.load(version)
-    except Exception as err:  # TF raises OSError, DecodeError, DataLossError... for damaged files
-        raise ValueError(f"{version} cannot be loaded, its files are damaged ({type(err).__name__}: "
-                         f"{first_line(err)[:200]}); export it again") from None
-    if "serving_bytes" not in loaded.signatures:
-        raise ValueError(f"{version} is not a reszoo export (no serving_bytes signature; it has "
-                         f"{', '.join(loaded.signatures) or 'none'})")
-    return loaded.signatures[signature]
 
 
 def predict(saved_model, images, top=5):
     """``[(path, [(name, score), ...]), ...]`` for image files, through ``serving_bytes``."""
     import tensorflow as tf
 
-    serve = load(saved_model)
+    serve = engines.saved_model(saved_model)
     results = []
     for path in images:
         try:
@@ -74,7 +32,7 @@ def predict(saved_model, images, top=5):
         try:
             out = serve(image_bytes=tf.constant([data]))
         except tf.errors.InvalidArgumentError as err:
-            from training.data import error_reason
+            from training.common.images import error_reason
 
             raise ValueError(f"{path} cannot be decoded as an image ({error_reason(err)})") from None
         names = [n.decode() for n in out["top_k_names"].numpy()[0][:top]]
@@ -106,9 +64,7 @@ def main(argv):
 
 def cli():
     """``reszoo-predict`` and ``python -m training.predict``."""
-    from training import flags as run_flags
-
-    app.run(main, flags_parser=run_flags.parser(sys.modules[__name__], __doc__, args=" IMAGE [IMAGE ...]"))
+    app.run(main, flags_parser=command.parser(sys.modules[__name__], __doc__, run_as="training.predict", args=" IMAGE [IMAGE ...]"))
 
 
 if __name__ == "__main__":

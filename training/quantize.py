@@ -35,9 +35,9 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from training import data as data_lib
-from training import engines
-from training.errors import CommandError
-from training.runtimes import INT8, RUNTIMES, files_of
+from training.common import engines
+from training.common.command import CommandError
+from training.common.runtimes import INT8, RUNTIMES, files_of
 
 
 

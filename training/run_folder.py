@@ -18,7 +18,7 @@ survive a kill at any instant.
 
 At the end of every good epoch the run writes, in this order: ``best.keras`` (when the score
 improved), a new checkpoint generation (which records that score), ``history.csv``. Each is
-written whole and renamed into place (``training.files``), and the two newest generations
+written whole and renamed into place (``training.common.files``), and the two newest generations
 are kept (more with ``--checkpoint_hist``, for ``validate --average``), so whenever the process dies the folder holds a complete checkpoint to resume from,
 the best score travels with it, and ``best.keras`` is never worse than the score it records.
 """
@@ -38,20 +38,12 @@ import warnings
 
 from reszoo.diagnostics import DIAGNOSTICS_FILE
 from reszoo.weights import RUN_MODELS
-from training import files
-from training.files import CommandError
+from training.common import files
+from training.common.layout import (BACKUP, BATCH, CHECKPOINT, FLAGS_FILE, HISTORY, LOCK_FILE, LOGS,  # noqa: F401
+                                    RESULTS, STATE, TASK)
+from training.common.files import CommandError
 
-FLAGS_FILE = "flags.json"
-LOCK_FILE = ".lock"
-BACKUP = "backup"
 LAST, BEST = RUN_MODELS  # what reszoo.create_model(weights=model_dir) loads, in this order
-TASK = "task.npz"
-HISTORY = "history.csv"
-RESULTS = "results.json"
-LOGS = "logs"
-BATCH = "batch.png"
-CHECKPOINT = "checkpoint.keras"
-STATE = "state.json"
 KEEP = 2  # checkpoint generations kept by default (--checkpoint_hist): the newest, and the one before in case it
 # is damaged
 MONITOR = "val_accuracy"

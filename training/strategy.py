@@ -7,7 +7,7 @@ import socket
 import sys
 import time
 
-from training.errors import CommandError, first_line
+from training.common.command import CommandError, first_line
 
 def cluster_from_env():
     """TF_CONFIG's cluster and this worker's task, checked: ``(cluster, task_type, index)``.

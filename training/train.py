@@ -8,7 +8,6 @@ The flags are read once, by ``main``; ``run(options)`` is the same from Python:
     train.run(flags.options())   # after absl has parsed the command line
 """
 
-import dataclasses
 import math
 import os
 import signal
@@ -17,9 +16,9 @@ import sys
 import numpy as np
 from absl import app, logging
 
-from training import errors, flags as run_flags
-from training.errors import CommandError
-from training.flags import KERAS_APPLICATIONS_PREFIX
+from training import flags as run_flags
+from training.common import command
+from training.common.command import KERAS_APPLICATIONS_PREFIX, CommandError
 
 run_flags.define()
 
@@ -89,109 +88,6 @@ def new_model(opts, data):
         raise CommandError(str(err), 2) from None
 
 
-def load_init_model(init_from):
-    """The model of ``--init_from``: a ``.keras`` file or a run folder (its last.keras, else
-    best.keras); None for published weights (timm/ARCH.TAG, checked here) and
-    keras_applications:NAME, which are built once the data's image shape is known."""
-    from reszoo.weights import WeightsError, run_model_file
-    from training import files
-
-    from reszoo import hub
-
-    if init_from.startswith(hub.PREFIX) or hub.is_checkpoint(init_from):
-        try:  # a usage error now, before the data is read
-            hub.checkpoint(init_from) if hub.is_checkpoint(init_from) else hub.resolve(None, init_from)
-        except WeightsError as err:
-            raise CommandError(f"--init_from: {err}", 2) from None
-        return None
-    if init_from.startswith(KERAS_APPLICATIONS_PREFIX):
-        return None
-    try:
-        init_from = run_model_file(init_from)
-    except WeightsError as err:
-        raise CommandError(f"--init_from: {err}", 2) from None
-    return files.load_model(init_from, "--init_from")
-
-
-def timm_model(init_from, image_shape):
-    """reszoo's model of timm's weights ``init_from`` ("timm/ARCH.TAG", or a timm state dict:
-    ``reszoo.hub.Checkpoint``), with their
-    preprocessing inside (raw pixels in), at the dataset's image size and channels, no head."""
-    import reszoo
-    from reszoo import weights
-
-    if min(image_shape[:2]) < 32:
-        raise CommandError(f"--init_from={init_from}: ImageNet nets take images of at least 32x32, the dataset has "
-                           f"{tuple(image_shape)}", 2)
-    try:
-        return reszoo.create_model(weights=init_from, input_shape=image_shape, include_top=False, pooling="avg")
-    except weights.WeightsError as err:
-        raise CommandError(f"--init_from: {err}", 2) from None
-
-
-def keras_applications_model(init_from, weights_path, image_shape):
-    """reszoo's mirror of a keras.applications model with its weights, its preprocessing
-    inside (raw pixels in), at the dataset's image size and channels (grey images through the
-    RGB preprocessing; more channels through an adapted first conv)."""
-    import reszoo
-    from reszoo import weights
-
-    architecture = init_from[len(KERAS_APPLICATIONS_PREFIX):]
-    if architecture not in weights.KERAS_APPLICATIONS:
-        raise CommandError(f"--init_from={init_from}: use keras_applications: with one of "
-                           f"{', '.join(weights.KERAS_APPLICATIONS)}", 2)
-    if not weights_path:
-        raise CommandError(f"--init_from={init_from} needs --weights_path (e.g. ~/.keras/models/"
-                           f"{architecture.lower()}_weights_tf_dim_ordering_tf_kernels_notop.h5)", 2)
-    if min(image_shape[:2]) < 32:
-        raise CommandError(f"--init_from={init_from}: keras.applications models take images of at least "
-                           f"32x32, the dataset has {tuple(image_shape)}", 2)
-    try:
-        return reszoo.create_model(weights.KERAS_APPLICATIONS[architecture][0], variant="keras",
-                                   weights=os.path.expanduser(weights_path), input_shape=image_shape,
-                                   include_top=False, pooling="avg")
-    except weights.WeightsError as err:
-        raise CommandError(f"--weights_path: {err}", 2) from None
-
-
-def resized(model, image_shape, source, standardisation=None):
-    """``model``, or a copy of it (same weights) on an input of ``image_shape``, which a fully
-    convolutional net up to its pooling allows; with ``standardisation`` (mean, std), its
-    per-channel standardisation (a ``preprocess`` Normalization) takes those statistics."""
-    import keras
-
-    from reszoo import naming
-
-    expected = tuple(model.input_shape[1:])
-    if expected[-1] != image_shape[-1]:
-        raise CommandError(f"--init_from: {source} takes images of {expected[-1]} channel(s), the dataset has "
-                           f"{image_shape[-1]}", 2)
-    if expected == tuple(image_shape) and standardisation is None:
-        return model
-
-    def clone(layer):
-        if standardisation is not None and layer.name == naming.PREPROCESS:
-            mean, std = (np.asarray(v, "float64").tolist() for v in standardisation)
-            return keras.layers.Normalization(axis=layer.axis, mean=mean, variance=[s * s for s in std],
-                                              name=naming.PREPROCESS)
-        return layer.__class__.from_config(layer.get_config())
-
-    image = keras.Input(image_shape, name=model.inputs[0].name)
-    try:
-        copy = keras.models.clone_model(model, input_tensors=[image] if isinstance(model.input, list) else image,
-                                        clone_function=clone)
-    except Exception as err:  # a layer that needs its trained size (Flatten + Dense, ...)
-        raise CommandError(f"--init_from: {source} takes images of {expected[:2]} and cannot take "
-                           f"{tuple(image_shape[:2])} ({errors.first_line(err)}); set --image_size={expected[0]}", 2) from None
-    copy.set_weights(model.get_weights())
-    copy.build_spec = getattr(model, "build_spec", None)
-    if standardisation is not None and copy.build_spec is not None:  # what create_model(weights=run) rebuilds
-        mean, std = (np.asarray(v, "float64").tolist() for v in standardisation)
-        copy.build_spec = dataclasses.replace(copy.build_spec, overrides={
-            **copy.build_spec.overrides, "preprocessing": {"mean": mean, "std": std}})
-    return copy
-
-
 def run_standardisation(model, data):
     """A run's model standardises pixels with its training set's statistics (``new_model``);
     fine-tuned on other data it takes that data's, so its frozen layers see what they were
@@ -221,21 +117,19 @@ def fine_tune_model(old, data, opts):
     """``old`` (the model of --init_from) with a new classifier for this dataset's classes,
     and residual adapters with --adapters."""
     from reszoo import naming, transfer
+    from training.common import sources
 
     source = opts.init_from
     # A .keras file or run folder; adapter tasks keep the backbone's (their own BN layers learn
     # the new data's scale, and the tasks of one backbone share its layers in the server).
     standardisation = run_standardisation(old, data) if old is not None and opts.adapters == "none" else None
-    if old is None and not opts.init_from.startswith(KERAS_APPLICATIONS_PREFIX):  # timm's weights
-        old = timm_model(opts.init_from, data.image_shape)
-    elif old is None:
-        old = keras_applications_model(opts.init_from, opts.weights_path, data.image_shape)
-        source = opts.weights_path
+    if old is None:
+        old, source = sources.published_model(opts.init_from, opts.weights_path, data.image_shape)
     if naming.AVG_POOL not in [layer.name for layer in old.layers]:
         raise CommandError(f"--init_from: {source} has no {naming.AVG_POOL!r} + {naming.CLASSIFIER!r} head to "
                            "replace (layers end with "
                            f"{[layer.name for layer in old.layers][-3:]})", 2)
-    old = resized(old, data.image_shape, source, standardisation)
+    old = sources.resized(old, data.image_shape, source, standardisation)
     try:
         if opts.adapters != "none":
             model = transfer.add_adapters(old, opts.adapters, num_classes=data.num_classes)
@@ -343,6 +237,7 @@ def run(opts):
     import tensorflow as tf
 
     from training import augment, data as data_lib, run_folder, strategy as strategies
+    from training.common import sources
 
     keras.config.set_image_data_format("channels_last")
     check_options(opts)
@@ -360,7 +255,7 @@ def run(opts):
         tf.config.experimental.enable_op_determinism()
     keras.config.set_dtype_policy(opts.dtype)
 
-    init = load_init_model(opts.init_from) if opts.init_from else None
+    init = sources.load_init_model(opts.init_from) if opts.init_from else None
     channels = init.input_shape[-1] if init is not None else None  # keras.applications weights take any
     try:
         data = data_lib.load(opts.dataset, opts.data_dir, opts.image_size or None, opts.validation_split,
@@ -412,7 +307,8 @@ def _train(strategy, model, data, opts, epochs, steps_per_epoch, folder, recorde
     """Train from ``recorder.state`` to ``epochs``, evaluate, write the finished model and
     the results (the chief), and export if asked."""
     import reszoo
-    from training import data as data_lib, files, run_folder
+    from training import data as data_lib, run_folder
+    from training.common import files
 
     first_epoch = recorder.state.epoch
     test = data_lib.eval_pipeline(data, opts.batch_size)
@@ -439,7 +335,7 @@ def _train(strategy, model, data, opts, epochs, steps_per_epoch, folder, recorde
             try:
                 results["task_bytes"] = transfer.save_task(model, folder.file(run_folder.TASK))
             except OSError as err:
-                raise CommandError(errors.os_error_message(err, folder.file(run_folder.TASK))) from None
+                raise CommandError(command.os_error_message(err, folder.file(run_folder.TASK))) from None
         files.write_json(folder.file(run_folder.RESULTS), results, indent=2)
     print(f"test accuracy {results['test_accuracy']:.4f} ({data.num_test} images) -> {folder.path}")
     if opts.export and chief:
@@ -458,7 +354,8 @@ def train_batches(data, opts, first_epoch, epochs):
 
 def show_batch(data, opts, first_epoch, path):
     """--show_batch: the first batch this run trains on, augmented, as a PNG grid at ``path``."""
-    from training import augment, files
+    from training import augment
+    from training.common import files
 
     images, _ = next(iter(train_batches(data, opts, first_epoch, first_epoch + 1)))
     png = augment.grid_png(images[:64], data.max_value)
@@ -553,7 +450,7 @@ def main(argv):
 
 def cli():
     """``reszoo-train`` and ``python -m training.train``."""
-    app.run(main, flags_parser=run_flags.parser(run_flags, __doc__, run_flags.TRAIN_GROUPS))
+    app.run(main, flags_parser=command.parser(run_flags, __doc__, run_as="training.train", groups=run_flags.TRAIN_GROUPS, aliases=run_flags.ALIASES))
 
 
 if __name__ == "__main__":

@@ -20,11 +20,10 @@ import sys
 
 from absl import app, flags, logging
 
-from training import flags as run_flags
-from training import runtimes
-from training.errors import CommandError
-from training.export import METADATA
-from training.runtimes import RUNTIMES
+from training.common import command, layout, runtimes
+from training.common.command import MAX_IMAGE_SIZE, CommandError
+from training.common.layout import METADATA
+from training.common.runtimes import RUNTIMES
 
 FLAGS = flags.FLAGS
 COLUMNS = ("model", "source", "dataset", "split", "images", "top1", "top1_err", "top5", "top5_err", "loss",
@@ -43,7 +42,7 @@ def define_flags():
     flags.DEFINE_float("validation_split", None, "--dataset=folder: the fraction held out (default: the run's, or 0.2)")
     flags.DEFINE_integer("seed", None, "--dataset=folder: the split's seed (default: the run's, or 0)")
     flags.DEFINE_integer("test_size", 0, "side of the images the model sees (0: the model's input size); FixRes "
-                         "evaluates above the training size", lower_bound=0, upper_bound=run_flags.MAX_IMAGE_SIZE)
+                         "evaluates above the training size", lower_bound=0, upper_bound=MAX_IMAGE_SIZE)
     flags.DEFINE_float("crop_pct", 0.0, "central crop: images are resized to test_size / crop_pct, then cropped "
                        "(0: the weights' own, else 1)", lower_bound=0.0, upper_bound=1.0)
     flags.DEFINE_enum("interpolation", None, list(INTERPOLATIONS), "resize method (default: the weights' own, else "
@@ -136,7 +135,7 @@ def test_pooled(source, side, say=print):
 def load_source(model_dir, checkpoint, weights, average=0, save_average=None, runtime="saved_model"):
     """The ``Source`` of --model_dir or --weights (a run's ``average`` last checkpoints
     averaged; an export's file for ``runtime``), or a ``CommandError``."""
-    from training import files
+    from training.common import files
     from training.run_folder import FLAGS_FILE
 
     if average and not (model_dir and os.path.isfile(os.path.join(os.path.expanduser(model_dir), FLAGS_FILE))):
@@ -175,7 +174,8 @@ def average_checkpoints(path, count, save_to=None):
 
     import numpy as np
 
-    from training import files, run_folder
+    from training import run_folder
+    from training.common import files
 
     if save_to:
         if os.path.exists(save_to):
@@ -215,10 +215,10 @@ def average_checkpoints(path, count, save_to=None):
 def _saved_model_source(path, runtime="saved_model"):
     import numpy as np
 
-    from training import engines, predict
+    from training.common import engines
 
     try:
-        version = predict.resolve(path)
+        version = layout.version_folder(path)
     except ValueError:
         raise CommandError(f"--model_dir={path} is neither a run folder (flags.json), a .keras file, nor a "
                            "SavedModel", 2) from None
@@ -230,7 +230,7 @@ def _saved_model_source(path, runtime="saved_model"):
     if problem:
         raise CommandError(problem, 2)
 
-    serve = predict.load(version, "serving_default")
+    serve = engines.saved_model(version, "serving_default")
     try:
         with open(os.path.join(version, METADATA)) as f:
             metadata = json.load(f)
@@ -318,9 +318,9 @@ def check_sizes(source, side, crop_pct, batch_size):
     cannot fit: a resize past ``MAX_IMAGE_SIZE``, or one batch (its resized images and the
     model's largest tensors) larger than half the memory available."""
     load_size = int(math.floor(side / crop_pct)) if crop_pct < 1 else side
-    if load_size > run_flags.MAX_IMAGE_SIZE:
+    if load_size > MAX_IMAGE_SIZE:
         raise CommandError(f"--test_size={side} with --crop_pct={crop_pct:g} resizes images to {load_size}x{load_size} "
-                           f"before the crop, over the {run_flags.MAX_IMAGE_SIZE} limit: raise --crop_pct or lower "
+                           f"before the crop, over the {MAX_IMAGE_SIZE} limit: raise --crop_pct or lower "
                            "--test_size", 2)
     need = 4 * batch_size * (load_size * load_size * source.channels + 3 * source.floats_per_image(side))
     free = available_memory()
@@ -381,7 +381,7 @@ def append_row(path, row):
     """Add ``row`` to the CSV at ``path`` (header first when new), written whole and renamed
     into place, under the folder's lock so that runs appending at once each keep their row; a
     CSV of other columns is left alone and refused."""
-    from training import files
+    from training.common import files
 
     out = io.StringIO()
     csv.DictWriter(out, COLUMNS, lineterminator="\n").writerow(row)
@@ -400,7 +400,7 @@ def confusion_png(path, confusion, class_names, title):
     """The confusion matrix as a PNG (row-normalised; names shown up to 30 classes)."""
     import numpy as np
 
-    from training import files
+    from training.common import files
 
     try:
         import matplotlib
@@ -527,7 +527,7 @@ def main(argv):
 def cli():
     """``reszoo-validate`` and ``python -m training.validate``."""
     define_flags()
-    app.run(main, flags_parser=run_flags.parser(sys.modules[__name__], __doc__))
+    app.run(main, flags_parser=command.parser(sys.modules[__name__], __doc__, run_as="training.validate"))
 
 
 if __name__ == "__main__":

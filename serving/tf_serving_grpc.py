@@ -22,7 +22,7 @@ from kserve.errors import InvalidInput
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 
-from training import connections, serving, tf_serving_metrics as tfs_metrics
+from serving import app, connections, protocol, tf_serving_metrics as tfs_metrics
 
 SIGNATURE_DEF = "signature_def"
 
@@ -38,22 +38,22 @@ class Failed(Exception):
 def _model(spec):
     """The served model and version number a ``ModelSpec`` asks for."""
     try:
-        model = serving.served(spec.name)
-    except serving.NotServed as err:
+        model = app.served(spec.name)
+    except protocol.NotServed as err:
         raise Failed(grpc.StatusCode.NOT_FOUND, str(err)) from None
     label = spec.version_label if spec.WhichOneof("version_choice") == "version_label" else None
     version = spec.version.value if spec.HasField("version") else None
     try:
         return model, model.version_served(version, label)
-    except serving.NotServed as err:
+    except protocol.NotServed as err:
         raise Failed(grpc.StatusCode.NOT_FOUND, str(err)) from None
 
 
 def _signature(spec):
     name = spec.signature_name or "serving_default"
-    if name not in serving.SIGNATURES:
+    if name not in protocol.SIGNATURES:
         raise Failed(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{name}" not found (the export '
-                     f"has {', '.join(serving.SIGNATURES)})")
+                     f"has {', '.join(protocol.SIGNATURES)})")
     return name
 
 
@@ -72,7 +72,7 @@ async def _outputs(model, current, signature, inputs, where):
                 raise InvalidInput(f"{where}[{i}]: an encoded image (bytes) is expected")
         pixels = await asyncio.get_running_loop().run_in_executor(None, current.decode, inputs)
     else:
-        pixels = serving.request_pixels(inputs, serving.SIGNATURES[signature][1], current.image_shape, where)
+        pixels = protocol.request_pixels(inputs, protocol.SIGNATURES[signature][1], current.image_shape, where)
     return await model.batcher.run(current, pixels)
 
 
@@ -104,16 +104,16 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def _predict(self, request):
         model, current = _model(request.model_spec)
         signature = _signature(request.model_spec)
-        key = serving.SIGNATURES[signature][0]
+        key = protocol.SIGNATURES[signature][0]
         if set(request.inputs) != {key}:
             raise InvalidInput(f"{signature} takes one input, {key!r}; the request has {sorted(request.inputs)}")
         array = _ndarray(request.inputs[key], key, self.max_values)
         inputs = list(array.ravel()) if signature == "serving_bytes" else array
         out = await _outputs(model, current, signature, inputs, key)
-        wanted = list(request.output_filter) or list(serving.OUTPUTS)
-        unknown = sorted(set(wanted) - set(serving.OUTPUTS))
+        wanted = list(request.output_filter) or list(protocol.OUTPUTS)
+        unknown = sorted(set(wanted) - set(protocol.OUTPUTS))
         if unknown:
-            raise InvalidInput(f"output_filter: {unknown} are not outputs of {signature} ({', '.join(serving.OUTPUTS)})")
+            raise InvalidInput(f"output_filter: {unknown} are not outputs of {signature} ({', '.join(protocol.OUTPUTS)})")
         response = predict_pb2.PredictResponse()
         _answer_spec(response.model_spec, model.name, current.number, signature)
         for name in wanted:
@@ -167,7 +167,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             raise InvalidInput(f"metadata_field: only {SIGNATURE_DEF!r} is served, not {[f for f in fields if f != SIGNATURE_DEF]}")
         try:
             signatures = current.signature_def_map
-        except serving.NotServed as err:
+        except protocol.NotServed as err:
             raise Failed(grpc.StatusCode.FAILED_PRECONDITION, str(err)) from None
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         _answer_spec(response.model_spec, model.name, current.number)
@@ -208,18 +208,18 @@ async def _handle(context, method, request, api=None, timeout_s=None):
         if api is None:
             return await method(request)
         with tfs_metrics.request(request.model_spec.name, api, "GRPC"):
-            return await serving.within_deadline(method(request), timeout_s)
+            return await protocol.within_deadline(method(request), timeout_s)
     except Failed as err:
         await context.abort(err.code, str(err))
     except InvalidInput as err:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, err.reason)
-    except serving.DeadlineExceeded as err:
+    except protocol.DeadlineExceeded as err:
         await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(err))
 
 
 class Server:
     """The two services on ``host``:``port``, in the model server's event loop (``options``: the
-    server's ``serving.ServeOptions``)."""
+    server's ``serving.options.ServeOptions``)."""
 
     def __init__(self, host, port, options):
         self.address, self.options = connections.address(host, port), options

@@ -10,7 +10,9 @@ import threading
 
 import numpy as np
 
-from training.runtimes import RUNTIMES
+from training.common import layout
+from training.common.command import first_line
+from training.common.runtimes import RUNTIMES
 
 
 def onnx(path):
@@ -51,6 +53,26 @@ def litert(path):
             return interpreter.get_tensor(taken["index"])
     interpreter.allocate_tensors()
     return run
+
+
+def saved_model(path, signature="serving_bytes"):
+    """A signature of the export at ``path`` (a version folder, or its model folder: the newest) (``serving_bytes``, ``serving_default``...), or ValueError
+    saying why not."""
+    import tensorflow as tf
+
+    version = layout.version_folder(path)
+    problem = layout.missing(version)
+    if problem:
+        raise ValueError(f"{version} {problem}; export it again")
+    try:
+        loaded = tf.saved_model.load(version)
+    except Exception as err:  # TF raises OSError, DecodeError, DataLossError... for damaged files
+        raise ValueError(f"{version} cannot be loaded, its files are damaged ({type(err).__name__}: "
+                         f"{first_line(err)[:200]}); export it again") from None
+    if "serving_bytes" not in loaded.signatures:
+        raise ValueError(f"{version} is not a reszoo export (no serving_bytes signature; it has "
+                         f"{', '.join(loaded.signatures) or 'none'})")
+    return loaded.signatures[signature]
 
 
 def open_runtime(name, folder):

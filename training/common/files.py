@@ -6,9 +6,11 @@ import fcntl
 import json
 import os
 
-from reszoo import io
+import keras
+
+from reszoo import io  # (importing reszoo registers its layers for deserialization)
 from reszoo.io import fsync_dir, fsync_tree, keras_file_problem, remove_stale_tmp, tmp_name  # noqa: F401
-from training.errors import CommandError, first_line, os_error_message  # noqa: F401
+from training.common.command import CommandError, first_line, os_error_message  # noqa: F401
 
 
 def atomic_write(path, write):
@@ -63,10 +65,6 @@ def read_json(path):
 def load_model(path, what):
     """``keras.saving.load_model(path)`` with reszoo's layers registered, or a
     ``CommandError`` that says what is wrong with the file; ``what`` names it (a flag)."""
-    import keras
-
-    import reszoo  # noqa: F401  (registers reszoo's layers for deserialization)
-
     problem = keras_file_problem(path)
     if problem:
         raise CommandError(f"{what}: {path} {problem}", 2 if problem == "no such file" else 1)
