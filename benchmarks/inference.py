@@ -26,7 +26,7 @@ def main():
     import tensorflow as tf
 
     import reszoo
-    from training import export
+    from training import exporter
 
     tmp = tempfile.mkdtemp(prefix="reszoo-bench-")
     run_dir = os.path.join(tmp, "run")
@@ -34,7 +34,7 @@ def main():
     reszoo.create_model(args.model).save(os.path.join(run_dir, "last.keras"))
     with open(os.path.join(run_dir, "results.json"), "w") as f:
         json.dump({"model": args.model, "dataset": "imagenet"}, f)
-    ours = export.export(run_dir, os.path.join(tmp, "saved_models"))
+    ours = exporter.export(run_dir, os.path.join(tmp, "saved_models"))
     peer = os.path.join(tmp, "peer")
     getattr(keras.applications, PEERS[args.model])(weights=None).export(peer, format="tf_saved_model", verbose=False)
 

@@ -64,7 +64,7 @@ def main():
     import tensorflow as tf
 
     import reszoo
-    from training import export, quantize
+    from training import exporter, quantize
     from training.common import engines, runtimes
 
     rng = np.random.default_rng(0)
@@ -73,9 +73,9 @@ def main():
     x = rng.uniform(0, 255, (args.calibration + 64, args.size, args.size, 3)).astype("float32")
     with tempfile.TemporaryDirectory() as tmp:
         core = os.path.join(tmp, "core")
-        export.export_core(model, core, (args.size, args.size, 3))
-        export._export_onnx(core, os.path.join(tmp, runtimes.RUNTIMES["onnx"].file))
-        export.export_openvino(tmp)
+        exporter.export_core(model, core, (args.size, args.size, 3))
+        exporter._export_onnx(core, os.path.join(tmp, runtimes.RUNTIMES["onnx"].file))
+        exporter.export_openvino(tmp)
         held = x[args.calibration:]
         labels = engines.logits(engines.open_runtime("onnx", tmp), held).argmax(1)  # top-1 against float32
         quantize.quantize(tmp, core, x[:args.calibration], (held, labels), 100.0)

@@ -47,7 +47,7 @@ SHAPES = {"resnet20": (8, 8, 1), "resnet56": (8, 8, 1), "resnet50": (224, 224, 3
 
 def _export(model_name, tmp):
     import reszoo
-    from training import export
+    from training import exporter
 
     run_dir = os.path.join(tmp, model_name)
     os.makedirs(run_dir)
@@ -57,7 +57,7 @@ def _export(model_name, tmp):
     model.save(os.path.join(run_dir, "last.keras"))
     with open(os.path.join(run_dir, "results.json"), "w") as f:
         json.dump({"model": model_name, "dataset": "bench"}, f)
-    return export.export(run_dir, os.path.join(tmp, "saved_models"), formats=("saved_model", "onnx"))
+    return exporter.export(run_dir, os.path.join(tmp, "saved_models"), formats=("saved_model", "onnx"))
 
 
 MEMORY_SIDE = r"""

@@ -16,11 +16,13 @@ the REST API in several processes.
 from serving import flags
 from training.common import command
 
+BODY = "serving.server"
+
 
 def cli():
     """``reszoo-serve`` and ``python -m serving``: the flags parsed, then ``serving.server`` runs."""
     flags.define()
-    command.run("serving.server", flags, __doc__, run_as="serving", name="serve",
+    command.run(BODY, flags, __doc__, run_as="serving", name="serve",
                 requires={"kserve": "reszoo-serve needs KServe's model server: pip install -e '.[serve]'"},
                 check=flags.check)
 

@@ -23,8 +23,8 @@ from tensorflow_serving.apis import get_model_metadata_pb2, prediction_log_pb2
 from reszoo import transfer
 from serving.protocol import SIGNATURES, NotServed
 from training.common import engines, files, layout, sources
-from training.common.command import MAX_IMAGE_SIZE, CommandError
-from training.common.images import EvalTransform, error_reason, serving_image
+from training.common.command import MAX_IMAGE_SIZE, CommandError, error_reason
+from training.common.images import EvalTransform, serving_image
 from training.common.runtimes import RUNTIMES, missing_file
 
 

@@ -64,6 +64,7 @@ if command.__name__ == "training.train":
 else:
     command.define_flags()
     parse = parser(command, command.__doc__, run_as=command.__name__)
+body = importlib.import_module(command.BODY)  # the command's heavy body, as command.run loads it
 said = []
 for args, env in json.loads(sys.argv[1]):
     saved = dict(os.environ)
@@ -72,7 +73,7 @@ for args, env in json.loads(sys.argv[1]):
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
             run_flags.FLAGS.unparse_flags()
-            command.main(parse([command.__name__.rpartition(".")[2], *args]))
+            body.main(parse([command.__name__.rpartition(".")[2], *args]))
         except SystemExit as exit:
             code = exit.code
     os.environ.clear()

@@ -13,10 +13,6 @@ from conftest import ROOT
 PACKAGES = ("reszoo", "training", "serving")
 COMMANDS = ("training.train", "training.export", "training.predict", "training.validate", "serving")
 COMMON = "training.common"
-# Function-level imports of project modules that the commands still hold (they keep --help free
-# of TensorFlow until each command has a light flags module and a heavy body, as serving has).
-STILL_NESTED = {"training.train": 24, "training.export": 18, "training.validate": 16, "training.data": 1,
-                "training.predict": 1}
 
 
 def _module_name(path):
@@ -106,17 +102,15 @@ def test_the_commands_import_downward_and_no_command_imports_another():
         others = {_command_of(m) for m in imported} - {None, mine}
         if name.startswith("serving"):
             assert all(m.startswith(("serving", COMMON)) for m in imported), (name, imported)
-        if (mine, others) == ("training.train", {"training.export"}):  # train --export, until export is split
-            continue
         assert not others, f"{name} imports the commands {others}"
 
 
 def test_no_function_level_import_of_a_project_module_but_the_command_loader():
-    """``training.common.command.run`` loads a command's body by name; nothing else imports a
-    project module inside a function, but the commands not yet split (``STILL_NESTED``, which
-    may only shrink)."""
-    found = {name: len(nested) for name, (_, nested) in _graph().items() if nested}
-    assert found == STILL_NESTED
+    """Each command is a light module (its flags) and a heavy body, each with its imports at
+    the top; ``training.common.command.run`` loads the body by name once the flags are parsed,
+    the one import inside a function."""
+    found = {name: nested for name, (_, nested) in _graph().items() if nested}
+    assert found == {}
     assert "importlib.import_module(body)" in (ROOT / "training/common/command.py").read_text()
 
 

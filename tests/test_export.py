@@ -312,9 +312,9 @@ def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_t
         np.testing.assert_allclose(served.run(x[:4])["logits"], answers[name][:4], rtol=1e-4, atol=1e-4)
     assert os.path.getsize(version / "model_int8.onnx") < 0.4 * os.path.getsize(version / "model.onnx")
     assert os.path.getsize(version / "model_int8.bin") < 0.4 * os.path.getsize(version / "model.bin")
-    from training import validate  # reszoo-validate --runtime=openvino_int8, in this process
+    from training import validation  # reszoo-validate --runtime=openvino_int8, in this process
 
-    row = validate.run(validate.load_source(str(version), "last", None, runtime="openvino_int8"),
+    row = validation.run(validation.load_source(str(version), "last", None, runtime="openvino_int8"),
                        results_csv=str(tmp_path / "v.csv"), confusion="", say=lambda *_: None)
     assert row["source"] == f"{version} (openvino_int8)" and float(row["top1"]) == pytest.approx(
         found["int8"]["openvino_int8"]["top1_int8"], abs=1e-3)
@@ -330,7 +330,7 @@ def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_t
         (black / str(label)).mkdir(parents=True)
         for i in range(3):
             Image.fromarray(np.zeros((8, 8), "uint8"), "L").save(black / str(label) / f"{i}.png")
-    from training import export, quantize
+    from training import exporter, quantize
     from training.common import engines
 
     opened = engines.open_runtime
@@ -341,8 +341,8 @@ def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_t
         return opened(runtime, folder)
 
     monkeypatch.setattr(quantize.engines, "open_runtime", cannot_compile)
-    with pytest.raises(export.ExportError) as refused:  # main() prints it as one line and exits with its code
-        export.export(str(model_dir), str(tmp_path), int8=export.Int8Options(calibration_data=str(black)))
+    with pytest.raises(exporter.ExportError) as refused:  # main() prints it as one line and exits with its code
+        exporter.export(str(model_dir), str(tmp_path), int8=exporter.Int8Options(calibration_data=str(black)))
     monkeypatch.undo()
     version = tmp_path / "resnet20_digits" / "2"
     assert refused.value.code == 2 and "over --max_accuracy_drop=1, not written" in str(refused.value)
@@ -464,17 +464,17 @@ def test_published_weights_export_with_their_eval_transform_and_imagenet_s_names
 
 
 def test_a_mismatch_is_an_error_and_writes_nothing(run, tmp_path, monkeypatch):
-    from training import export
+    from training import exporter
 
     _, model_dir, _, _ = run
     monkeypatch.setattr(export, "TOLERANCE", dict(rtol=0.0, atol=-1.0))  # nothing can pass
-    with pytest.raises(export.ExportError, match="does not reproduce the Keras model"):
-        export.export(str(model_dir), str(tmp_path))
+    with pytest.raises(exporter.ExportError, match="does not reproduce the Keras model"):
+        exporter.export(str(model_dir), str(tmp_path))
     assert os.listdir(tmp_path / "resnet20_digits") == []
 
 
 def test_a_file_its_runtime_cannot_load_is_one_line_and_writes_nothing(run, tmp_path, monkeypatch):
-    from training import export
+    from training import exporter
     from training.common import engines
 
     def refuse(name, folder):
@@ -482,9 +482,9 @@ def test_a_file_its_runtime_cannot_load_is_one_line_and_writes_nothing(run, tmp_
 
     _, model_dir, _, _ = run
     monkeypatch.setattr(engines, "open_runtime", refuse)
-    with pytest.raises(export.ExportError, match=r"^model.onnx: its runtime cannot run it \(\[ONNXRuntimeError\] : 10 : "
+    with pytest.raises(exporter.ExportError, match=r"^model.onnx: its runtime cannot run it \(\[ONNXRuntimeError\] : 10 : "
                                                  r"INVALID_GRAPH : Load model failed\); nothing was written$"):
-        export.export(str(model_dir), str(tmp_path), formats=("saved_model", "onnx"))
+        exporter.export(str(model_dir), str(tmp_path), formats=("saved_model", "onnx"))
     assert os.listdir(tmp_path / "resnet20_digits") == []
 
 
@@ -568,19 +568,19 @@ def test_bad_requests_give_one_line(run, tmp_path, usage_errors):
 
 
 def test_metadata_describes_either_kind_of_preprocessing_layer():
-    from training import export
+    from training import exporter
 
     inputs = keras.Input((32, 32, 3))
     keras_style = keras.Model(inputs, reszoo.layers.ImagePreprocess("caffe", name="preprocess")(inputs))
-    assert "mode 'caffe'" in export._preprocessing(keras_style)["kind"]
+    assert "mode 'caffe'" in exporter._preprocessing(keras_style)["kind"]
     norm = keras.layers.Normalization(mean=[1.0, 2.0, 3.0], variance=[4.0, 9.0, 16.0], name="preprocess")
-    standardised = export._preprocessing(keras.Model(inputs, norm(inputs)))
+    standardised = exporter._preprocessing(keras.Model(inputs, norm(inputs)))
     assert standardised["mean"] == [1.0, 2.0, 3.0] and standardised["std"] == [2.0, 3.0, 4.0]
 
 
 def test_two_exports_at_once_the_later_rename_says_the_version_appeared(run, tmp_path, monkeypatch):
     """Linux refuses to rename a folder onto a non-empty one with ENOTEMPTY (not EEXIST)."""
-    from training import export
+    from training import exporter
 
     _, model_dir, _, _ = run
     real_rename = os.rename
@@ -590,9 +590,9 @@ def test_two_exports_at_once_the_later_rename_says_the_version_appeared(run, tmp
         (pathlib.Path(dst) / "saved_model.pb").write_bytes(b"the rival's export")
         real_rename(src, dst)
 
-    monkeypatch.setattr(export.os, "rename", rival_first)
-    with pytest.raises(export.ExportError, match="appeared during the export; not overwritten") as info:
-        export.export(str(model_dir), str(tmp_path))
+    monkeypatch.setattr(exporter.os, "rename", rival_first)
+    with pytest.raises(exporter.ExportError, match="appeared during the export; not overwritten") as info:
+        exporter.export(str(model_dir), str(tmp_path))
     assert info.value.code == 2
     assert os.listdir(tmp_path / "resnet20_digits") == ["1"]
     assert (tmp_path / "resnet20_digits" / "1" / "saved_model.pb").read_bytes() == b"the rival's export"

@@ -274,16 +274,16 @@ VALIDATE_WEIGHTS = r'''
 import json
 import numpy as np
 import reszoo
-from training import validate
-source = validate.load_source(None, "last", "timm/resnet18.a1_in1k")
+from training import validation
+source = validation.load_source(None, "last", "timm/resnet18.a1_in1k")
 x = np.random.default_rng(0).uniform(0, 255, (2, 300, 300, 3)).astype("float32")
-images = validate.eval_images(x, source.side, source.crop_pct, source.interpolation).numpy()
+images = validation.eval_images(x, source.side, source.crop_pct, source.interpolation).numpy()
 model = reszoo.create_model(weights="timm/resnet18.a1_in1k")
 same = float(np.abs(source.predict(images) - model.predict(images, verbose=0)).max())
 try:  # the default dataset: 8x8 grey digits
-    validate.run(source, results_csv=None, say=lambda line: None)
+    validation.run(source, results_csv=None, say=lambda line: None)
     digits = None
-except validate.CommandError as err:
+except validation.CommandError as err:
     digits = [err.code, str(err)]
 print("RESULT" + json.dumps(dict(side=source.side, crop_pct=source.crop_pct, interpolation=source.interpolation,
                                  params=source.params, shape=list(images.shape), same=same, digits=digits)))

@@ -21,7 +21,7 @@ import numpy as np
 import keras, reszoo
 from reszoo import hub
 from reszoo.errors import WeightsError
-from training import export
+from training import exporter
 from benchmarks.common import randomized as random_weights
 out, archs = sys.argv[1], sys.argv[2].split(",")
 rng = np.random.default_rng(0)
@@ -53,7 +53,7 @@ model = randomized(reszoo.create_model("resnet18", padding="symmetric", input_sh
 model.save(os.path.join(run, "last.keras"))
 with open(os.path.join(run, "results.json"), "w") as f:
     json.dump({"class_names": ["a", "b", "c"], "test_accuracy": 0.875, "dataset": "shapes", "model": "resnet18"}, f)
-version = export.export(run, os.path.join(out, "exports"), formats=["saved_model", "timm"])
+version = exporter.export(run, os.path.join(out, "exports"), formats=["saved_model", "timm"])
 np.save(os.path.join(version, "timm", "logits.npy"), np.asarray(model(x[:, :32, :32], training=False)))
 said["version"] = version
 print("RESULT" + json.dumps(said))

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from reszoo.datasets import load_digits
-from training import validate
+from training import validation
 
 ARGS = ["--epochs=2", "--batch_size=64", "--model_args=base_width=4", "--seed=1"]
 
@@ -34,10 +34,10 @@ def test_a_run_a_keras_file_and_its_export_measure_what_training_reported(run, t
     expected_top5 = 100 * np.mean([label in np.argsort(-row)[:5] for row, label in zip(logits, y)])
     lines = []
     rows = []
-    for source in [validate.load_source(str(run), "last", None),
-                   validate.load_source(str(run / "last.keras"), "last", None),
-                   validate.load_source(str(run.parent / "saved" / "resnet20_digits"), "last", None)]:
-        row = validate.run(source, results_csv=str(tmp_path / "v.csv"), say=lines.append)
+    for source in [validation.load_source(str(run), "last", None),
+                   validation.load_source(str(run / "last.keras"), "last", None),
+                   validation.load_source(str(run.parent / "saved" / "resnet20_digits"), "last", None)]:
+        row = validation.run(source, results_csv=str(tmp_path / "v.csv"), say=lines.append)
         rows.append(row)
         assert float(row["top1"]) == pytest.approx(100 * reported["test_accuracy"], abs=1e-3)
         assert float(row["top5"]) == pytest.approx(expected_top5, abs=1e-3)
@@ -48,7 +48,7 @@ def test_a_run_a_keras_file_and_its_export_measure_what_training_reported(run, t
     assert f"top-1 {100 * reported['test_accuracy']:.2f}%" in "\n".join(lines)
     with open(tmp_path / "v.csv") as f:
         table = list(csv.DictReader(f))
-    assert len(table) == 3 and list(table[0]) == list(validate.COLUMNS)
+    assert len(table) == 3 and list(table[0]) == list(validation.COLUMNS)
     assert [r["source"] for r in table][0] == str(run) and table[0]["param_count"] == str(rows[0]["param_count"])
 
 
@@ -56,16 +56,16 @@ def test_crop_pct_and_test_size_are_timms_eval_transform():
     """Resize to floor(size / crop_pct), then the central size crop: timm's transforms_factory
     with crop_mode=center, checked on an image whose pixels say where they came from."""
     image = np.arange(40 * 40, dtype="float32").reshape(1, 40, 40, 1)
-    out = validate.eval_images(image, 32, 0.8, "nearest").numpy()
+    out = validation.eval_images(image, 32, 0.8, "nearest").numpy()
     assert out.shape == (1, 32, 32, 1)
     np.testing.assert_array_equal(out, image[:, 4:36, 4:36])
-    bigger = validate.eval_images(image, 48, 1.0, "bilinear").numpy()
+    bigger = validation.eval_images(image, 48, 1.0, "bilinear").numpy()
     np.testing.assert_allclose(bigger, tf.image.resize(image, (48, 48)).numpy())
 
 
 def test_a_larger_test_size_runs_the_convolutional_net_at_that_size(run):
-    source = validate.load_source(str(run), "last", None)
-    row = validate.run(source, test_size=12, say=lambda line: None)
+    source = validation.load_source(str(run), "last", None)
+    row = validation.run(source, test_size=12, say=lambda line: None)
     assert row["img_size"] == 12 and 0 <= float(row["top1"]) <= 100
 
 
@@ -75,20 +75,20 @@ def test_test_time_pooling_is_timms_head_above_the_tested_size_at_crop_pct_1(run
     the tested size (8 px digits, stride 4: 2x2 cells) and crop_pct 1."""
     from reszoo import transfer
 
-    source = validate.load_source(str(run), "last", None)
+    source = validation.load_source(str(run), "last", None)
     lines = []
-    row = validate.run(source, test_size=12, test_pool=True, say=lines.append)
+    row = validation.run(source, test_size=12, test_pool=True, say=lines.append)
     assert "validate: test-time pooling: the classifier on every 2x2 window of the feature map (8x8 images), " \
            "logits' mean of average and maximum" in lines
-    by_hand = validate.run(validate.keras_source(transfer.test_time_pool(source.model, 2), "pooled"), test_size=12,
+    by_hand = validation.run(validation.keras_source(transfer.test_time_pool(source.model, 2), "pooled"), test_size=12,
                            crop_pct=1.0, say=lambda line: None)
-    plain = validate.run(source, test_size=12, say=lambda line: None)
+    plain = validation.run(source, test_size=12, say=lambda line: None)
     assert (row["top1"], row["loss"], row["crop_pct"]) == (by_hand["top1"], by_hand["loss"], "1")
     assert row["loss"] != plain["loss"]
     lines.clear()
-    same = validate.run(source, test_pool=True, say=lines.append)
+    same = validation.run(source, test_pool=True, say=lines.append)
     assert lines[0] == ("validate: --test_pool: 8x8 is not above the 8x8 the weights are tested at, so no test-time "
-                        "pooling") and same["loss"] == validate.run(source, say=lambda line: None)["loss"]
+                        "pooling") and same["loss"] == validation.run(source, say=lambda line: None)["loss"]
 
 
 def test_average_measures_the_mean_of_a_runs_last_checkpoints(run, tmp_path, usage_errors):
@@ -98,14 +98,14 @@ def test_average_measures_the_mean_of_a_runs_last_checkpoints(run, tmp_path, usa
     assert [g.name for g in generations] == ["epoch-000001", "epoch-000002"]  # --checkpoint_hist=3 kept both
     weights = [keras.saving.load_model(g / "checkpoint.keras", compile=False).get_weights() for g in generations]
     mean = [(a.astype("float64") + b) / 2 for a, b in zip(*weights)]
-    source = validate.load_source(str(run), "last", None, average=2, save_average=str(tmp_path / "avg.keras"))
+    source = validation.load_source(str(run), "last", None, average=2, save_average=str(tmp_path / "avg.keras"))
     assert source.where == f"{run} (average of epochs 1-2)"
     saved = keras.saving.load_model(tmp_path / "avg.keras", compile=False)
     for got, want, last in zip(saved.get_weights(), mean, weights[1]):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     assert any(not np.array_equal(a, b) for a, b in zip(saved.get_weights(), weights[1]))
-    row = validate.run(source, say=lambda line: None)
-    assert row["loss"] == validate.run(validate.keras_source(saved, "saved"), say=lambda line: None)["loss"]
+    row = validation.run(source, say=lambda line: None)
+    assert row["loss"] == validation.run(validation.keras_source(saved, "saved"), say=lambda line: None)["loss"]
     model = f"--model_dir={run}"
     cases = [([model, "--average=3"], f"--average=3: {run} keeps 2 checkpoint generation(s) (after epochs 1, 2); "
                                       "train it with --checkpoint_hist=3 or more to keep as many"),
@@ -167,7 +167,7 @@ def test_outputs_sizes_and_datasets_that_cannot_work_are_one_line_before_anythin
 
 
 def _row(model):
-    return {column: model if column == "model" else "1" for column in validate.COLUMNS}
+    return {column: model if column == "model" else "1" for column in validation.COLUMNS}
 
 
 def test_two_validates_appending_to_one_csv_each_keep_their_row(tmp_path, monkeypatch):
@@ -180,15 +180,15 @@ def test_two_validates_appending_to_one_csv_each_keep_their_row(tmp_path, monkey
     import time
 
     path = tmp_path / "v.csv"
-    validate.append_row(str(path), _row("zero"))
+    validation.append_row(str(path), _row("zero"))
     monkeypatch.setenv("RESZOO_TEST_PAUSE", "rename:v.csv")
-    first = threading.Thread(target=validate.append_row, args=(str(path), _row("one")))
+    first = threading.Thread(target=validation.append_row, args=(str(path), _row("one")))
     first.start()
     deadline = time.time() + 30
     while not glob.glob(str(tmp_path / ".tmp-*-v.csv.paused")) and time.time() < deadline:
         time.sleep(0.01)
     marker, = glob.glob(str(tmp_path / ".tmp-*-v.csv.paused"))
-    second = threading.Thread(target=validate.append_row, args=(str(path), _row("two")))
+    second = threading.Thread(target=validation.append_row, args=(str(path), _row("two")))
     second.start()
     second.join(0.5)
     assert second.is_alive()  # waiting for the first to finish
@@ -202,8 +202,8 @@ def test_two_validates_appending_to_one_csv_each_keep_their_row(tmp_path, monkey
 
 APPEND = r'''
 import sys
-from training import validate
-validate.append_row(sys.argv[1], {c: "killed" if c == "model" else "1" for c in validate.COLUMNS})
+from training import validation
+validation.append_row(sys.argv[1], {c: "killed" if c == "model" else "1" for c in validation.COLUMNS})
 '''
 
 
@@ -219,7 +219,7 @@ def test_a_validate_killed_while_writing_its_csv_leaves_nothing_the_next_one_kee
     from conftest import ROOT
 
     path = tmp_path / "v.csv"
-    validate.append_row(str(path), _row("before"))
+    validation.append_row(str(path), _row("before"))
     old = path.read_bytes()
     proc = subprocess.Popen([sys.executable, "-c", APPEND, str(path)], cwd=ROOT,
                             env={**os.environ, "RESZOO_TEST_PAUSE": "rename:v.csv"})
@@ -230,7 +230,7 @@ def test_a_validate_killed_while_writing_its_csv_leaves_nothing_the_next_one_kee
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     assert path.read_bytes() == old and (tmp_path / f".tmp-{proc.pid}-v.csv").exists()
-    validate.append_row(str(path), _row("after"))
+    validation.append_row(str(path), _row("after"))
     with open(path) as f:
         assert [r["model"] for r in csv.DictReader(f)] == ["before", "after"]
     assert not (tmp_path / f".tmp-{proc.pid}-v.csv").exists()

@@ -10,7 +10,9 @@ import tensorflow as tf
 
 import reszoo.datasets
 from reszoo.datasets import channel_stats
-from training.common.images import decode_image, error_reason
+from training import augment as augment_lib
+from training.common.command import error_reason
+from training.common.images import decode_image
 
 _STATS_SAMPLE = 10_000
 _IN_MEMORY_BYTES = 2 * 2**30
@@ -299,8 +301,6 @@ def train_pipeline(data, batch_size, augment, seed, first_epoch, epochs, augment
     ``augment`` and the recipe's ``augmentation`` (``training.augment.Augmentation``). For
     in-memory data, epoch e's order and augmentation are stateless functions of (seed, e), so
     a run resumed at epoch e sees exactly the batches an uninterrupted run would."""
-    from training import augment as augment_lib
-
     kind = data.default_augment if augment == "auto" else augment
     shape, classes = data.image_shape, data.num_classes
     augmentation = augmentation or augment_lib.Augmentation()

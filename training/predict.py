@@ -5,7 +5,6 @@ version is used. Prints the top classes of each image through the ``serving_byte
 so it needs nothing from reszoo: a smoke test for an export, and a demo.
 """
 
-import os
 import sys
 
 from absl import app, flags, logging
@@ -32,9 +31,7 @@ def predict(saved_model, images, top=5):
         try:
             out = serve(image_bytes=tf.constant([data]))
         except tf.errors.InvalidArgumentError as err:
-            from training.common.images import error_reason
-
-            raise ValueError(f"{path} cannot be decoded as an image ({error_reason(err)})") from None
+            raise ValueError(f"{path} cannot be decoded as an image ({command.error_reason(err)})") from None
         names = [n.decode() for n in out["top_k_names"].numpy()[0][:top]]
         scores = out["top_k_scores"].numpy()[0][:top].tolist()
         results.append((path, list(zip(names, scores))))

@@ -29,10 +29,7 @@ import os
 import tempfile
 
 import numpy as np
-import openvino as ov
 import tensorflow as tf
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from training import data as data_lib
 from training.common import engines
@@ -96,8 +93,9 @@ def held_data(options, run_flags, image_shape, class_names):
             {"calibration": calibrated_on, "validation": validated_on})
 
 
-class _Reader(CalibrationDataReader):
-    """ONNX Runtime's calibration data reader: the calibration images in batches of 32."""
+class _Reader:
+    """ONNX Runtime's calibration data reader (its ``CalibrationDataReader`` protocol): the
+    calibration images in batches of 32."""
 
     def __init__(self, images, batch=32):
         self._batches = iter([images[i:i + batch] for i in range(0, len(images), batch)])
@@ -137,6 +135,10 @@ def quantize(folder, graph, calibration, held, max_drop):
     labels) against float32: ``{runtime: report}`` with both top-1 and their agreement. A file
     that loses more than ``max_drop`` points, or that its runtime cannot run (the report's
     ``error``), is removed again."""
+    import openvino as ov  # the [deploy] extra: imported only when quantizing
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     path = {name: os.path.join(folder, RUNTIMES[name].file) for name in ("onnx", *INT8)}
     with tempfile.TemporaryDirectory() as tmp:
         prepared = os.path.join(tmp, "prepared.onnx")

@@ -43,6 +43,16 @@ def first_line(err):
     return lines[0] if lines else type(err).__name__
 
 
+
+def error_reason(err):
+    """The reason in a TensorFlow error, without its ``{{function_node ...}}`` and ``[Op:...]``
+    wrapping (e.g. "Unknown image file format. One of JPEG, ... required")."""
+    message = getattr(err, "message", None) or str(err)
+    line = message.strip().splitlines()[0] if message.strip() else ""
+    line = re.sub(r"^(\{\{[^}]*\}\}\s*)+", "", line)
+    return line.split(" [Op:")[0].strip().rstrip(".") or type(err).__name__
+
+
 HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
 
 

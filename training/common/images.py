@@ -3,7 +3,6 @@ export's ``serving_bytes`` signature, ``reszoo-predict`` and ``reszoo-serve`` de
 ``decode_image`` and ``serving_image`` (TensorFlow's decoders)."""
 
 import dataclasses
-import re
 
 import tensorflow as tf
 
@@ -64,13 +63,3 @@ def to_channels(image, channels):
     else:
         out = tf.cond(native >= 3, lambda: tf.image.rgb_to_grayscale(image[..., :3]), lambda: image[..., :1])
     return tf.ensure_shape(out, [None, None, channels])
-
-
-def error_reason(err):
-    """The reason in a TensorFlow error, without its ``{{function_node ...}}`` and ``[Op:...]``
-    wrapping (e.g. "Unknown image file format. One of JPEG, ... required")."""
-    message = getattr(err, "message", None) or str(err)
-    line = message.strip().splitlines()[0] if message.strip() else ""
-    line = re.sub(r"^(\{\{[^}]*\}\}\s*)+", "", line)
-    return line.split(" [Op:")[0].strip().rstrip(".") or type(err).__name__
-
