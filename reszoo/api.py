@@ -30,21 +30,19 @@ def create_model(model_name=None, /, *, weights=None, **overrides):
     left out when the weights say how they were built (a run folder or a ``.keras`` file of
     reszoo's); a task model saved with residual adapters (``reszoo.transfer.add_adapters``) is
     built again with them. ``reszoo.list_weights()`` lists the published weights."""
-    if weights is not None:
-        weights_lib.check_source(weights)
-    if hub.is_checkpoint(weights):
-        found = hub.checkpoint(weights, model_name)
+    source = None if weights is None else weights_lib.resolve(model_name, weights)
+    if source is not None and source.kind == "checkpoint":
+        found = source.checkpoint
         state = hub.read_checkpoint(found)
         model = weights_lib.build(found.architecture, {**hub.checkpoint_arguments(found, state, overrides),
                                                        **overrides}, loading=True)
-        weights_lib.assign_state(model, state, found.name)
-        model.build_spec = dataclasses.replace(model.build_spec, weights=found.name)
+        weights_lib.assign_state(model, state, source.name)
+        model.build_spec = dataclasses.replace(model.build_spec, weights=source.name)
         return model
-    tag = weights_lib.timm_tag(model_name, weights)
-    if tag is not None:
-        return _published(model_name or hub.table()[tag]["architecture"], hub.PREFIX + tag,
-                          {**hub.build_arguments(tag, overrides), **overrides})
-    if weights == weights_lib.IMAGENET:
+    if source is not None and source.kind == "timm":
+        return _published(model_name or hub.table()[source.tag]["architecture"], source,
+                          {**hub.build_arguments(source.tag, overrides), **overrides})
+    if source is not None and source.kind == weights_lib.IMAGENET:
         if model_name is None:
             raise weights_lib.WeightsError(
                 f"weights='imagenet' are keras.applications' weights: name the model, one of "
@@ -54,7 +52,7 @@ def create_model(model_name=None, /, *, weights=None, **overrides):
                 f"weights='imagenet' are keras.applications' weights, for "
                 f"{', '.join(sorted(weights_lib.KERAS_APPLICATIONS_MODELS))}; for {model_name} see "
                 f"reszoo.list_weights({(model_name or '') + '*'!r})")
-        return _published(model_name, weights, {"variant": "keras", **overrides})
+        return _published(model_name, source, {"variant": "keras", **overrides})
     saved = None if weights is None else weights_lib.saved_spec(weights)
     if model_name is None:
         if weights is None:
@@ -70,17 +68,17 @@ def create_model(model_name=None, /, *, weights=None, **overrides):
         overrides["variant"] = "keras"
     model = weights_lib.build(model_name, overrides, None if saved is None else saved.adapters,
                               loading=weights is not None)
-    if weights is not None:
-        weights_lib.load_weights(model, weights)
+    if source is not None:
+        weights_lib.load(model, source)
     return model
 
 
-def _published(model_name, weights, overrides):
-    """The model with published ``weights`` (a timm tag or "imagenet"), which its build spec
-    records for its card."""
+def _published(model_name, source, overrides):
+    """The model with published weights (a resolved ``weights.Source``: a timm tag or
+    "imagenet"), which its build spec records for its card."""
     model = weights_lib.build(model_name, overrides, loading=True)
-    weights_lib.load_weights(model, weights)
-    model.build_spec = dataclasses.replace(model.build_spec, weights=weights)
+    weights_lib.load(model, source)
+    model.build_spec = dataclasses.replace(model.build_spec, weights=source.name)
     return model
 
 

@@ -286,20 +286,57 @@ def _weighted(model):
     return {layer.name: layer for layer in model.layers if layer.weights}
 
 
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A weights source resolved once (``resolve``), which ``load`` reads without resolving it
+    again, as timm's ``create_model`` parses a weights name once and hands the record down.
+    ``kind``: "timm" (``tag``, an entry of ``reszoo.hub``'s table), "checkpoint" (``checkpoint``,
+    a ``reszoo.hub.Checkpoint``), "imagenet" (keras.applications' own), or "keras" (``given``:
+    a Keras model, a ``.keras``, ``.weights.h5`` or keras.applications ``.h5`` file, or a
+    training run folder)."""
+
+    kind: str
+    given: object
+    tag: str = None
+    checkpoint: object = None
+
+    @property
+    def name(self):
+        """What the source is called in messages and on the model card."""
+        if self.kind == "timm":
+            return hub.PREFIX + self.tag
+        return self.checkpoint.name if self.kind == "checkpoint" else self.given
+
+
+def resolve(model_name, weights):
+    """``weights`` for the registered model ``model_name`` (None: the weights say which) as a
+    ``Source``; a ``WeightsError`` says what is wrong with it."""
+    check_source(weights)
+    if hub.is_checkpoint(weights):
+        return Source("checkpoint", weights, checkpoint=hub.checkpoint(weights, model_name))
+    tag = timm_tag(model_name, weights)
+    if tag is not None:
+        return Source("timm", weights, tag=tag)
+    return Source(IMAGENET if weights == IMAGENET else "keras", weights)
+
+
+def load(model, source):
+    """Load a resolved ``Source`` into ``model``, in place: a ``LoadReport``, or a
+    ``WeightsError`` naming the first layer that is missing or different, before anything is
+    assigned."""
+    if source.kind == "timm":
+        return assign_state(model, hub.read(hub.download(source.tag), source.tag), source.name)
+    if source.kind == "checkpoint":
+        return assign_state(model, hub.read_checkpoint(source.checkpoint), source.name)
+    return _assign(model, *_source(model, source.given))
+
+
 def load_weights(model, source):
-    """Load ``source`` (see the module docstring) into ``model``, in place. Returns a
-    ``LoadReport``; raises ``WeightsError`` naming the first layer that is missing or
-    different, before anything is assigned."""
-    check_source(source)
-    if hub.is_tag(source):
-        spec = build_spec(model)
-        tag = hub.resolve(spec.name if spec else None, source)
-        return assign_state(model, hub.read(hub.download(tag), tag), hub.PREFIX + tag)
-    if hub.is_checkpoint(source):
-        spec = build_spec(model)
-        found = hub.checkpoint(source, spec.name if spec else None)
-        return assign_state(model, hub.read_checkpoint(found), found.name)
-    return _assign(model, *_source(model, source))
+    """Load ``source`` (see the module docstring) into ``model``, in place (``resolve``, then
+    ``load``). Returns a ``LoadReport``; raises ``WeightsError`` naming the first layer that is
+    missing or different, before anything is assigned."""
+    spec = build_spec(model)
+    return load(model, resolve(spec.name if spec else None, source))
 
 
 def assign_state(model, state, described):

@@ -245,3 +245,18 @@ def test_imagenet_weights_come_from_keras_own_cache_by_file_name_and_hash(tmp_pa
                                       "and was removed, and cannot fetch")
     assert f"put the file at {models / 'densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5'}" in said["damaged"]
     assert mine.read_bytes() == b"half a download"
+
+
+def test_a_timm_tag_is_resolved_once_and_loaded_once_down_the_floors():
+    """``create_model(ARCH, weights="timm/TAG")`` resolves the tag once (``weights.resolve``)
+    and hands the record down to one load; no call goes up a floor
+    (``benchmarks.weights_walk``, on random weights in an offline cache made here)."""
+    from benchmarks import weights_walk
+
+    calls, resolves = weights_walk.walk("resnet18.a1_in1k")
+    assert resolves == 1
+    assert weights_walk.upward(calls) == []
+    assert calls[0] == ("reszoo.api", "reszoo.weights", "resolve")
+    assert [c for c in calls if c[:2] == ("reszoo.api", "reszoo.weights")] == [
+        ("reszoo.api", "reszoo.weights", "resolve"), ("reszoo.api", "reszoo.weights", "load"),
+        ("reszoo.api", "reszoo.weights", "name")]
