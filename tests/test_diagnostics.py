@@ -12,6 +12,7 @@ import tensorflow as tf
 
 import reszoo
 from reszoo import diagnostics
+from reszoo.diagnostics import measures
 from reszoo.datasets import load_digits
 
 from conftest import ROOT
@@ -79,12 +80,12 @@ def test_lesions_equal_the_lab_s_zeroed_branch(probe):
         bn.set_weights([np.zeros_like(w) if i < 2 else w for i, w in enumerate(saved)])
         zeroed = np.asarray(model(x, training=False))
         bn.set_weights(saved)
-        with diagnostics._lesioned(block):
+        with measures._lesioned(block):
             lesioned = np.asarray(model(x, training=False))
         np.testing.assert_allclose(lesioned, zeroed, rtol=1e-5, atol=1e-5)
         assert errors[block.name] == pytest.approx(float(np.mean(zeroed.argmax(1) != y)))
     np.testing.assert_array_equal(np.asarray(model(x, training=False)), np.asarray(base))  # restored
-    assert diagnostics.LesionProbe(model, found).errors(x, y) == errors  # the compiled switch: the same errors
+    assert diagnostics.Probe(model, found).errors(x, y) == errors  # the compiled switch: the same errors
     np.testing.assert_array_equal(np.asarray(model(x, training=False)), np.asarray(base))
     assert diagnostics.effective_depth({"none": 0.1, "a": 0.5, "b": 0.11}) == 1
 

@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import sys
+import time
 
 import keras
 import numpy as np
@@ -279,8 +280,10 @@ def _train(strategy, model, data, opts, epochs, steps_per_epoch, folder, recorde
     if opts.show_batch and chief:
         show_batch(data, opts, first_epoch, folder.file(run_folder.BATCH))
     fit = fit_custom if opts.distribution_strategy == "multi_worker_mirrored" else fit_keras
+    start = time.perf_counter()
     bad_epoch, metrics = fit(strategy, model, data, test, opts, epochs, steps_per_epoch, recorder,
                              folder.file(run_folder.LOGS))
+    fit_seconds = time.perf_counter() - start
     if bad_epoch is not None:
         raise CommandError(
             f"loss became NaN in epoch {bad_epoch + 1}; stopped. {_kept(recorder, folder)}. To continue with a "
@@ -290,7 +293,8 @@ def _train(strategy, model, data, opts, epochs, steps_per_epoch, folder, recorde
     results = {"test_" + k: float(v) for k, v in metrics.items()}
     results.update(epochs=epochs, trained_epochs=recorder.state.epoch - first_epoch,
                    params=reszoo.count_params(model), class_names=data.class_names, dataset=data.name,
-                   model=getattr(reszoo.build_spec(model), "name", None) or opts.model)  # --init_from's, if given
+                   model=getattr(reszoo.build_spec(model), "name", None) or opts.model,  # --init_from's, if given
+                   fit_seconds=round(fit_seconds, 3))  # this invocation's fit and final evaluation
     if chief:
         files.save_model(model, folder.file(run_folder.LAST))
         if opts.adapters != "none":
