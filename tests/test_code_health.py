@@ -168,3 +168,23 @@ def test_train_help_groups_every_flag():
     names = {f.name for f in flags.FLAGS.get_key_flags_for_module(flags)}
     grouped = [name for group in flags.TRAIN_GROUPS.values() for name in group]
     assert sorted(grouped) == sorted(names) and len(grouped) == len(set(grouped))
+
+
+def test_readme_s_layout_shows_every_module_on_a_line_and_each_has_a_docstring():
+    text = (ROOT / "README.md").read_text()
+    tree = text[text.index("## Layout"):].split("```")[1]
+    listed, folders = set(), []
+    for line in tree.splitlines():
+        if not line.strip():
+            continue
+        depth = (len(line) - len(line.lstrip())) // 2
+        name = line.split()[0]
+        folders = folders[:depth]
+        if name.endswith("/"):
+            folders.append(name)
+        elif name.endswith(".py"):
+            listed.add("".join(folders) + name)
+    modules = {str(p.relative_to(ROOT)) for package in PACKAGES for p in (ROOT / package).rglob("*.py")}
+    assert sorted(modules - listed) == [] and sorted(listed - modules - {"reszoo_cli.py"}) == []
+    for module in modules:
+        assert ast.get_docstring(ast.parse((ROOT / module).read_text())), f"{module} has no docstring"

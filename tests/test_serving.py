@@ -1069,6 +1069,8 @@ def test_the_kserve_manifests_are_kserve_objects_and_run_reszoo_serve_with_its_o
     assert container.name == "kserve-container" and container.ports[0].container_port == 8080
     dockerfile = (deploy / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["reszoo-serve"]' in dockerfile
+    for package in ("reszoo", "training", "serving"):  # every package setup.py installs is in the image
+        assert f"COPY {package} {package}" in dockerfile and f'"{package}"' in (ROOT / "setup.py").read_text()
     command = json.loads(re.search(r"^CMD (.*)$", dockerfile, re.M).group(1))
     for args in (container.args, command):  # every flag is reszoo-serve's: it gets as far as the missing folder
         args = [a.replace("{{.Name}}", "resnet20-digits").replace("/mnt/models", str(tmp_path / "mnt")) for a in args]

@@ -1,5 +1,6 @@
-"""Flags of ``python -m training.train``, their checks, and the papers' recipes; and how
-every command parses its flags and prints its ``--help``."""
+"""Flags of ``python -m training.train`` as a table (``TABLE``: each flag one entry, with its
+--help group, resume rule and check), the papers' recipes applied to them, and the flags read
+once into an ``Options``. Standard library and absl only: ``--help`` starts no TensorFlow."""
 
 import ast
 import collections
