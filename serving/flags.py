@@ -51,11 +51,8 @@ def define():
 
 
 def check(argv):
-    """What is wrong with the command line as a whole, in one line, or None (before the body
-    loads)."""
+    """What is wrong with the flags as a whole, in one line, or None (before the body loads)."""
     values = flags.FLAGS
-    if len(argv) > 1:
-        return f"unexpected arguments {argv[1:]}"
     if values.model_base_path is None and values.model_config_file is None and not values.adapter_tasks:
         return ("--model_base_path is required (a folder of exported models, e.g. saved_models), or "
                 "--model_config_file, or --adapter_tasks")

@@ -501,9 +501,6 @@ def _sha256(path):
 
 
 def main(argv):
-    if len(argv) > 1:
-        sys.stderr.write(f"export: error: unexpected arguments {argv[1:]}\n")
-        sys.exit(2)
     logging.set_verbosity(logging.ERROR)
     try:
         int8 = Int8Options(FLAGS.calibration_images, FLAGS.calibration_data, FLAGS.validation_data,

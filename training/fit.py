@@ -382,9 +382,6 @@ def fit_custom(strategy, model, data, test, opts, epochs, steps_per_epoch, recor
 
 
 def main(argv):
-    if len(argv) > 1:
-        sys.stderr.write(f"train: error: unexpected arguments {argv[1:]}\n")
-        sys.exit(2)
     logging.set_verbosity(logging.ERROR)  # tfds and TF warn through absl; errors are ours
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)

@@ -420,9 +420,6 @@ def run(source, dataset=None, data_dir=None, validation_split=None, seed=None, t
 
 
 def main(argv):
-    if len(argv) > 1:
-        sys.stderr.write(f"validate: error: unexpected arguments {argv[1:]}\n")
-        sys.exit(2)
     logging.set_verbosity(logging.ERROR)
 
     try:
