@@ -2,6 +2,7 @@ import functools
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -45,6 +46,13 @@ def pytest_collection_modifyitems(items):
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def free_port():
+    """A TCP port free on this machine now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_command(module, *args, cwd=ROOT, timeout=600, **env):

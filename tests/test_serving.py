@@ -27,7 +27,7 @@ import pytest
 import requests
 
 from benchmarks.common import png_bomb, rss_mb
-from conftest import ROOT, run_command
+from conftest import ROOT, free_port, run_command
 
 pytestmark = pytest.mark.xdist_group("serving")
 MODEL = "resnet20_digits"
@@ -39,17 +39,11 @@ def _close(got, expected, tol=TOL):
     return np.allclose(got, expected, rtol=tol, atol=tol * max(1.0, float(np.abs(expected).max())))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """``python -m serving ARGS`` on free ports, up when its model answers."""
 
     def __init__(self, tmp, base, *args, ready=MODEL):
-        self.port, self.grpc_port, self.v2_grpc_port = _free_port(), _free_port(), _free_port()
+        self.port, self.grpc_port, self.v2_grpc_port = free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(tmp / f"serve-{self.port}.log", "w+")
         self.proc = subprocess.Popen(
@@ -1005,7 +999,7 @@ def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, served):
              ([f"--model_config_file={tmp_path / 'garbled.config'}"], 2, "is not TF Serving's ModelServerConfig text"),
              ([f"--model_config_file={tmp_path / 'unlabelled.config'}"], 2,
               "label 'canary' names version 2, which its specific policy (1) does not serve"),
-             ([f"--model_base_path={tmp_path / 'only_broken'}", f"--port={_free_port()}", "--grpc_port=0",
+             ([f"--model_base_path={tmp_path / 'only_broken'}", f"--port={free_port()}", "--grpc_port=0",
                "--v2_grpc_port=0"], 1,
               "nothing to serve")]
     (tmp_path / "garbled.config").write_text("model_config_list { config { name: ")
@@ -1074,7 +1068,7 @@ def test_the_kserve_manifests_are_kserve_objects_and_run_reszoo_serve_with_its_o
     command = json.loads(re.search(r"^CMD (.*)$", dockerfile, re.M).group(1))
     for args in (container.args, command):  # every flag is reszoo-serve's: it gets as far as the missing folder
         args = [a.replace("{{.Name}}", "resnet20-digits").replace("/mnt/models", str(tmp_path / "mnt")) for a in args]
-        proc = run_command("serving", *args, f"--port={_free_port()}", "--grpc_port=0",
+        proc = run_command("serving", *args, f"--port={free_port()}", "--grpc_port=0",
                            "--v2_grpc_port=0")
         assert proc.returncode == 2 and f"serve: error: --model_base_path: '{tmp_path / 'mnt'}' is not a folder" in \
             proc.stderr, (args, proc.stderr[-1500:])
@@ -1132,7 +1126,7 @@ def test_adapter_tasks_share_one_backbone_and_answer_as_their_models(served):
                     reason="TF Serving's tensorflow_model_server is not on PATH (it is on neither PyPI nor Debian)")
 def test_tf_serving_gives_the_same_answers_to_the_same_requests(served, tmp_path):
     _, base, server = served
-    port = _free_port()
+    port = free_port()
     tfs = subprocess.Popen(["tensorflow_model_server", f"--rest_api_port={port}", "--port=0", f"--model_name={MODEL}",
                             f"--model_base_path={base / MODEL}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
