@@ -14,8 +14,6 @@ the package it finds.
 - ``connections``: the HTTP connections (host, read timeout, connection cap, drain).
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up lines, unless asked for
+import training.common  # noqa: F401  (first: the training package quiets TensorFlow's C++ start-up lines)
 
 RESZOO = True
