@@ -25,6 +25,7 @@ def create_model(model_name=None, /, *, weights=None, **overrides):
       from the file;
     - a training run folder, a ``.keras`` or ``.weights.h5`` file, keras.applications' ``.h5``
       file (the "keras" variant is then the default), or a Keras model.
+    - any of these resolved already (``reszoo.weights.resolve``: a ``Source``), handed down as it is.
 
     With another ``num_classes`` than the weights' the classifier is new. The model name may be
     left out when the weights say how they were built (a run folder or a ``.keras`` file of
@@ -53,7 +54,7 @@ def create_model(model_name=None, /, *, weights=None, **overrides):
                 f"{', '.join(sorted(weights_lib.KERAS_APPLICATIONS_MODELS))}; for {model_name} see "
                 f"reszoo.list_weights({(model_name or '') + '*'!r})")
         return _published(model_name, source, {"variant": "keras", **overrides})
-    saved = None if weights is None else weights_lib.saved_spec(weights)
+    saved = None if source is None else weights_lib.saved_spec(source.given)
     if model_name is None:
         if weights is None:
             raise ValueError("create_model needs a model name (reszoo.list_models() lists them) or weights")
@@ -64,7 +65,7 @@ def create_model(model_name=None, /, *, weights=None, **overrides):
         model_name, overrides = saved.name, {**saved.arguments(), **overrides}
     registry.get_spec(model_name)
     if (weights is not None and "variant" not in overrides and model_name in weights_lib.KERAS_APPLICATIONS_MODELS
-            and weights_lib.is_keras_applications_file(weights)):
+            and weights_lib.is_keras_applications_file(source.given)):
         overrides["variant"] = "keras"
     model = weights_lib.build(model_name, overrides, None if saved is None else saved.adapters,
                               loading=weights is not None)

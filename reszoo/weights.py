@@ -310,7 +310,10 @@ class Source:
 
 def resolve(model_name, weights):
     """``weights`` for the registered model ``model_name`` (None: the weights say which) as a
-    ``Source``; a ``WeightsError`` says what is wrong with it."""
+    ``Source`` (one already resolved is handed back as it is); a ``WeightsError`` says what is
+    wrong with it."""
+    if isinstance(weights, Source):
+        return weights
     check_source(weights)
     if hub.is_checkpoint(weights):
         return Source("checkpoint", weights, checkpoint=hub.checkpoint(weights, model_name))

@@ -18,7 +18,7 @@ import tensorflow as tf
 from absl import flags, logging
 
 import reszoo
-from reszoo import hub, transfer
+from reszoo import hub, transfer, weights as reszoo_weights
 from reszoo.weights import WeightsError
 from training import augment, data as data_lib, run_folder
 from training.common import engines, files, layout, runtimes
@@ -196,8 +196,8 @@ def _saved_model_source(path, runtime="saved_model"):
 
 def _weights_source(weights):
     try:
-        tag = hub.resolve(None, weights)
-        model = reszoo.create_model(weights=weights)
+        tag = hub.resolve(None, weights)  # timm's tags only, resolved once and handed down
+        model = reszoo.create_model(weights=reszoo_weights.Source("timm", weights, tag=tag))
     except WeightsError as err:
         raise CommandError(f"--weights: {err}", 2) from None
     entry = hub.card(tag)
