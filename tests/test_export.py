@@ -467,7 +467,7 @@ def test_a_mismatch_is_an_error_and_writes_nothing(run, tmp_path, monkeypatch):
     from training import exporter
 
     _, model_dir, _, _ = run
-    monkeypatch.setattr(export, "TOLERANCE", dict(rtol=0.0, atol=-1.0))  # nothing can pass
+    monkeypatch.setattr(exporter, "TOLERANCE", dict(rtol=0.0, atol=-1.0))  # nothing can pass
     with pytest.raises(exporter.ExportError, match="does not reproduce the Keras model"):
         exporter.export(str(model_dir), str(tmp_path))
     assert os.listdir(tmp_path / "resnet20_digits") == []
