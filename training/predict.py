@@ -61,7 +61,8 @@ def main(argv):
 
 def cli():
     """``reszoo-predict`` and ``python -m training.predict``."""
-    app.run(main, flags_parser=command.parser(sys.modules[__name__], __doc__, run_as="training.predict", args=" IMAGE [IMAGE ...]"))
+    app.run(main, flags_parser=command.parser(sys.modules[__name__], __doc__, run_as="training.predict",
+                                              args=" IMAGE [IMAGE ...]"))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ def first_line(err):
     return lines[0] if lines else type(err).__name__
 
 
-
 def error_reason(err):
     """The reason in a TensorFlow error, without its ``{{function_node ...}}`` and ``[Op:...]``
     wrapping (e.g. "Unknown image file format. One of JPEG, ... required")."""
@@ -59,11 +58,11 @@ HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
 def parser(module, doc, *, run_as, name=None, groups=None, args="", aliases=None):
     """absl's flags parser for the command ``python -m run_as`` (``reszoo-NAME``; ``name``
     defaults to ``run_as``'s last part), whose flags ``module`` defines: a bad flag is one line,
-    ``NAME: error: ...``, and exit code 2 (not a usage dump); ``--help`` lists the command's own flags, grouped as ``groups`` says
-    (``{title: [names]}``; the rest under "flags"), after the first paragraph of ``doc``, and
-    exits 0. absl's ``--helpfull`` still lists every flag of every module. ``args`` names the
-    positional arguments in the usage line; ``aliases`` rewrites whole arguments first
-    (``{"--diagnostics": "--diagnostics=100"}``)."""
+    ``NAME: error: ...``, and exit code 2 (not a usage dump); ``--help`` lists the command's own
+    flags, grouped as ``groups`` says (``{title: [names]}``; the rest under "flags"), after the
+    first paragraph of ``doc``, and exits 0. absl's ``--helpfull`` still lists every flag of
+    every module. ``args`` names the positional arguments in the usage line; ``aliases``
+    rewrites whole arguments first (``{"--diagnostics": "--diagnostics=100"}``)."""
     name = name or run_as.rsplit(".", 1)[-1]
 
     def parse(argv):
