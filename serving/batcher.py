@@ -18,8 +18,9 @@ class Batcher:
     """Runs concurrent requests to one model as one batch of at most ``max_batch_size`` images:
     a request to an idle model runs at once, and whatever queues while the model is busy goes in
     its next call; ``timeout_s`` > 0 waits that long for more first (TF Serving's
-    ``batch_timeout_micros``). A version whose last call took under ``INLINE_S`` runs on the
-    event loop itself: the hop to a worker thread and back would cost as much as the call."""
+    ``batch_timeout_micros``). A call no larger than the version's last one, which took under
+    ``INLINE_S``, runs on the event loop itself: the hop to a worker thread and back would cost
+    as much as the call (a larger one could hold the loop, and every deadline, for seconds)."""
 
     INLINE_S = 0.001
 
@@ -39,29 +40,44 @@ class Batcher:
     def _timed(self, version, pixels):
         start = time.perf_counter()
         out = version.run(pixels)
-        version.last_call_s = time.perf_counter() - start
-        tfs_metrics.runtime(self.name, version.runtime, version.last_call_s)
+        version.last_call = (time.perf_counter() - start, len(pixels))
+        tfs_metrics.runtime(self.name, version.runtime, version.last_call[0])
         return out
 
+    def _inline(self, version, pixels):
+        last = version.last_call
+        return last is not None and last[0] < self.INLINE_S and len(pixels) <= last[1]
+
     async def _run(self, loop, version, pixels):
-        if version.last_call_s is not None and version.last_call_s < self.INLINE_S:
+        if self._inline(version, pixels):
             return self._timed(version, pixels)
         return await loop.run_in_executor(None, self._timed, version, pixels)
 
     async def _alone(self, loop, version, pixels):
-        """The fast path: the model is idle (or batching is off), so this request runs by itself."""
+        """The fast path: the model is idle (or batching is off), so this request runs by itself.
+        The model stays busy until its call ends, even when the request gave up first."""
         BATCH_SIZES.labels(self.name).observe(len(pixels))
         tfs_metrics.queued(self.name, 0.0)
         if self.max_batch_size <= 1:
             return await self._run(loop, version, pixels)
         self._busy = True
-        try:
-            return await self._run(loop, version, pixels)
-        finally:
-            if self._pending:
-                loop.create_task(self._drain(loop))
-            else:
-                self._busy = False
+        if self._inline(version, pixels):
+            try:
+                return self._timed(version, pixels)
+            finally:
+                self._free(loop)
+        call = loop.run_in_executor(None, self._timed, version, pixels)
+        call.add_done_callback(lambda done: self._free(loop, done))
+        return await asyncio.shield(call)
+
+    def _free(self, loop, call=None):
+        """The model's call has ended: the queue's next batch runs, or the batcher is idle."""
+        if call is not None and not call.cancelled():
+            call.exception()  # retrieved: a request past its deadline hears no more of it
+        if self._pending:
+            loop.create_task(self._drain(loop))
+        else:
+            self._busy = False
 
     async def _drain(self, loop):
         try:

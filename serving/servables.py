@@ -31,11 +31,11 @@ from training.common.runtimes import RUNTIMES, missing_file
 class Servable:
     """What a served model runs: ``run(pixels)`` gives the export's five outputs for float32
     pixels ``[n, H, W, C]``, ``decode(images)`` turns encoded images into such pixels;
-    ``last_call_s`` is how long its last call took (the batcher's, or the warm-up's)."""
+    ``last_call`` is ``(seconds, images)`` of its last call (the batcher's, or the warm-up's)."""
 
     number, image_shape, class_names, top_k, transform = 1, None, None, 5, None
     runtime, precision = "keras", "float32"
-    last_call_s = None
+    last_call = None
 
     @property
     def signature_def_map(self):
@@ -156,7 +156,7 @@ class Version(Servable):
             pixels = self.decode(list(array.ravel())) if dtype == "string" else array.astype("float32")
             start = time.perf_counter()
             self.run(pixels)
-            self.last_call_s = time.perf_counter() - start
+            self.last_call = (time.perf_counter() - start, len(pixels))
             count += 1
         return count
 
