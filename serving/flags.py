@@ -1,8 +1,17 @@
-"""``reszoo-serve``'s flags (absl and the runtime table only: ``--help`` starts no TensorFlow)."""
+"""``reszoo-serve``'s flags, read once into ``ServeOptions`` and checked before the body loads:
+``--help`` and every usage error (exit 2) start no TensorFlow, as TF Serving's own flags answer
+at once."""
+
+import errno
+import functools
+import os
+import socket
 
 from absl import flags
 
-from training.common.runtimes import RUNTIMES
+from serving import model_config
+from serving.options import ServeOptions
+from training.common.runtimes import RUNTIMES, missing_package
 
 PORT_FLAGS = ("port", "grpc_port", "v2_grpc_port")
 
@@ -50,12 +59,63 @@ def define():
     flags.DEFINE_bool("log_requests", False, "log a line per request (uvicorn's access log, KServe's timings)")
 
 
-def check(argv):
-    """What is wrong with the flags as a whole, in one line, or None (before the body loads)."""
+@functools.cache
+def options():
+    """The flags read once into ``ServeOptions`` (``--model_config_file`` parsed); ValueError
+    says what is wrong with them."""
+    values = flags.FLAGS
+    configs = tuple(model_config.read(values.model_config_file).values()) if values.model_config_file else ()
+    return ServeOptions(
+        base_path=values.model_base_path, model_name=values.model_name, adapter_tasks=tuple(values.adapter_tasks),
+        runtime=values.runtime, max_batch_size=values.max_batch_size, batch_timeout_s=values.batch_timeout_ms / 1000,
+        poll_seconds=values.poll_seconds, max_request_bytes=int(values.max_request_mb * 2 ** 20),
+        request_timeout_s=values.request_timeout_ms / 1000, model_configs=configs)
+
+
+def check():
+    """What is wrong with the flags as a whole, in one line, or None (before the body loads):
+    what to serve, the runtime's package, the config file, the model folders, the ports and
+    the host."""
     values = flags.FLAGS
     if values.model_base_path is None and values.model_config_file is None and not values.adapter_tasks:
         return ("--model_base_path is required (a folder of exported models, e.g. saved_models), or "
                 "--model_config_file, or --adapter_tasks")
     if values.model_base_path is not None and values.model_config_file is not None:
         return "give --model_base_path or --model_config_file, not both (the file names each model's base_path)"
+    problem = missing_package(values.runtime, "serve")
+    if problem:
+        return problem
+    try:
+        served = options()
+        if served.watched and not served.folders():
+            return (f"--model_base_path: {served.base_path} holds no model folders (export one with "
+                    "python -m training.export)")
+    except ValueError as err:
+        return str(err)
+    for run in served.adapter_tasks:
+        if not os.path.isdir(run):
+            return f"--adapter_tasks: {run!r} is not a run folder"
+    ports = {flag: getattr(values, flag) for flag in PORT_FLAGS if getattr(values, flag)}
+    for i, (flag, port) in enumerate(ports.items()):
+        same = [other for other in list(ports)[:i] if ports[other] == port]
+        if same:
+            return f"--{flag} must differ from --{same[0]} (both {port})"
+        problem = _cannot_listen(flag, values.host, port)
+        if problem:
+            return problem
+    return None
+
+
+def _cannot_listen(flag, host, port):
+    """Why the server could not listen on ``host``:``port``, or None."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except socket.gaierror:
+            return f"--host={host}: not an address or a name this machine resolves"
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return f"--{flag}={port}: the port is in use (another server is running there?)"
+            return f"--host={host}: cannot listen there ({err.strerror})"
     return None

@@ -1,17 +1,13 @@
-"""``reszoo-serve``'s body, run once its flags are parsed (``serving.__main__``): the flags
-checked, the models loaded, and KServe's model server started with TF Serving's gRPC API
-beside it."""
+"""``reszoo-serve``'s body, run once its flags are parsed and checked (``serving.__main__``,
+``serving.flags``): the models loaded, and KServe's model server started with TF Serving's gRPC
+API beside it."""
 
-import errno
 import os
-import socket
 import sys
 
 from absl import flags as absl_flags
 
-from serving import app, connections, flags, model_config, tf_serving_grpc
-from serving.options import ServeOptions
-from training.common import runtimes
+from serving import app, connections, flags, tf_serving_grpc
 
 FLAGS = absl_flags.FLAGS
 
@@ -20,26 +16,6 @@ def _say(line):
     stream = sys.stderr if line.startswith("serve: error") else sys.stdout
     stream.write(line + "\n")
     stream.flush()
-
-
-def _usage(message):
-    _say(f"serve: error: {message}")
-    sys.exit(2)
-
-
-def _cannot_listen(flag, host, port):
-    """Why the server could not listen on ``host``:``port``, or None."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except socket.gaierror:
-            return f"--host={host}: not an address or a name this machine resolves"
-        except OSError as err:
-            if err.errno == errno.EADDRINUSE:
-                return f"--{flag}={port}: the port is in use (another server is running there?)"
-            return f"--host={host}: cannot listen there ({err.strerror})"
-    return None
 
 
 def _tasks(runs, options):
@@ -57,42 +33,8 @@ def _tasks(runs, options):
 
 
 def main(argv):
-    problem = runtimes.missing_package(FLAGS.runtime, "serve")
-    if problem:
-        _usage(problem)
-    configs = ()
-    if FLAGS.model_config_file is not None:
-        try:
-            configs = tuple(model_config.read(FLAGS.model_config_file).values())
-        except ValueError as err:
-            _usage(str(err))
-    options = ServeOptions(
-        base_path=FLAGS.model_base_path, model_name=FLAGS.model_name, adapter_tasks=tuple(FLAGS.adapter_tasks),
-        runtime=FLAGS.runtime, max_batch_size=FLAGS.max_batch_size, batch_timeout_s=FLAGS.batch_timeout_ms / 1000,
-        poll_seconds=FLAGS.poll_seconds, max_request_bytes=int(FLAGS.max_request_mb * 2 ** 20),
-        request_timeout_s=FLAGS.request_timeout_ms / 1000,
-        model_configs=configs)
-    folders = {}
-    if options.watched:
-        try:
-            folders = options.folders()
-        except ValueError as err:
-            _usage(str(err))
-        if not folders:
-            _usage(f"--model_base_path: {options.base_path} holds no model folders (export one with "
-                   "python -m training.export)")
-    for run in options.adapter_tasks:
-        if not os.path.isdir(run):
-            _usage(f"--adapter_tasks: {run!r} is not a run folder")
-    ports = {flag: getattr(FLAGS, flag) for flag in flags.PORT_FLAGS if getattr(FLAGS, flag)}
-    for i, (flag, port) in enumerate(ports.items()):
-        same = [other for other in list(ports)[:i] if ports[other] == port]
-        if same:
-            _usage(f"--{flag} must differ from --{same[0]} (both {port})")
-        problem = _cannot_listen(flag, FLAGS.host, port)
-        if problem:
-            _usage(problem)
-
+    options = flags.options()
+    folders = options.folders() if options.watched else {}
     models = [app.served_model(name, folder, options, _say) for name, folder in folders.items()]
     for model in models:
         if model.current is None and not model.failed:

@@ -86,14 +86,14 @@ def run(body, module, doc, *, run_as, name=None, requires=None, check=None, **pa
     """Parse the command's flags (``parser``), then import its heavy body, the module named
     ``body``, and run its ``main(argv)``: the one place a command imports a module by name, so
     ``--help`` and a bad flag never start TensorFlow. ``requires`` maps the packages the body
-    needs to the line (exit 2) that says how to install one that is missing; ``check(argv)``
+    needs to the line (exit 2) that says how to install one that is missing; ``check()``
     says what is wrong with the flags as a whole (exit 2), or None. A command run this way takes
     no positional arguments."""
     name = name or run_as.rsplit(".", 1)[-1]
 
     def main(argv):
         problems = [f"unexpected arguments {argv[1:]}" if len(argv) > 1 else None,
-                    check(argv) if check else None] + [
+                    check() if check else None] + [
             line for package, line in (requires or {}).items() if importlib.util.find_spec(package) is None]
         for problem in filter(None, problems):
             sys.stderr.write(f"{name}: error: {problem}\n")
