@@ -8,6 +8,11 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# Two xdist workers share the cores (CI has 2): each TensorFlow, PyTorch and BLAS, the worker's
+# own and those of the commands it starts (they inherit the environment), computes on one thread,
+# where two a process would contend (the lab's digits test, two at once: 63-69 s against 51-53 s).
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
