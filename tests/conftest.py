@@ -1,4 +1,5 @@
 import functools
+import gc
 import json
 import os
 import pathlib
@@ -14,12 +15,16 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+gc.disable()  # TensorFlow's modules imported out of the collector's way, as the commands import them
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import reszoo  # noqa: E402
 from reszoo import factory  # noqa: E402
+
+gc.freeze()
+gc.enable()
 
 
 @functools.lru_cache(maxsize=None)
@@ -69,7 +74,7 @@ def run_command(module, *args, cwd=ROOT, timeout=600, **env):
 USAGE_DRIVER = r"""
 import contextlib, importlib, io, json, os, sys
 from training import flags as run_flags
-from training.common.command import parser
+from training.common.command import import_body, parser
 command = importlib.import_module(sys.argv[2])
 if command.__name__ == "training.train":
     parse = parser(run_flags, command.__doc__, run_as=command.__name__, groups=run_flags.TRAIN_GROUPS,
@@ -77,7 +82,7 @@ if command.__name__ == "training.train":
 else:
     command.define_flags()
     parse = parser(command, command.__doc__, run_as=command.__name__)
-body = importlib.import_module(command.BODY)  # the command's heavy body, as command.run loads it
+body = import_body(command.BODY)  # the command's heavy body, as command.run loads it
 said = []
 for args, env in json.loads(sys.argv[1]):
     saved = dict(os.environ)
