@@ -1,56 +1,289 @@
-"""Serving: load time and latency (batch 1 and 32) of reszoo's exported SavedModel
-(training.export: signatures, top-k, preprocessing inside) against keras.applications'
-equivalent exported with Keras' own ``model.export``, both through ``tf.saved_model.load``.
+"""Inference on the CPU, every runtime an export is served with, side by side in one run.
 
-    python -m benchmarks.inference [--model=resnet50 --runs=10]
+Speed (``--models``): ResNet-20 trained on the digits (by ``training.train``), and ResNet-50,
+DenseNet-121 and ResNeXt-50 at 224 px with random weights and BatchNorm statistics. Each is
+exported as ``reszoo-export --quantize=int8`` exports it (``training.common.runtimes``: the float32
+SavedModel in TensorFlow, ONNX Runtime float32 and int8, OpenVINO float32, bf16 and int8, LiteRT
+int8), and each file is timed: load seconds, median latency and images/s at batch 1 and 32, file
+size, top-1 agreement with float32 on held-out images. Beside them: the SavedModel under
+TensorFlow's oneDNN bf16 rewrite (grappler's ``auto_mixed_precision_onednn_bfloat16``, on for
+its calls alone; no export option turns it on), keras.applications' net of the same name exported with Keras'
+``model.export``, and torchvision's in PyTorch eager float32 (its own process), where they exist.
+
+Accuracy (``--accuracy``): nets trained on the digits by ``training.train`` (ResNet-20, ResNet-56,
+DenseNet-40) and one fine-tuned from published weights (``timm/resnet18.a1_in1k``, random with
+BatchNorm statistics as tests/timm_reference.py writes them into an offline Hugging Face cache),
+exported by ``training.export --quantize=int8``: float32 and int8 top-1 and their agreement on the
+run's test split, as the export measured and wrote them into its metadata.
+
+The CPU flags that decide int8 and bf16 (avx512_vnni, avx512_bf16, amx_int8, amx_bf16) head the
+output.
+
+    python -m benchmarks.inference [--models=resnet20_digits,resnet50,densenet121,resnext50_32x4d
+        --batches=1,32 --runs=10 --calibration=32 --accuracy=resnet20,resnet56,densenet40,resnet18_timm]
 """
 
 import argparse
+import dataclasses
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
-from benchmarks.common import emit, latency_ms
+from benchmarks.common import emit, latency_ms, machine, randomized
+from training.common.runtimes import cpu_flags
 
-PEERS = {"resnet50": "ResNet50", "densenet121": "DenseNet121"}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+LABELS = {"saved_model": "SavedModel float32 (TensorFlow)", "saved_model_bf16": "SavedModel, TensorFlow's oneDNN bf16",
+          "onnx": "ONNX Runtime float32", "onnx_int8": "ONNX Runtime int8", "openvino": "OpenVINO float32",
+          "openvino_bf16": "OpenVINO bf16", "openvino_int8": "OpenVINO int8", "litert_int8": "LiteRT int8",
+          "keras_applications": "keras.applications, model.export (float32)",
+          "torch_eager": "PyTorch eager float32 (torchvision's net, own process)"}
+KERAS_APPLICATIONS = {"resnet50": "ResNet50", "densenet121": "DenseNet121"}
+DIGITS_SPEED = "resnet20_digits"  # the speed row of the digits' ResNet-20, trained as --accuracy trains it
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet50", choices=sorted(PEERS))
-    parser.add_argument("--runs", type=int, default=10)
-    args = parser.parse_args()
-    import keras
+@dataclasses.dataclass(frozen=True)
+class DigitsNet:
+    """A net of the accuracy table: its training flags and epochs, and the published weights it
+    is fine-tuned from (``ARCH.TAG``, in an offline cache of random ones)."""
+
+    label: str
+    epochs: int
+    train: tuple
+    timm: str = None
+
+
+DIGITS = {
+    "resnet20": DigitsNet("ResNet-20, digits", 3, ("--model=resnet20",)),
+    "resnet56": DigitsNet("ResNet-56, digits (the default recipe)", 30, ("--model=resnet56",)),
+    "densenet40": DigitsNet("DenseNet-40 (k=12), digits", 15, ("--model=densenet40_k12",)),
+    "resnet18_timm": DigitsNet("ResNet-18 fine-tuned from timm/resnet18.a1_in1k, digits at 32 px", 5,
+                               ("--image_size=32", "--validation_split=0.2", "--init_from=timm/resnet18.a1_in1k"),
+                               timm="resnet18.a1_in1k"),
+}
+
+# PyTorch eager float32, torchvision's net of the same name, in a process of its own (PyTorch
+# beside TensorFlow in one process crashes): median ms per batch size, as latency_ms measures.
+TORCH_EAGER = r"""
+import json, sys, torch, torchvision
+from benchmarks.common import latency_ms
+name, size, batches, runs = sys.argv[1], int(sys.argv[2]), [int(b) for b in sys.argv[3].split(",")], int(sys.argv[4])
+model = getattr(torchvision.models, name)().eval().to(memory_format=torch.channels_last)
+with torch.inference_mode():
+    found = {batch: latency_ms(model, torch.rand(batch, 3, size, size).to(memory_format=torch.channels_last), runs)
+             for batch in batches}
+print("RESULT" + json.dumps(found))
+"""
+
+
+def torch_eager(name, size, batches, runs):
+    """``{batch: ms}`` of torchvision's ``name`` in PyTorch eager, or None where torchvision has
+    no such net (or PyTorch is not installed)."""
+    proc = subprocess.run([sys.executable, "-c", TORCH_EAGER, name, str(size), ",".join(map(str, batches)),
+                           str(runs)], capture_output=True, text=True, cwd=ROOT)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT")), None)
+    return None if line is None else {int(b): t for b, t in json.loads(line[len("RESULT"):]).items()}
+
+
+def _command(*argv, **env):
+    proc = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})
+    if proc.returncode != 0:
+        sys.exit(f"benchmark: {' '.join(argv[:2])} failed (exit {proc.returncode}): "
+                 f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    return proc
+
+
+def _digit_folder(root):
+    """The digits as a folder of class sub-folders of grey PNGs, as a user's own data comes."""
+    from PIL import Image
+
+    from reszoo.datasets import DIGITS_MAX, load_digits
+
+    (x, y), _, _ = load_digits()
+    for i, (image, label) in enumerate(zip(x, y)):
+        os.makedirs(os.path.join(root, f"digit{label}"), exist_ok=True)
+        Image.fromarray((image[..., 0].astype("int32") * (255 // DIGITS_MAX)).astype("uint8")).save(
+            os.path.join(root, f"digit{label}", f"{i}.png"))
+    return root
+
+
+def trained(name, work, epochs):
+    """The run folder of the digits net ``name``, trained in ``work`` unless it is there."""
+    net, run = DIGITS[name], os.path.join(work, name)
+    if os.path.isfile(os.path.join(run, "last.keras")):
+        return run
+    flags, env = [*net.train, f"--epochs={epochs or net.epochs}"], {}
+    if net.timm:
+        hub, folder = os.path.join(work, "hub"), os.path.join(work, "digit_pngs")
+        arch, tag = net.timm.split(".", 1)
+        _command(os.path.join(ROOT, "tests", "timm_reference.py"), f"--cache={hub}", f"--out={work}/timm_out",
+                 "--sizes=64", f"{arch}:{tag}")
+        if not os.path.isdir(folder):
+            _digit_folder(folder)
+        flags += ["--dataset=folder", f"--data_dir={folder}"]
+        env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": hub}
+    _command("-m", "training.train", *flags, f"--model_dir={run}", **env)
+    return run
+
+
+def accuracy(names, work, epochs):
+    """Each digits net trained, then exported with ``--quantize=int8`` (nothing refused, so
+    every file's numbers show): its export's int8 records."""
+    print("\n| net | float32 top-1 | int8 top-1: ONNX Runtime / OpenVINO / LiteRT | agreement with float32 |")
+    print("|---|---:|---:|---:|")
+    for name in names:
+        run = trained(name, work, epochs)
+        out = os.path.join(work, "saved_models")
+        _command("-m", "training.export", f"--model_dir={run}", f"--export_dir={out}", f"--name={name}",
+                 "--quantize=int8", "--max_accuracy_drop=100")
+        version = os.path.join(out, name, max(os.listdir(os.path.join(out, name)), key=int))
+        with open(os.path.join(version, "metadata.json")) as f:
+            int8 = json.load(f)["int8"]
+        runtimes = ("onnx_int8", "openvino_int8", "litert_int8")
+        top1 = " / ".join(f"{int8[r]['top1_int8']:.2f}%" if "top1_int8" in int8[r] else "can't run" for r in runtimes)
+        agree = " / ".join(f"{int8[r]['top1_agreement']:.1f}%" if "top1_agreement" in int8[r] else "-" for r in runtimes)
+        print(f"| {DIGITS[name].label}, {epochs or DIGITS[name].epochs} epochs "
+              f"({int8['onnx_int8']['validation_images']} test images) | "
+              f"{int8['onnx_int8']['top1_float32']:.2f}% | {top1} | {agree} |", flush=True)
+        emit(benchmark="inference_accuracy", net=name, images=int8["onnx_int8"]["validation_images"],
+             top1_float32=int8["onnx_int8"]["top1_float32"],
+             **{r: {k: int8[r].get(k) for k in ("top1_int8", "top1_agreement")} for r in runtimes})
+
+
+def _size_mb(folder, files):
+    return sum(os.path.getsize(os.path.join(folder, f)) for f in files) / 2 ** 20
+
+
+def _timed_load(open_file):
+    start = time.perf_counter()
+    run = open_file()
+    return run, time.perf_counter() - start
+
+
+def speed(label, name, model, calibration, held, batches, runs):
+    """``model`` exported to every runtime's file, int8 calibrated on ``calibration``, each file
+    timed; agreement with float32's top-1 on ``held``. One table row each."""
     import numpy as np
     import tensorflow as tf
 
+    from training import exporter, quantize
+    from training.common import engines, runtimes
+
+    image_shape = tuple(model.input_shape[1:])
+    with tempfile.TemporaryDirectory() as tmp:
+        core = os.path.join(tmp, "core")
+        exporter.export_core(model, core, image_shape)
+        exporter._export_onnx(core, os.path.join(tmp, runtimes.RUNTIMES["onnx"].file))
+        exporter.export_openvino(tmp)
+        labels = engines.logits(engines.open_runtime("onnx", tmp), held).argmax(1)
+        quantize.quantize(tmp, core, calibration, (held, labels), 100.0)
+        saved, load_s = {}, {}
+        saved["saved_model"], load_s["saved_model"] = _timed_load(lambda: tf.saved_model.load(core).signatures["serve"])
+        saved["saved_model_bf16"], load_s["saved_model_bf16"] = _timed_load(
+            lambda: tf.saved_model.load(core).signatures["serve"])
+        runners = {"saved_model": lambda b: saved["saved_model"](tf.constant(b)),
+                   "saved_model_bf16": lambda b: next(iter(saved["saved_model_bf16"](tf.constant(b)).values())).numpy()}
+        for runtime in runtimes.RUNTIMES:
+            if runtime != "saved_model":
+                runners[runtime], load_s[runtime] = _timed_load(lambda: engines.open_runtime(runtime, tmp))
+        size_mb = {r: _size_mb(tmp, runtimes.files_of(runtimes.RUNTIMES[r])) for r in runtimes.RUNTIMES if r != "saved_model"}
+        size_mb["saved_model"] = size_mb["saved_model_bf16"] = sum(
+            os.path.getsize(os.path.join(root, f)) for root, _, fs in os.walk(core) for f in fs) / 2 ** 20
+        if name in KERAS_APPLICATIONS and image_shape == (224, 224, 3):
+            import keras
+
+            peer = os.path.join(tmp, "keras_applications")
+            getattr(keras.applications, KERAS_APPLICATIONS[name])(weights=None).export(
+                peer, format="tf_saved_model", verbose=False)
+            loaded, load_s["keras_applications"] = _timed_load(lambda: tf.saved_model.load(peer))
+            runners["keras_applications"] = lambda b: loaded.serve(tf.constant(b))
+            size_mb["keras_applications"] = sum(
+                os.path.getsize(os.path.join(root, f)) for root, _, fs in os.walk(peer) for f in fs) / 2 ** 20
+        agreement, times = {}, {}
+        for runtime, run in runners.items():
+            # TensorFlow picks the graph a call runs by the options in force at the call (the
+            # rewrite is cached per option set and input shape): on for this runtime alone.
+            tf.config.optimizer.set_experimental_options(
+                {"auto_mixed_precision_onednn_bfloat16": runtime == "saved_model_bf16"})
+            if runtime in runtimes.INT8 or runtime.endswith("_bf16"):
+                agreement[runtime] = 100 * float(np.mean(engines.logits(run, held).argmax(1) == labels))
+            times[runtime] = {b: latency_ms(run, held[:b] if b <= len(held) else np.resize(held, (b, *image_shape)),
+                                            runs) for b in batches}
+        tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": False})
+        if image_shape[-1] == 3:
+            eager = torch_eager(name, image_shape[0], batches, runs)
+            if eager is not None:
+                times["torch_eager"] = eager
+        last = batches[-1]
+        for runtime, by_batch in times.items():
+            cells = [f"{t:.{1 if t >= 10 else 2}f} ms, {1000 * b / t:,.0f}" for b, t in by_batch.items()]
+            shown = f"{agreement[runtime]:.1f}%" if runtime in agreement else "-"
+            speedup = times["saved_model"][last] / by_batch[last]
+            mb = f"{size_mb[runtime]:.1f}" if runtime in size_mb else "-"
+            loaded = f"{load_s[runtime]:.2f}" if runtime in load_s else "-"
+            print(f"| {label} | {LABELS[runtime]} | {loaded} | " + " | ".join(cells)
+                  + f" | {mb} | {shown} | {speedup:.2f}x |", flush=True)
+            emit(benchmark="inference", model=name, runtime=runtime, load_s=load_s.get(runtime),
+                 size_mb=round(size_mb[runtime], 2) if runtime in size_mb else None, agreement=agreement.get(runtime),
+                 speedup=speedup, **{f"batch_{b}_ms": round(t, 3) for b, t in by_batch.items()})
+
+
+def _digits_case(run, calibration_images):
+    """The trained digits ResNet-20 and its own data, as the export calibrates and checks it."""
+    from training import exporter, quantize
+    from training.common import files
+
+    path, _, run_flags = exporter._read_run(run, "last")
+    model = files.load_model(path, "--model_dir")
+    calibration, held, _ = quantize.held_data(exporter.Int8Options(calibration_images=calibration_images), run_flags,
+                                              tuple(model.input_shape[1:]), None)
+    return model, calibration, held[0]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=f"{DIGITS_SPEED},resnet50,densenet121,resnext50_32x4d")
+    parser.add_argument("--size", type=int, default=224, help="the side of the random-weight models' images")
+    parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--calibration", type=int, default=32, help="random images calibrating the random nets")
+    parser.add_argument("--accuracy", default=",".join(DIGITS), help="digits nets (none: '')")
+    parser.add_argument("--epochs", type=int, default=0, help="every digits net trained this long (0: its own)")
+    parser.add_argument("--work_dir", default=None, help="keeps the digits runs (and reuses those found there)")
+    args = parser.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    nets = [n for n in args.accuracy.split(",") if n]
+    unknown = sorted(set(nets) - set(DIGITS))
+    if unknown:
+        parser.error(f"--accuracy: unknown {unknown}; known: {sorted(DIGITS)}")
+    batches = [int(b) for b in args.batches.split(",")]
+    import numpy as np
+
     import reszoo
-    from training import exporter
 
-    tmp = tempfile.mkdtemp(prefix="reszoo-bench-")
-    run_dir = os.path.join(tmp, "run")
-    os.makedirs(run_dir)
-    reszoo.create_model(args.model).save(os.path.join(run_dir, "last.keras"))
-    with open(os.path.join(run_dir, "results.json"), "w") as f:
-        json.dump({"model": args.model, "dataset": "imagenet"}, f)
-    ours = exporter.export(run_dir, os.path.join(tmp, "saved_models"))
-    peer = os.path.join(tmp, "peer")
-    getattr(keras.applications, PEERS[args.model])(weights=None).export(peer, format="tf_saved_model", verbose=False)
-
-    for label, path, call in [
-        (f"reszoo {args.model} (training.export)", ours,
-         lambda m: (lambda x: m.signatures["serving_default"](images=x))),
-        (f"keras.applications {PEERS[args.model]} (model.export)", peer, lambda m: m.serve),
-    ]:
-        start = time.perf_counter()
-        loaded = tf.saved_model.load(path)
-        load_s = time.perf_counter() - start
-        fn = call(loaded)
-        for batch in (1, 32):
-            x = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, 224, 224, 3)).astype("float32"))
-            emit(bench="serving", model=label, batch=batch, load_s=round(load_s, 2),
-                 latency_ms=round(latency_ms(fn, x, args.runs if batch == 1 else max(3, args.runs // 3)), 1))
+    work = args.work_dir or tempfile.mkdtemp(prefix="reszoo-inference-")
+    print(f"{machine()}; CPU flags: {', '.join(cpu_flags()) or 'none of note'}", flush=True)
+    if nets:
+        accuracy(nets, work, args.epochs)
+    print("\n| model | runtime | load s | " + " | ".join(f"batch {b}: ms, images/s" for b in batches)
+          + f" | file MB | top-1 agreement with float32 | vs SavedModel at batch {batches[-1]} |")
+    print("|---|---|" + "---:|" * (len(batches) + 4))
+    rng = np.random.default_rng(0)
+    for name in models:
+        if name == DIGITS_SPEED:
+            model, calibration, held = _digits_case(trained("resnet20", work, args.epochs), 256)
+            label = "ResNet-20, digits (8 x 8)"
+        else:
+            model = randomized(reszoo.create_model(name, input_shape=(args.size, args.size, 3), preprocessing="torch"),
+                               rng)
+            x = rng.uniform(0, 255, (args.calibration + 64, args.size, args.size, 3)).astype("float32")
+            calibration, held, label = x[:args.calibration], x[args.calibration:], f"{name}, {args.size} px"
+        speed(label, name, model, calibration, held, batches, args.runs)
 
 
 if __name__ == "__main__":

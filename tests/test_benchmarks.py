@@ -166,20 +166,28 @@ def test_the_diagnostics_benchmark_times_the_job_and_its_fit_with_and_without_th
         assert record["overhead"] == pytest.approx(record["fit_with_diagnostics_s"] / record["fit_s"] - 1, abs=0.01)
 
 
-def test_the_int8_benchmark_times_every_runtime_an_export_is_served_with():
-    from training.common.runtimes import RUNTIMES
+def test_the_inference_benchmark_times_every_runtime_and_reports_the_export_s_int8_accuracy(tmp_path):
+    from training.common.runtimes import INT8, RUNTIMES
 
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.int8", "--model=resnet20", "--size=32", "--runs=2",
-                           "--calibration=4", "--batches=1"], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.inference", "--models=resnet20_digits", "--batches=1,4",
+                           "--runs=2", "--accuracy=resnet20", "--epochs=2", f"--work_dir={tmp_path}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    records = {r["runtime"]: r for r in (json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{"))}
-    assert set(records) == set(RUNTIMES) | {"saved_model_bf16"}  # the SavedModel under TF's oneDNN bf16 rewrite
-    base = records["saved_model"]["batch_1_ms"]
-    for name, record in records.items():
-        assert record["batch_1_ms"] > 0 and record["size_mb"] > 0
-        assert record["speedup"] == pytest.approx(base / record["batch_1_ms"], rel=0.01)
-        assert (record["agreement"] is None) == (name == "saved_model")
-    assert records["onnx_int8"]["size_mb"] < 0.5 * records["onnx"]["size_mb"]
-    assert "| OpenVINO int8 | " in proc.stdout and "CPU flags: " in proc.stdout
-    assert "| SavedModel, TensorFlow's oneDNN bf16 | " in proc.stdout
+    records = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+    speed = {r["runtime"]: r for r in records if r["benchmark"] == "inference"}
+    assert set(speed) == set(RUNTIMES) | {"saved_model_bf16"}  # the SavedModel under TF's oneDNN bf16 rewrite
+    base = speed["saved_model"]["batch_4_ms"]
+    for name, record in speed.items():
+        assert record["batch_1_ms"] > 0 and record["size_mb"] > 0 and record["load_s"] > 0
+        assert record["speedup"] == pytest.approx(base / record["batch_4_ms"], rel=0.01)
+        assert (record["agreement"] is None) == (name not in INT8 and not name.endswith("_bf16"))
+    assert speed["onnx_int8"]["size_mb"] < 0.5 * speed["onnx"]["size_mb"]
+    (accuracy,) = [r for r in records if r["benchmark"] == "inference_accuracy"]
+    int8 = json.loads((tmp_path / "saved_models" / "resnet20" / "1" / "metadata.json").read_text())["int8"]
+    assert accuracy["images"] == int8["onnx_int8"]["validation_images"] == 359  # the digits' test split
+    assert accuracy["top1_float32"] == int8["onnx_int8"]["top1_float32"] > 50
+    for runtime in INT8:
+        assert accuracy[runtime]["top1_agreement"] == int8[runtime]["top1_agreement"] > 90
+    for line in ("| ResNet-20, digits (8 x 8) | OpenVINO int8 | ", "| SavedModel, TensorFlow's oneDNN bf16 | ",
+                 "CPU flags: ", "| ResNet-20, digits, 2 epochs (359 test images) | "):
+        assert line in proc.stdout
