@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import emit, latency_ms, machine, randomized
+from benchmarks.common import digit_folder, emit, latency_ms, machine, randomized
 from training.common.runtimes import cpu_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,20 +98,6 @@ def _command(*argv, **env):
     return proc
 
 
-def _digit_folder(root):
-    """The digits as a folder of class sub-folders of grey PNGs, as a user's own data comes."""
-    from PIL import Image
-
-    from reszoo.datasets import DIGITS_MAX, load_digits
-
-    (x, y), _, _ = load_digits()
-    for i, (image, label) in enumerate(zip(x, y)):
-        os.makedirs(os.path.join(root, f"digit{label}"), exist_ok=True)
-        Image.fromarray((image[..., 0].astype("int32") * (255 // DIGITS_MAX)).astype("uint8")).save(
-            os.path.join(root, f"digit{label}", f"{i}.png"))
-    return root
-
-
 def trained(name, work, epochs):
     """The run folder of the digits net ``name``, trained in ``work`` unless it is there."""
     net, run = DIGITS[name], os.path.join(work, name)
@@ -124,7 +110,7 @@ def trained(name, work, epochs):
         _command(os.path.join(ROOT, "tests", "timm_reference.py"), f"--cache={hub}", f"--out={work}/timm_out",
                  "--sizes=64", f"{arch}:{tag}")
         if not os.path.isdir(folder):
-            _digit_folder(folder)
+            digit_folder(folder)
         flags += ["--dataset=folder", f"--data_dir={folder}"]
         env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": hub}
     _command("-m", "training.train", *flags, f"--model_dir={run}", **env)
@@ -155,8 +141,11 @@ def accuracy(names, work, epochs):
              **{r: {k: int8[r].get(k) for k in ("top1_int8", "top1_agreement")} for r in runtimes})
 
 
-def _size_mb(folder, files):
-    return sum(os.path.getsize(os.path.join(folder, f)) for f in files) / 2 ** 20
+def _size_mb(folder, files=None):
+    """MB of ``files`` in ``folder``, or of everything under it."""
+    paths = ([os.path.join(folder, f) for f in files] if files is not None else
+             [os.path.join(root, f) for root, _, fs in os.walk(folder) for f in fs])
+    return sum(map(os.path.getsize, paths)) / 2 ** 20
 
 
 def _timed_load(open_file):
@@ -192,8 +181,7 @@ def speed(label, name, model, calibration, held, batches, runs):
             if runtime != "saved_model":
                 runners[runtime], load_s[runtime] = _timed_load(lambda: engines.open_runtime(runtime, tmp))
         size_mb = {r: _size_mb(tmp, runtimes.files_of(runtimes.RUNTIMES[r])) for r in runtimes.RUNTIMES if r != "saved_model"}
-        size_mb["saved_model"] = size_mb["saved_model_bf16"] = sum(
-            os.path.getsize(os.path.join(root, f)) for root, _, fs in os.walk(core) for f in fs) / 2 ** 20
+        size_mb["saved_model"] = size_mb["saved_model_bf16"] = _size_mb(core)
         if name in KERAS_APPLICATIONS and image_shape == (224, 224, 3):
             import keras
 
@@ -202,8 +190,7 @@ def speed(label, name, model, calibration, held, batches, runs):
                 peer, format="tf_saved_model", verbose=False)
             loaded, load_s["keras_applications"] = _timed_load(lambda: tf.saved_model.load(peer))
             runners["keras_applications"] = lambda b: loaded.serve(tf.constant(b))
-            size_mb["keras_applications"] = sum(
-                os.path.getsize(os.path.join(root, f)) for root, _, fs in os.walk(peer) for f in fs) / 2 ** 20
+            size_mb["keras_applications"] = _size_mb(peer)
         agreement, times = {}, {}
         for runtime, run in runners.items():
             # TensorFlow picks the graph a call runs by the options in force at the call (the
@@ -233,14 +220,14 @@ def speed(label, name, model, calibration, held, batches, runs):
                  speedup=speedup, **{f"batch_{b}_ms": round(t, 3) for b, t in by_batch.items()})
 
 
-def _digits_case(run, calibration_images):
+def _digits_case(run):
     """The trained digits ResNet-20 and its own data, as the export calibrates and checks it."""
     from training import exporter, quantize
     from training.common import files
 
     path, _, run_flags = exporter._read_run(run, "last")
     model = files.load_model(path, "--model_dir")
-    calibration, held, _ = quantize.held_data(exporter.Int8Options(calibration_images=calibration_images), run_flags,
+    calibration, held, _ = quantize.held_data(exporter.Int8Options(), run_flags,
                                               tuple(model.input_shape[1:]), None)
     return model, calibration, held[0]
 
@@ -266,6 +253,9 @@ def main():
 
     import reszoo
 
+    unknown = [m for m in models if m != DIGITS_SPEED and m not in reszoo.list_models()]
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; {DIGITS_SPEED} or a registered model")
     work = args.work_dir or tempfile.mkdtemp(prefix="reszoo-inference-")
     print(f"{machine()}; CPU flags: {', '.join(cpu_flags()) or 'none of note'}", flush=True)
     if nets:
@@ -276,7 +266,7 @@ def main():
     rng = np.random.default_rng(0)
     for name in models:
         if name == DIGITS_SPEED:
-            model, calibration, held = _digits_case(trained("resnet20", work, args.epochs), 256)
+            model, calibration, held = _digits_case(trained("resnet20", work, args.epochs))
             label = "ResNet-20, digits (8 x 8)"
         else:
             model = randomized(reszoo.create_model(name, input_shape=(args.size, args.size, 3), preprocessing="torch"),

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import reszoo  # noqa: E402
+from benchmarks.common import digit_folder as digit_folder_of  # noqa: E402
 from reszoo import factory  # noqa: E402
 
 gc.freeze()
@@ -125,23 +126,10 @@ def train():
     return functools.partial(run_command, "training.train")
 
 
-def _digit_folder(root, digits):
-    from PIL import Image
-
-    from reszoo.datasets import load_digits
-
-    (x, y), _, _ = load_digits()
-    for d in digits:
-        os.makedirs(root / f"digit{d}")
-        for i, image in enumerate(x[y == d]):
-            Image.fromarray((image[..., 0] * 15).astype("uint8")).save(root / f"digit{d}" / f"{i}.png")
-    return root
-
-
 @pytest.fixture(scope="session")
 def digit_folder():
     """``digit_folder(root, digits)``: a folder of class sub-folders of grey digit PNGs (8x8)."""
-    return _digit_folder
+    return digit_folder_of
 
 
 def _image(value, mode="L", size=12):
