@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -109,8 +110,9 @@ def trained(name, work, epochs):
         arch, tag = net.timm.split(".", 1)
         _command(os.path.join(ROOT, "tests", "timm_reference.py"), f"--cache={hub}", f"--out={work}/timm_out",
                  "--sizes=64", f"{arch}:{tag}")
-        if not os.path.isdir(folder):
-            digit_folder(folder)
+        if not os.path.isdir(folder):  # written whole under another name, then renamed: a kill leaves no half
+            shutil.rmtree(folder + ".part", ignore_errors=True)
+            os.replace(digit_folder(folder + ".part"), folder)
         flags += ["--dataset=folder", f"--data_dir={folder}"]
         env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": hub}
     _command("-m", "training.train", *flags, f"--model_dir={run}", **env)
