@@ -122,8 +122,9 @@ def trained(name, work, epochs):
 def accuracy(names, work, epochs):
     """Each digits net trained, then exported with ``--quantize=int8`` (nothing refused, so
     every file's numbers show): its export's int8 records."""
-    print("\n| net | float32 top-1 | int8 top-1: ONNX Runtime / OpenVINO / LiteRT | agreement with float32 |")
-    print("|---|---:|---:|---:|")
+    print("\n| net | float32 top-1 | int8 top-1: ONNX Runtime / OpenVINO / LiteRT | agreement with float32 "
+          "| images lost / gained |")
+    print("|---|---:|---:|---:|---:|")
     for name in names:
         run = trained(name, work, epochs)
         out = os.path.join(work, "saved_models")
@@ -135,12 +136,15 @@ def accuracy(names, work, epochs):
         runtimes = ("onnx_int8", "openvino_int8", "litert_int8")
         top1 = " / ".join(f"{int8[r]['top1_int8']:.2f}%" if "top1_int8" in int8[r] else "can't run" for r in runtimes)
         agree = " / ".join(f"{int8[r]['top1_agreement']:.1f}%" if "top1_agreement" in int8[r] else "-" for r in runtimes)
+        flips = " / ".join(f"{int8[r]['images_lost']}/{int8[r]['images_gained']}" if "images_lost" in int8[r] else "-"
+                           for r in runtimes)
         print(f"| {DIGITS[name].label}, {epochs or DIGITS[name].epochs} epochs "
               f"({int8['onnx_int8']['validation_images']} test images) | "
-              f"{int8['onnx_int8']['top1_float32']:.2f}% | {top1} | {agree} |", flush=True)
+              f"{int8['onnx_int8']['top1_float32']:.2f}% | {top1} | {agree} | {flips} |", flush=True)
         emit(benchmark="inference_accuracy", net=name, images=int8["onnx_int8"]["validation_images"],
              top1_float32=int8["onnx_int8"]["top1_float32"],
-             **{r: {k: int8[r].get(k) for k in ("top1_int8", "top1_agreement")} for r in runtimes})
+             **{r: {k: int8[r].get(k) for k in ("top1_int8", "top1_agreement", "images_lost", "images_gained")}
+                for r in runtimes})
 
 
 def _size_mb(folder, files=None):

@@ -39,6 +39,7 @@ def test_a_peer_that_cannot_start_or_dies_says_why(tmp_path):
         dying()
 
 
+@pytest.mark.slow
 def test_the_train_step_benchmark_reports_every_contender(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.train_step", "--nets=cifar", "--paths=fit", "--steps=1",
                            "--repeats=1", "--cifar_batch=4"], cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -119,6 +120,7 @@ def test_the_gpu_benchmark_plans_whole_comparisons_first_and_keeps_within_its_bu
     assert "73.61 (7.4%)" in table  # 3 x 2 x 4.09 GMACs x 3,000 img/s
 
 
+@pytest.mark.slow
 def test_the_serving_benchmark_reports_the_bare_call_beside_the_server():
     """benchmarks/serving.py end to end on ResNet-20 with ONNX Runtime, a few requests."""
     proc = subprocess.run([sys.executable, "-m", "benchmarks.serving", "--models=resnet20", "--runtimes=onnx",
@@ -136,6 +138,7 @@ def test_the_serving_benchmark_reports_the_bare_call_beside_the_server():
     assert one["added_p50_ms"] == pytest.approx(one["p50_ms"] - bare["p50_ms"], abs=2e-3)
 
 
+@pytest.mark.slow
 def test_the_serving_soak_rolls_versions_under_good_and_hostile_load_and_reports_failures_and_memory():
     """benchmarks/serving.py --soak, shortened: two models, 8 clients, a version every 2 s."""
     proc = subprocess.run([sys.executable, "-m", "benchmarks.serving", "--soak", "--soak_s=10", "--roll_s=2",
@@ -154,6 +157,7 @@ def test_the_serving_soak_rolls_versions_under_good_and_hostile_load_and_reports
     assert 0 < summary["rss_start_mb"] <= summary["rss_max_mb"] and summary["rss_end_mb"] <= summary["rss_max_mb"]
 
 
+@pytest.mark.slow
 def test_the_diagnostics_benchmark_times_the_job_and_its_fit_with_and_without_the_callback():
     proc = subprocess.run([sys.executable, "-m", "benchmarks.diagnostics", "--epochs=2", "--rounds=1", "--every=10",
                            "--lesion_every=1"], cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -166,6 +170,7 @@ def test_the_diagnostics_benchmark_times_the_job_and_its_fit_with_and_without_th
         assert record["overhead"] == pytest.approx(record["fit_with_diagnostics_s"] / record["fit_s"] - 1, abs=0.01)
 
 
+@pytest.mark.slow
 def test_the_inference_benchmark_times_every_runtime_and_reports_the_export_s_int8_accuracy(tmp_path):
     from training.common.runtimes import INT8, RUNTIMES
 
@@ -188,6 +193,8 @@ def test_the_inference_benchmark_times_every_runtime_and_reports_the_export_s_in
     assert accuracy["top1_float32"] == int8["onnx_int8"]["top1_float32"] > 50
     for runtime in INT8:
         assert accuracy[runtime]["top1_agreement"] == int8[runtime]["top1_agreement"] > 90
+        assert [accuracy[runtime][k] for k in ("images_lost", "images_gained")] == [
+            int8[runtime]["images_lost"], int8[runtime]["images_gained"]]
     for line in ("| ResNet-20, digits (8 x 8) | OpenVINO int8 | ", "| SavedModel, TensorFlow's oneDNN bf16 | ",
                  "CPU flags: ", "| ResNet-20, digits, 2 epochs (359 test images) | "):
         assert line in proc.stdout

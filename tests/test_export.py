@@ -306,6 +306,8 @@ def test_int8_is_written_with_its_measured_accuracy_and_refused_where_it_loses_t
         assert int8["top1_float32"] == pytest.approx(100 * reported, abs=1e-3)
         assert int8["top1_int8"] >= int8["top1_float32"] - 1.0 and int8["top1_agreement"] >= 99, (name, int8)
         assert 100 * np.mean(answers[name].argmax(1) == y) == pytest.approx(int8["top1_int8"], abs=1e-3)
+        assert int8["images_lost"] - int8["images_gained"] == round(3.59 * (int8["top1_float32"] - int8["top1_int8"]))
+        assert int8["images_lost"] + int8["images_gained"] <= round(3.59 * (100 - int8["top1_agreement"]))
         assert (f"export: {int8['file']}: int8 top-1 {int8['top1_int8']:.2f}% against float32's "
                 f"{int8['top1_float32']:.2f}% on 359 held-out images (the test split of digits)") in proc.stdout
         served = servables.Version(str(version), name)

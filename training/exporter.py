@@ -435,7 +435,8 @@ def _write_version(model, tmp, info, formats, top_k, version, int8=None):
                 continue
             said = (f"{report['file']}: int8 top-1 {report['top1_int8']:.2f}% against float32's "
                     f"{report['top1_float32']:.2f}% on {report['validation_images']} held-out images "
-                    f"({sources['validation']}), {report['top1_agreement']:.2f}% of answers the same")
+                    f"({sources['validation']}), {report['top1_agreement']:.2f}% of answers the same, "
+                    f"{report['images_lost']} lost and {report['images_gained']} gained")
             print(f"export: {said}", flush=True)
             if report["written"]:
                 written.append(runtime)

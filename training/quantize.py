@@ -132,7 +132,8 @@ def quantize(folder, graph, calibration, held, max_drop):
     FakeQuantize nodes OpenVINO runs with its int8 kernels); the TensorFlow SavedModel ``graph``
     (its ``serve`` signature: pixels to logits) converted to LiteRT's full-integer model
     (``model_int8.tflite``). Each file is measured in its own runtime on ``held`` (images,
-    labels) against float32: ``{runtime: report}`` with both top-1 and their agreement. A file
+    labels) against float32: ``{runtime: report}`` with both top-1, their agreement and the images
+    int8 lost and gained (float32 right and int8 wrong, and the reverse). A file
     that loses more than ``max_drop`` points, or that its runtime cannot run (the report's
     ``error``), is removed again."""
     import openvino as ov  # the [deploy] extra: imported only when quantizing
@@ -161,9 +162,11 @@ def quantize(folder, graph, calibration, held, max_drop):
         except RuntimeError as err:  # a runtime that cannot compile the graph (OpenVINO's oneDNN post-ops)
             report.update(written=False, error=(str(err).strip().splitlines() or ["?"])[-1][:200])
             continue
-        int8_top1 = 100 * float(np.mean(int8_logits.argmax(1) == labels))
+        right, int8_right = float_logits.argmax(1) == labels, int8_logits.argmax(1) == labels
+        int8_top1 = 100 * float(np.mean(int8_right))
         report.update(top1_int8=round(int8_top1, 3), written=float_top1 - int8_top1 <= max_drop,
-                      top1_agreement=round(100 * float(np.mean(float_logits.argmax(1) == int8_logits.argmax(1))), 3))
+                      top1_agreement=round(100 * float(np.mean(float_logits.argmax(1) == int8_logits.argmax(1))), 3),
+                      images_lost=int(np.sum(right & ~int8_right)), images_gained=int(np.sum(~right & int8_right)))
     for runtime, report in reports.items():  # after all are measured: the IR was made from the QDQ file
         if not report["written"]:
             for name in files_of(RUNTIMES[runtime]):
