@@ -50,10 +50,13 @@ def _seed():
 @pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the groups into the node ids
 def pytest_collection_modifyitems(items):
     """Tests of full-size registered models share one xdist worker, so each model is built
-    once per session (building the whole zoo takes about 3 minutes here)."""
+    once per session (building the whole zoo takes about 3 minutes here). Tests marked ``slow``
+    go first: xdist hands out its groups, then single tests in this order, so a slow one last
+    in line would keep one worker busy while the other waits."""
     for item in items:
         if "registered" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("zoo"))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

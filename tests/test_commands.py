@@ -7,7 +7,10 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_console_commands_run_from_any_folder_and_refuse_a_foreign_training_package(tmp_path):
     """reszoo-train, reszoo-export, reszoo-predict, reszoo-serve and reszoo-validate (setup.py's
     entry points)."""

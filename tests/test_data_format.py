@@ -76,6 +76,7 @@ CASES = {  # JAX compiles every op of a first call: its share is the smaller net
 TOLERANCE = 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", list(CASES))
 def test_models_are_the_same_under_both_data_formats(backend, tmp_path):
     env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -95,6 +95,7 @@ def test_lesions_equal_the_lab_s_zeroed_branch(probe):
     (lambda: keras.applications.ResNet50V2(weights=None, input_shape=(32, 32, 3)), 16, (0, 1, 2, 3, 4)),
     (lambda: keras.applications.DenseNet121(weights=None, input_shape=(32, 32, 3)), 58, (0, 1, 2, 3, 4)),
 ])
+@pytest.mark.slow
 def test_keras_applications_nets_with_random_weights(build, blocks, stages):
     keras.utils.set_random_seed(0)
     model = build()
@@ -164,6 +165,7 @@ def test_alarms_take_the_median_of_the_last_measurements():
     assert "exploding residual branches" in diagnostics.alarms(exploding)[0]
 
 
+@pytest.mark.slow
 def test_the_plain_net_s_alarm_fires_in_the_first_epoch_and_the_resnet_s_does_not(tmp_path):
     """README's command (plain-56 on the digits, one epoch, measured every 5 steps), and the same
     with --model=resnet56, at once."""

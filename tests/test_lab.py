@@ -79,6 +79,7 @@ def test_residual_block_jacobian_stays_within_weyl_bounds(eps):
     assert plain.min() < 0.05 and plain.max() > 1.0  # a plain block collapses and stretches directions
 
 
+@pytest.mark.slow
 def test_degradation_and_block_deletion_on_the_digits():
     """Same recipe, 6 epochs: plain-56 trains far worse than plain-20, ResNet-56 about as well
     as ResNet-20 (degradation); deleting one block costs a trained ResNet little and a trained
@@ -199,6 +200,7 @@ def test_continual_tasks_are_built_from_the_spec():
             continual.make_task(spec, x, y, x, y)
 
 
+@pytest.mark.slow
 def test_with_a_frozen_backbone_nothing_is_forgotten_and_full_fine_tuning_forgets():
     """Exactly: the first task's accuracy after every later task equals the backbone's."""
     from reszoo.datasets import load_digits

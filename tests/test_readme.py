@@ -38,6 +38,7 @@ def _commands_after(heading, page="docs/transfer.md"):
     return [line.strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_the_fine_tuning_example_runs_as_written(tmp_path):
     """README's set-up command trains the digits model; the fine-tuning example of the docs then trains
     on my_images/, a folder of grey images of another size (upscaled digits of 5 classes)."""
@@ -169,6 +170,7 @@ def test_the_short_example_runs_and_the_docs_home_has_the_set_up_commands(capsys
         assert command in home.splitlines()
 
 
+@pytest.mark.slow
 def test_the_recipes_example_runs_as_written(tmp_path):
     """README's recipe block: a recipe trains with its augmented batch shown, then
     reszoo-validate prints the run's own test accuracy and writes its CSV and figure."""

@@ -136,6 +136,7 @@ RECIPE_RUN = [*RUN, "--ema_decay=0.9", "--mixup_alpha=0.2", "--cutmix_alpha=1.0"
               "--learning_rate=0.01", "--weight_decay=0.01", "--train_size=0.75", "--label_smoothing=0.1"]
 
 
+@pytest.mark.slow
 def test_a_recipe_run_killed_and_resumed_ends_bit_exact(tmp_path, train):
     straight = tmp_path / "straight"
     proc = train(*RECIPE_RUN, f"--model_dir={straight}")

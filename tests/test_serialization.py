@@ -69,6 +69,7 @@ JAX_CASES = {
 }
 
 
+@pytest.mark.slow
 def test_models_run_on_jax_backend_with_the_same_numbers(tmp_path):
     expected = {}
     for key, (name, overrides, shape) in JAX_CASES.items():

@@ -6,6 +6,7 @@ import re
 
 import keras
 import numpy as np
+import pytest
 
 
 SMALL = ["--model_args=base_width=8", "--batch_size=64"]
@@ -15,6 +16,7 @@ def _error_lines(proc):
     return [l for l in proc.stderr.splitlines() if l.startswith("train: error:")]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_message_whose_advice_works(tmp_path, train):
     good = train(*SMALL, "--epochs=2", f"--model_dir={tmp_path}")
     assert good.returncode == 0, good.stderr[-2000:]

@@ -217,6 +217,7 @@ def _cli(module, *args, cwd=ROOT):
                           timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
+@pytest.mark.slow
 def test_train_with_adapters_keeps_the_backbone_and_saves_the_task(tmp_path):
     base = _cli("training.train", "--epochs=2", "--model_args=base_width=8", f"--model_dir={tmp_path / 'a'}")
     assert base.returncode == 0, base.stderr[-2000:]

@@ -156,7 +156,8 @@ def test_keras_variant_only_changes_what_keras_applications_changes():
         reszoo.create_model("resnet56", variant="keras")
 
 
-def test_train_fine_tunes_from_keras_applications_weights(tmp_path, train, digit_folder):
+@pytest.mark.slow
+def test_train_fine_tunes_from_keras_applications_weights(tmp_path, train, digit_folder, usage_errors):
     folder = digit_folder(tmp_path / "digits", (3, 8))  # grey PNGs: a grey model with RGB weights
     source = keras.applications.DenseNet121(weights=None, include_top=False, input_shape=(32, 32, 3))
     _randomize(source, seed=4)
@@ -170,16 +171,17 @@ def test_train_fine_tunes_from_keras_applications_weights(tmp_path, train, digit
     for name in ("conv1_conv", "conv5_block16_2_conv"):  # frozen: still the file's weights
         np.testing.assert_array_equal(tuned.get_layer(name).get_weights()[0], source.get_layer(name).get_weights()[0])
     np.testing.assert_array_equal(tuned.get_layer("post_bn").get_weights()[2], source.get_layer("bn").get_weights()[2])
-    for args, message in [
+    cases = [
         (["--init_from=keras_applications:VGG16", "--weights_path=x.h5"], "use keras_applications: with one of"),
         (["--init_from=keras_applications:ResNet50"], "needs --weights_path"),
         (["--init_from=keras_applications:ResNet50", f"--weights_path={tmp_path / 'densenet121_notop.h5'}"],
          "does not hold ResNet50 weights"),
-    ]:
-        bad = train(*common, *args, f"--model_dir={tmp_path / 'bad'}", "--overwrite")
-        assert bad.returncode == 2 and message in bad.stderr, bad.stderr[-1500:]
-    small = train("--init_from=keras_applications:ResNet50", "--weights_path=x.h5", f"--model_dir={tmp_path / 'g'}")
-    assert small.returncode == 2 and "images of at least 32x32" in small.stderr
+    ]
+    said = usage_errors([([*common, *args, f"--model_dir={tmp_path / 'bad'}", "--overwrite"], {}) for args, _ in cases]
+                        + [(["--init_from=keras_applications:ResNet50", "--weights_path=x.h5",
+                             f"--model_dir={tmp_path / 'g'}"], {})])
+    for (code, err), message in zip(said, [message for _, message in cases] + ["images of at least 32x32"]):
+        assert code == 2 and message in err, err[-1500:]
 
 
 KERAS_SIDE = r'''
