@@ -13,14 +13,16 @@ its calls alone; no export option turns it on), keras.applications' net of the s
 Accuracy (``--accuracy``): nets trained on the digits by ``training.train`` (ResNet-20, ResNet-56,
 DenseNet-40) and one fine-tuned from published weights (``timm/resnet18.a1_in1k``, random with
 BatchNorm statistics as tests/timm_reference.py writes them into an offline Hugging Face cache),
-exported by ``training.export --quantize=int8``: float32 and int8 top-1 and their agreement on the
-run's test split, as the export measured and wrote them into its metadata.
+exported by ``training.export --quantize=int8``: float32 and int8 top-1, their agreement and the
+images int8 lost and gained on the run's test split, as the export measured and wrote them into
+its metadata; with ``--seeds=N``, each net trained N times and the means over them.
 
 The CPU flags that decide int8 and bf16 (avx512_vnni, avx512_bf16, amx_int8, amx_bf16) head the
 output.
 
     python -m benchmarks.inference [--models=resnet20_digits,resnet50,densenet121,resnext50_32x4d
-        --batches=1,32 --runs=10 --calibration=32 --accuracy=resnet20,resnet56,densenet40,resnet18_timm]
+        --batches=1,32 --runs=10 --calibration=32 --accuracy=resnet20,resnet56,densenet40,resnet18_timm
+        --seeds=1]
 """
 
 import argparse
@@ -99,12 +101,13 @@ def _command(*argv, **env):
     return proc
 
 
-def trained(name, work, epochs):
-    """The run folder of the digits net ``name``, trained in ``work`` unless it is there."""
-    net, run = DIGITS[name], os.path.join(work, name)
+def trained(name, work, epochs, seed=0):
+    """The run folder of the digits net ``name`` trained with ``--seed=seed`` (its weights'
+    draw and its batches' order; a folder's split too), trained in ``work`` unless it is there."""
+    net, run = DIGITS[name], os.path.join(work, name if seed == 0 else f"{name}_seed{seed}")
     if os.path.isfile(os.path.join(run, "last.keras")):
         return run
-    flags, env = [*net.train, f"--epochs={epochs or net.epochs}"], {}
+    flags, env = [*net.train, f"--epochs={epochs or net.epochs}", f"--seed={seed}"], {}
     if net.timm:
         hub, folder = os.path.join(work, "hub"), os.path.join(work, "digit_pngs")
         arch, tag = net.timm.split(".", 1)
@@ -119,32 +122,82 @@ def trained(name, work, epochs):
     return run
 
 
-def accuracy(names, work, epochs):
-    """Each digits net trained, then exported with ``--quantize=int8`` (nothing refused, so
-    every file's numbers show): its export's int8 records."""
+RUNTIMES_INT8 = ("onnx_int8", "openvino_int8", "litert_int8")
+
+
+def _int8_records(run, work, name):
+    """The export of ``run`` with ``--quantize=int8`` (nothing refused, so every file's numbers
+    show): its metadata's int8 records."""
+    out = os.path.join(work, "saved_models")
+    _command("-m", "training.export", f"--model_dir={run}", f"--export_dir={out}", f"--name={name}",
+             "--quantize=int8", "--max_accuracy_drop=100")
+    version = os.path.join(out, name, max(os.listdir(os.path.join(out, name)), key=int))
+    with open(os.path.join(version, "metadata.json")) as f:
+        return json.load(f)["int8"]
+
+
+def _cells(int8):
+    """The table's cells of one export's int8 records: float32 top-1, each runtime's int8
+    top-1, agreement, and images lost / gained."""
+    def each(fmt, key):
+        return " / ".join(fmt(int8[r]) if key in int8[r] else ("can't run" if key == "top1_int8" else "-")
+                          for r in RUNTIMES_INT8)
+    return (f"{int8['onnx_int8']['top1_float32']:.2f}%", each(lambda r: f"{r['top1_int8']:.2f}%", "top1_int8"),
+            each(lambda r: f"{r['top1_agreement']:.1f}%", "top1_agreement"),
+            each(lambda r: f"{r['images_lost']}/{r['images_gained']}", "images_lost"))
+
+
+def accuracy(names, work, epochs, seeds=1):
+    """Each digits net trained ``seeds`` times (``--seed`` 0, 1...), each run exported with
+    ``--quantize=int8``: a row per training, and with more than one, their mean top-1 and the
+    images lost and gained over all of them (one test split tells int8's loss only in steps of
+    one image, 0.28 points of the digits')."""
     print("\n| net | float32 top-1 | int8 top-1: ONNX Runtime / OpenVINO / LiteRT | agreement with float32 "
           "| images lost / gained |")
     print("|---|---:|---:|---:|---:|")
     for name in names:
-        run = trained(name, work, epochs)
-        out = os.path.join(work, "saved_models")
-        _command("-m", "training.export", f"--model_dir={run}", f"--export_dir={out}", f"--name={name}",
-                 "--quantize=int8", "--max_accuracy_drop=100")
-        version = os.path.join(out, name, max(os.listdir(os.path.join(out, name)), key=int))
-        with open(os.path.join(version, "metadata.json")) as f:
-            int8 = json.load(f)["int8"]
-        runtimes = ("onnx_int8", "openvino_int8", "litert_int8")
-        top1 = " / ".join(f"{int8[r]['top1_int8']:.2f}%" if "top1_int8" in int8[r] else "can't run" for r in runtimes)
-        agree = " / ".join(f"{int8[r]['top1_agreement']:.1f}%" if "top1_agreement" in int8[r] else "-" for r in runtimes)
-        flips = " / ".join(f"{int8[r]['images_lost']}/{int8[r]['images_gained']}" if "images_lost" in int8[r] else "-"
-                           for r in runtimes)
-        print(f"| {DIGITS[name].label}, {epochs or DIGITS[name].epochs} epochs "
-              f"({int8['onnx_int8']['validation_images']} test images) | "
-              f"{int8['onnx_int8']['top1_float32']:.2f}% | {top1} | {agree} | {flips} |", flush=True)
-        emit(benchmark="inference_accuracy", net=name, images=int8["onnx_int8"]["validation_images"],
-             top1_float32=int8["onnx_int8"]["top1_float32"],
-             **{r: {k: int8[r].get(k) for k in ("top1_int8", "top1_agreement", "images_lost", "images_gained")}
-                for r in runtimes})
+        label = f"{DIGITS[name].label}, {epochs or DIGITS[name].epochs} epochs"
+        found = []
+        for seed in range(seeds):
+            run = trained(name, work, epochs, seed)
+            int8 = _int8_records(run, work, os.path.basename(run))
+            found.append(int8)
+            images = int8["onnx_int8"]["validation_images"]
+            print(f"| {label}{f', seed {seed}' if seeds > 1 else ''} ({images} test images) | "
+                  + " | ".join(_cells(int8)) + " |", flush=True)
+            emit(benchmark="inference_accuracy", net=name, seed=seed, images=images,
+                 top1_float32=int8["onnx_int8"]["top1_float32"],
+                 **{r: {k: int8[r].get(k) for k in ("top1_int8", "top1_agreement", "images_lost", "images_gained")}
+                    for r in RUNTIMES_INT8})
+        if seeds > 1:
+            mean = mean_of(found)
+            print(mean_row(f"{label}, mean of {seeds} trainings", mean), flush=True)
+            emit(benchmark="inference_accuracy_mean", net=name, seeds=seeds, **mean)
+
+
+def mean_of(found):
+    """The int8 records of several exports of one net pooled: mean top-1s, and the images lost
+    and gained summed over all their test splits; a runtime that could not run one of them has
+    None."""
+    pooled = {"images": sum(f["onnx_int8"]["validation_images"] for f in found),
+              "top1_float32": sum(f["onnx_int8"]["top1_float32"] for f in found) / len(found)}
+    for r in RUNTIMES_INT8:
+        pooled[r] = None if any("top1_int8" not in f[r] for f in found) else {
+            "top1_int8": sum(f[r]["top1_int8"] for f in found) / len(found),
+            "images_lost": sum(f[r]["images_lost"] for f in found),
+            "images_gained": sum(f[r]["images_gained"] for f in found)}
+    return pooled
+
+
+def mean_row(label, mean):
+    """``mean_of``'s table row: mean top-1s with the points each runtime lost, and the sums."""
+    def each(fmt):
+        return " / ".join("-" if mean[r] is None else fmt(mean[r]) for r in RUNTIMES_INT8)
+    top1 = each(lambda m: "{:.2f}%".format(m["top1_int8"]))
+    lost = each(lambda m: "{:.2f}".format(mean["top1_float32"] - m["top1_int8"]))
+    flips = each(lambda m: "{}/{}".format(m["images_lost"], m["images_gained"]))
+    return (f"| {label} ({mean['images']} test predictions) | {mean['top1_float32']:.2f}% | {top1} "
+            f"(points lost: {lost}) | | {flips} |")
 
 
 def _size_mb(folder, files=None):
@@ -247,6 +300,7 @@ def main():
     parser.add_argument("--calibration", type=int, default=32, help="random images calibrating the random nets")
     parser.add_argument("--accuracy", default=",".join(DIGITS), help="digits nets (none: '')")
     parser.add_argument("--epochs", type=int, default=0, help="every digits net trained this long (0: its own)")
+    parser.add_argument("--seeds", type=int, default=1, help="trainings of each digits net (--seed 0, 1...)")
     parser.add_argument("--work_dir", default=None, help="keeps the digits runs (and reuses those found there)")
     args = parser.parse_args()
     models = [m for m in args.models.split(",") if m]
@@ -254,6 +308,8 @@ def main():
     unknown = sorted(set(nets) - set(DIGITS))
     if unknown:
         parser.error(f"--accuracy: unknown {unknown}; known: {sorted(DIGITS)}")
+    if args.seeds < 1:
+        parser.error(f"--seeds={args.seeds}: train each digits net at least once")
     batches = [int(b) for b in args.batches.split(",")]
     import numpy as np
 
@@ -265,7 +321,7 @@ def main():
     work = args.work_dir or tempfile.mkdtemp(prefix="reszoo-inference-")
     print(f"{machine()}; CPU flags: {', '.join(cpu_flags()) or 'none of note'}", flush=True)
     if nets:
-        accuracy(nets, work, args.epochs)
+        accuracy(nets, work, args.epochs, args.seeds)
     print("\n| model | runtime | load s | " + " | ".join(f"batch {b}: ms, images/s" for b in batches)
           + f" | file MB | top-1 agreement with float32 | vs SavedModel at batch {batches[-1]} |")
     print("|---|---|" + "---:|" * (len(batches) + 4))

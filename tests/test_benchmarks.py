@@ -170,6 +170,25 @@ def test_the_diagnostics_benchmark_times_the_job_and_its_fit_with_and_without_th
         assert record["overhead"] == pytest.approx(record["fit_with_diagnostics_s"] / record["fit_s"] - 1, abs=0.01)
 
 
+def test_the_inference_benchmark_pools_several_trainings_of_a_net():
+    from benchmarks.inference import mean_of, mean_row
+
+    def record(top1_float32, images, **int8):
+        return {r: {"top1_float32": top1_float32, "validation_images": images,
+                    **({} if int8.get(r) is None else dict(zip(("top1_int8", "images_lost", "images_gained"), int8[r])))}
+                for r in ("onnx_int8", "openvino_int8", "litert_int8")}
+
+    found = [record(96.0, 359, onnx_int8=(95.0, 4, 0), openvino_int8=(96.0, 1, 1), litert_int8=(95.5, 2, 0)),
+             record(98.0, 359, onnx_int8=(98.0, 1, 1), openvino_int8=None, litert_int8=(97.0, 3, 0))]
+    mean = mean_of(found)
+    assert mean["images"] == 718 and mean["top1_float32"] == 97.0 and mean["openvino_int8"] is None
+    assert mean["onnx_int8"] == {"top1_int8": 96.5, "images_lost": 5, "images_gained": 1}
+    assert mean["litert_int8"] == {"top1_int8": 96.25, "images_lost": 5, "images_gained": 0}
+    assert mean_row("ResNet-20, mean of 2 trainings", mean) == (
+        "| ResNet-20, mean of 2 trainings (718 test predictions) | 97.00% | 96.50% / - / 96.25% "
+        "(points lost: 0.50 / - / 0.75) | | 5/1 / - / 5/0 |")
+
+
 @pytest.mark.slow
 def test_the_inference_benchmark_times_every_runtime_and_reports_the_export_s_int8_accuracy(tmp_path):
     from training.common.runtimes import INT8, RUNTIMES
