@@ -61,7 +61,7 @@ class DigitsNet:
 
 
 DIGITS = {
-    "resnet20": DigitsNet("ResNet-20, digits", 3, ("--model=resnet20",)),
+    "resnet20": DigitsNet("ResNet-20, digits", 15, ("--model=resnet20",)),
     "resnet56": DigitsNet("ResNet-56, digits (the default recipe)", 30, ("--model=resnet56",)),
     "densenet40": DigitsNet("DenseNet-40 (k=12), digits", 15, ("--model=densenet40_k12",)),
     "resnet18_timm": DigitsNet("ResNet-18 fine-tuned from timm/resnet18.a1_in1k, digits at 32 px", 5,
