@@ -48,7 +48,7 @@ def define_flags():
     flags.DEFINE_integer("top_k", 5, "classes in the top-k outputs (at most the number of classes)", lower_bound=1)
     flags.DEFINE_enum("quantize", "none", ["none", "int8"], "int8: also model_int8.onnx (ONNX Runtime's static "
                       "quantization, per-channel int8 weights), model_int8.xml (the same in OpenVINO) and "
-                      "model_int8.tflite (LiteRT, int8 up to a float32 head), each "
+                      "model_int8.tflite (LiteRT, int8 but the classifier), each "
                       "written only if its top-1 on held-out images is within --max_accuracy_drop of float32's; "
                       "implies --formats=onnx,openvino")
     flags.DEFINE_integer("calibration_images", 256, "--quantize: images to calibrate on", lower_bound=1)

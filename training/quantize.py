@@ -1,6 +1,6 @@
 """int8 that proves its accuracy: static post-training quantization of an export's
 ``model.onnx`` for ONNX Runtime (``model_int8.onnx``) and OpenVINO (``model_int8.xml``), and of
-its TensorFlow graph for LiteRT (``model_int8.tflite``, integer up to the head), calibrated on images like
+its TensorFlow graph for LiteRT (``model_int8.tflite``), calibrated on images like
 those the model was trained on, each file kept only when its top-1 on held-out images is within
 ``max_accuracy_drop`` points of float32's.
 
@@ -13,12 +13,13 @@ What is done to a residual net, and why (docs/serving.md has the numbers). ONNX 
   orders of magnitude; one scale per tensor loses the small ones) and uint8 activations with
   MinMax calibration, the quantized Conv and Add kernels of ONNX Runtime (the skip and branch
   are added in int8 with a shared output scale);
-- the head, the global pooling and the classifier, stays in float32 (``HEAD``): an int8 head
-  would quantize the logits themselves, in one scale set by the calibration images' logits.
-  A net trained to large logits then loses its answers to that scale: a ResNet-56 of the
-  digits with logits up to ±319 on its test split (±206 in calibration) lost 18 of 359 test
-  images that way, and 1-5 with the head in float32. The head is a few thousand
-  multiply-adds of the millions;
+- the logits stay float32 (``CLASSIFIER``): the classifier's weights and input are int8, its
+  output is not quantized (``OpTypesToExcludeOutputQuantization``). Quantized logits share one
+  scale set by the calibration images' logits, and a net trained to large logits loses its
+  answers to it: a ResNet-56 of the digits with logits up to ±319 on its test split (±206 in
+  calibration) lost 16-18 of 359 test images in each runtime that way, 2-4 without it.
+  LiteRT's selective quantization cannot leave an op's output alone in float, so there the
+  classifier runs in float32 (``QuantizationDebugger``'s denylist, TensorFlow's documented way);
 - the first convolution, which sees raw pixels, is quantized: leaving it in float32 changed
   no net's answers beyond an image, and every layer left in float costs a dequantize and
   quantize round trip. The held-out check is what decides.
@@ -111,30 +112,23 @@ class _Reader:
         return None if batch is None else {"images": batch}
 
 
-# The head that stays in float32, by the names each graph gives its ops.
-HEAD = {"onnx": ("GlobalAveragePool", "ReduceMean", "Gemm", "MatMul"), "litert": ("MEAN", "FULLY_CONNECTED")}
+# The classifier, whose output (the logits) stays float32, by the names each graph gives it.
+CLASSIFIER = {"onnx": ("Gemm", "MatMul"), "litert": ("FULLY_CONNECTED",)}
 
 # How each int8 file is made, in words, for the metadata.
 METHODS = {"onnx_int8": ("ONNX Runtime static quantization, QDQ: per-channel int8 weights, uint8 activations, "
-                         "MinMax calibration, BatchNorm folded into the convolutions first; the head (global "
-                         "pooling and classifier) in float32"),
+                         "MinMax calibration, BatchNorm folded into the convolutions first; the classifier's "
+                         "output (the logits) not quantized"),
            "openvino_int8": ("model_int8.onnx's quantization read by OpenVINO (its QDQ pairs become FakeQuantize "
                              "nodes) and run with OpenVINO's int8 kernels"),
            "litert_int8": ("TensorFlow's LiteRT converter, int8 (TFLITE_BUILTINS_INT8, per-channel int8 weights) "
-                           "but the head (MEAN and FULLY_CONNECTED, float32 by its selective quantization), the "
+                           "but the classifier (FULLY_CONNECTED, float32 by its selective quantization), the "
                            "calibration images as its representative dataset; float32 in and out")}
 
 
-def _head(graph):
-    """The names of an ONNX graph's head nodes: every node of a ``HEAD`` kind, and whatever
-    writes the graph's outputs."""
-    outputs = {o.name for o in graph.output}
-    return [n.name for n in graph.node if n.op_type in HEAD["onnx"] or outputs & set(n.output)]
-
-
 def _litert(graph, out_path, calibration):
-    """TensorFlow's converter: every op but the head's int8 (``TFLITE_BUILTINS_INT8``), per
-    channel, calibrated on ``calibration`` as the representative dataset; the head's ops kept in
+    """TensorFlow's converter: every op but the classifier int8 (``TFLITE_BUILTINS_INT8``), per
+    channel, calibrated on ``calibration`` as the representative dataset; the classifier kept in
     float32 by TensorFlow's selective quantization (``QuantizationDebugger``'s denylist, its
     documented way); float32 pixels in and logits out."""
     converter = tf.lite.TFLiteConverter.from_saved_model(graph, signature_keys=["serve"])
@@ -144,7 +138,7 @@ def _litert(graph, out_path, calibration):
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter, debug_dataset=samples,
-        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(HEAD["litert"])))
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(CLASSIFIER["litert"])))
     with open(out_path, "wb") as f:
         f.write(debugger.get_nondebug_quantized_model())
 
@@ -154,13 +148,12 @@ def quantize(folder, graph, calibration, held, max_drop):
     Runtime's QDQ, ``model_int8.onnx``) and converted for OpenVINO (``model_int8.xml``, whose
     FakeQuantize nodes OpenVINO runs with its int8 kernels); the TensorFlow SavedModel ``graph``
     (its ``serve`` signature: pixels to logits) converted to LiteRT's int8 model
-    (``model_int8.tflite``); the head stays float32 in all three. Each file is measured in its
+    (``model_int8.tflite``); the logits stay float32 in all three. Each file is measured in its
     own runtime on ``held`` (images, labels) against float32: ``{runtime: report}`` with both
     top-1, their agreement and the images int8 lost and gained (float32 right and int8 wrong,
     and the reverse). A file that loses more than ``max_drop`` points, or that its runtime
     cannot run (the report's ``error``), is removed again."""
-    import onnx  # the [deploy] extra: imported only when quantizing
-    import openvino as ov
+    import openvino as ov  # the [deploy] extra: imported only when quantizing
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -170,7 +163,7 @@ def quantize(folder, graph, calibration, held, max_drop):
         quant_pre_process(path["onnx"], prepared, skip_symbolic_shape=True)
         quantize_static(prepared, path["onnx_int8"], _Reader(calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=_head(onnx.load(prepared).graph))
+                        extra_options={"OpTypesToExcludeOutputQuantization": list(CLASSIFIER["onnx"])})
     ov.save_model(ov.convert_model(path["onnx_int8"]), path["openvino_int8"])
     _litert(graph, path["litert_int8"], calibration)
     images, labels = held
