@@ -31,22 +31,6 @@ def png_bomb(side):
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
-def digit_folder(root, digits=range(10)):
-    """The digits' training split as a folder of class sub-folders (``digit0``...) of grey 8 x 8
-    PNGs, as a user's own images come."""
-    from PIL import Image
-
-    from reszoo.datasets import DIGITS_MAX, load_digits
-
-    (x, y), _, _ = load_digits()
-    for d in digits:
-        os.makedirs(os.path.join(root, f"digit{d}"))
-        for i, image in enumerate(x[y == d]):
-            Image.fromarray((image[..., 0] * (255 // DIGITS_MAX)).astype("uint8")).save(
-                os.path.join(root, f"digit{d}", f"{i}.png"))
-    return root
-
-
 def machine():
     cpu = platform.processor() or platform.machine()
     try:

@@ -35,8 +35,9 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import digit_folder, emit, latency_ms, machine, randomized
-from training.common.runtimes import cpu_flags
+from benchmarks.common import emit, latency_ms, machine, randomized
+from benchmarks.digits import digit_folder
+from training.common.runtimes import INT8, cpu_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,8 +112,9 @@ def trained(name, work, epochs, seed=0):
     if net.timm:
         hub, folder = os.path.join(work, "hub"), os.path.join(work, "digit_pngs")
         arch, tag = net.timm.split(".", 1)
-        _command(os.path.join(ROOT, "tests", "timm_reference.py"), f"--cache={hub}", f"--out={work}/timm_out",
-                 "--sizes=64", f"{arch}:{tag}")
+        if not os.path.isfile(os.path.join(work, "timm_out", f"{arch}.npz")):  # written after its hub entries
+            _command(os.path.join(ROOT, "tests", "timm_reference.py"), f"--cache={hub}", f"--out={work}/timm_out",
+                     "--sizes=64", f"{arch}:{tag}")
         if not os.path.isdir(folder):  # written whole under another name, then renamed: a kill leaves no half
             shutil.rmtree(folder + ".part", ignore_errors=True)
             os.replace(digit_folder(folder + ".part"), folder)
@@ -120,9 +122,6 @@ def trained(name, work, epochs, seed=0):
         env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": hub}
     _command("-m", "training.train", *flags, f"--model_dir={run}", **env)
     return run
-
-
-RUNTIMES_INT8 = ("onnx_int8", "openvino_int8", "litert_int8")
 
 
 def _int8_records(run, work, name):
@@ -136,15 +135,19 @@ def _int8_records(run, work, name):
         return json.load(f)["int8"]
 
 
+def _per_runtime(records, fmt, missing="-"):
+    """``fmt`` of each int8 runtime's record, joined with " / " (``missing`` where it is None)."""
+    return " / ".join(missing if records[r] is None else fmt(records[r]) for r in INT8)
+
+
 def _cells(int8):
     """The table's cells of one export's int8 records: float32 top-1, each runtime's int8
-    top-1, agreement, and images lost / gained."""
-    def each(fmt, key):
-        return " / ".join(fmt(int8[r]) if key in int8[r] else ("can't run" if key == "top1_int8" else "-")
-                          for r in RUNTIMES_INT8)
-    return (f"{int8['onnx_int8']['top1_float32']:.2f}%", each(lambda r: f"{r['top1_int8']:.2f}%", "top1_int8"),
-            each(lambda r: f"{r['top1_agreement']:.1f}%", "top1_agreement"),
-            each(lambda r: f"{r['images_lost']}/{r['images_gained']}", "images_lost"))
+    top-1, agreement, and images lost / gained (a file its runtime could not run has none)."""
+    ran = {r: int8[r] if "top1_int8" in int8[r] else None for r in INT8}
+    return (f"{int8['onnx_int8']['top1_float32']:.2f}%",
+            _per_runtime(ran, lambda m: f"{m['top1_int8']:.2f}%", missing="can't run"),
+            _per_runtime(ran, lambda m: f"{m['top1_agreement']:.1f}%"),
+            _per_runtime(ran, lambda m: f"{m['images_lost']}/{m['images_gained']}"))
 
 
 def accuracy(names, work, epochs, seeds=1):
@@ -168,7 +171,7 @@ def accuracy(names, work, epochs, seeds=1):
             emit(benchmark="inference_accuracy", net=name, seed=seed, images=images,
                  top1_float32=int8["onnx_int8"]["top1_float32"],
                  **{r: {k: int8[r].get(k) for k in ("top1_int8", "top1_agreement", "images_lost", "images_gained")}
-                    for r in RUNTIMES_INT8})
+                    for r in INT8})
         if seeds > 1:
             mean = mean_of(found)
             print(mean_row(f"{label}, mean of {seeds} trainings", mean), flush=True)
@@ -181,7 +184,7 @@ def mean_of(found):
     None."""
     pooled = {"images": sum(f["onnx_int8"]["validation_images"] for f in found),
               "top1_float32": sum(f["onnx_int8"]["top1_float32"] for f in found) / len(found)}
-    for r in RUNTIMES_INT8:
+    for r in INT8:
         pooled[r] = None if any("top1_int8" not in f[r] for f in found) else {
             "top1_int8": sum(f[r]["top1_int8"] for f in found) / len(found),
             "images_lost": sum(f[r]["images_lost"] for f in found),
@@ -191,11 +194,9 @@ def mean_of(found):
 
 def mean_row(label, mean):
     """``mean_of``'s table row: mean top-1s with the points each runtime lost, and the sums."""
-    def each(fmt):
-        return " / ".join("-" if mean[r] is None else fmt(mean[r]) for r in RUNTIMES_INT8)
-    top1 = each(lambda m: "{:.2f}%".format(m["top1_int8"]))
-    lost = each(lambda m: "{:.2f}".format(mean["top1_float32"] - m["top1_int8"]))
-    flips = each(lambda m: "{}/{}".format(m["images_lost"], m["images_gained"]))
+    top1 = _per_runtime(mean, lambda m: f"{m['top1_int8']:.2f}%")
+    lost = _per_runtime(mean, lambda m: f"{mean['top1_float32'] - m['top1_int8']:.2f}")
+    flips = _per_runtime(mean, lambda m: f"{m['images_lost']}/{m['images_gained']}")
     return (f"| {label} ({mean['images']} test predictions) | {mean['top1_float32']:.2f}% | {top1} "
             f"(points lost: {lost}) | | {flips} |")
 
@@ -256,7 +257,7 @@ def speed(label, name, model, calibration, held, batches, runs):
             # rewrite is cached per option set and input shape): on for this runtime alone.
             tf.config.optimizer.set_experimental_options(
                 {"auto_mixed_precision_onednn_bfloat16": runtime == "saved_model_bf16"})
-            if runtime in runtimes.INT8 or runtime.endswith("_bf16"):
+            if runtime in INT8 or runtime.endswith("_bf16"):
                 agreement[runtime] = 100 * float(np.mean(engines.logits(run, held).argmax(1) == labels))
             times[runtime] = {b: latency_ms(run, held[:b] if b <= len(held) else np.resize(held, (b, *image_shape)),
                                             runs) for b in batches}

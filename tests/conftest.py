@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import reszoo  # noqa: E402
-from benchmarks.common import digit_folder as digit_folder_of  # noqa: E402
+from benchmarks.digits import digit_folder as digit_folder_of  # noqa: E402
 from reszoo import factory  # noqa: E402
 
 gc.freeze()

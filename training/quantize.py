@@ -168,7 +168,8 @@ def quantize(folder, graph, calibration, held, max_drop):
     _litert(graph, path["litert_int8"], calibration)
     images, labels = held
     float_logits = engines.logits(engines.open_runtime("onnx", folder), images)
-    float_top1 = 100 * float(np.mean(float_logits.argmax(1) == labels))
+    right = float_logits.argmax(1) == labels
+    float_top1 = 100 * float(np.mean(right))
     reports = {}
     for runtime in INT8:
         report = reports[runtime] = {
@@ -180,7 +181,7 @@ def quantize(folder, graph, calibration, held, max_drop):
         except RuntimeError as err:  # a runtime that cannot compile the graph (OpenVINO's oneDNN post-ops)
             report.update(written=False, error=(str(err).strip().splitlines() or ["?"])[-1][:200])
             continue
-        right, int8_right = float_logits.argmax(1) == labels, int8_logits.argmax(1) == labels
+        int8_right = int8_logits.argmax(1) == labels
         int8_top1 = 100 * float(np.mean(int8_right))
         report.update(top1_int8=round(int8_top1, 3), written=float_top1 - int8_top1 <= max_drop,
                       top1_agreement=round(100 * float(np.mean(float_logits.argmax(1) == int8_logits.argmax(1))), 3),
